@@ -1,0 +1,2 @@
+"""Registry of the commands that live outside cli.py. Each entry is a click.Command."""
+ALL = []

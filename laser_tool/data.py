@@ -1,0 +1,433 @@
+"""Datasets, train/val/test splits, and an on-device batch loader with batched augmentation.
+
+Four datasets: cifar10, cifar100, fashion-mnist, mnist. We read the standard on-disk files ourselves
+(CIFAR python pickles, (Fashion-)MNIST IDX) instead of going through torchvision's Dataset classes:
+the whole set becomes one uint8 tensor that lives on the GPU, and each batch is cropped and flipped
+there in a few tensor ops rather than per image with PIL in worker processes.
+
+Where we look, in order; the first folder holding every file wins:
+  1. data_dir (--data-dir) itself, then the subfolders torchvision writes into it
+     (DIR/cifar-10-batches-py, DIR/cifar-100-python, DIR/FashionMNIST/raw, DIR/MNIST/raw) and the
+     plain names DIR/fashion-mnist, DIR/mnist.
+  2. The same subfolders (not the roots themselves: MNIST and Fashion-MNIST share file names)
+     under DEFAULT_ROOTS: ./data (torchvision's examples use it) and ~/.torch/datasets.
+  3. System packages: /usr/share/datasets/fashion-mnist (Debian's `dataset-fashion-mnist`).
+With download=True and nothing found, torchvision downloads into data_dir (or ./data), and we then
+read what it wrote with the readers here, so both paths give identical tensors.
+
+Determinism: the validation split, the shuffle order and every augmentation draw are pure functions
+of (seed, epoch, step), so a run resumed at (epoch, step) sees exactly the batches it would have.
+"""
+import gzip
+import hashlib
+import math
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from laser_tool.errors import UserError
+
+
+@dataclass(frozen=True)
+class _Info:
+    num_classes: int
+    channels: int
+    image_size: int
+    subdirs: tuple  # where torchvision (or a plain unpack) puts the files under a root
+    tv_class: str  # torchvision.datasets class used by download=True
+    hint: str  # how to get the files, for the not-found message
+
+
+_CIFAR_HINT = "pass --data-dir DIR where DIR/{} came from unpacking {} (https://www.cs.toronto.edu/~kriz/), or add --download"
+_IDX_HINT = "pass --data-dir DIR holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz], or add --download"
+DATASETS = {
+    "cifar10": _Info(10, 3, 32, ("cifar-10-batches-py",), "CIFAR10",
+                     _CIFAR_HINT.format("cifar-10-batches-py", "cifar-10-python.tar.gz")),
+    "cifar100": _Info(100, 3, 32, ("cifar-100-python",), "CIFAR100",
+                      _CIFAR_HINT.format("cifar-100-python", "cifar-100-python.tar.gz")),
+    "fashion-mnist": _Info(10, 1, 28, ("FashionMNIST/raw", "fashion-mnist"), "FashionMNIST",
+                           "run `apt-get install dataset-fashion-mnist`, or " + _IDX_HINT),
+    "mnist": _Info(10, 1, 28, ("MNIST/raw", "mnist"), "MNIST", _IDX_HINT),
+}
+_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "fashion_mnist": "fashion-mnist",
+            "fashionmnist": "fashion-mnist"}
+
+DEFAULT_ROOTS = ["data", "~/.torch/datasets"]  # searched after data_dir; relative to the cwd
+DOWNLOAD_ROOT = "data"  # where download=True writes when no data_dir is given
+SYSTEM_DIRS = {"fashion-mnist": ["/usr/share/datasets/fashion-mnist"]}
+DEFAULT_VAL_SIZE = 5000  # held out of the training set, for every dataset
+
+CIFAR_FILES = {  # (train files, test files)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+    "cifar100": (["train"], ["test"]),
+}
+# Official md5s, as in torchvision/datasets/cifar.py. Checked before unpickling, because unpickling
+# a file can run arbitrary code. Tests replace this dict to load small files they wrote.
+CIFAR_MD5 = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    },
+}
+IDX_FILES = {  # split -> (images, labels); each may also be gzipped (name + ".gz")
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # magic: uint8 data with 3 / 1 dims
+
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val_indices: list  # sorted indices into the original training set
+    num_classes: int
+    channels: int
+    image_size: int
+    name: str
+    source: str  # folder the files were read from
+
+
+def dataset_names() -> list:
+    return list(DATASETS)
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return key
+
+
+# ---------------------------------------------------------------- finding the files
+
+def _file(folder: Path, base: str):
+    """The file for `base` in folder: raw if present (faster), else gzipped, else None."""
+    for p in (folder / base, folder / (base + ".gz")):
+        if p.is_file():
+            return p
+    return None
+
+
+def _present(name: str, folder: Path, base: str) -> bool:
+    # CIFAR batches are read as they come out of the tarball; IDX files may also be gzipped.
+    return (folder / base).is_file() if name in CIFAR_FILES else _file(folder, base) is not None
+
+
+def _required(name: str) -> list:
+    if name in CIFAR_FILES:
+        train, test = CIFAR_FILES[name]
+        return train + test
+    return [base for pair in IDX_FILES.values() for base in pair]
+
+
+def _candidates(name: str, data_dir) -> list:
+    subdirs = DATASETS[name].subdirs
+    dirs = []
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        dirs += [d] + [d / s for s in subdirs]
+    for root in DEFAULT_ROOTS:
+        dirs += [Path(root).expanduser() / s for s in subdirs]
+    dirs += [Path(p) for p in SYSTEM_DIRS.get(name, [])]
+    return dirs
+
+
+def _locate(name: str, data_dir):
+    """(folder or None, places searched, notes about incomplete copies)."""
+    searched, partial = [], []
+    needed = _required(name)
+    for d in _candidates(name, data_dir):
+        missing = [b for b in needed if not _present(name, d, b)]
+        if not missing:
+            return d, searched, partial
+        searched.append(str(d))
+        if len(missing) < len(needed):
+            partial.append(f"{d} lacks {', '.join(missing)}")
+    return None, searched, partial
+
+
+def _download(name: str, data_dir) -> None:
+    root = Path(data_dir if data_dir is not None else DOWNLOAD_ROOT).expanduser()
+    try:
+        import torchvision  # only needed here, so a plain run never imports it
+    except ImportError as e:
+        raise UserError("--download needs torchvision; `pip install torchvision`, or fetch the files by hand and pass --data-dir") from e
+    cls = getattr(torchvision.datasets, DATASETS[name].tv_class)
+    try:
+        cls(str(root), train=True, download=True)  # one call fetches train and test for all four
+    except Exception as e:  # URLError, RuntimeError, OSError, ... depending on where it broke
+        why = " ".join(str(e).split())[:300]
+        raise UserError(f"downloading {name} into {root} failed ({type(e).__name__}: {why}); "
+                        f"check the network, or fetch the files by hand and pass --data-dir") from e
+
+
+# ---------------------------------------------------------------- readers
+
+def _read_cifar(name: str, folder: Path):
+    train_files, test_files = CIFAR_FILES[name]
+    expected = CIFAR_MD5[name]
+    blobs = {}
+    for f in train_files + test_files:  # verify every file before unpickling any of them
+        path = folder / f
+        blob = path.read_bytes()  # hash and unpickle the same bytes, so nothing can swap the file
+        got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+        if got != expected.get(f):
+            raise UserError(f"{path} has md5 {got}, expected {expected.get(f)}: it is corrupt or not the "
+                            f"official file, and is not unpickled; delete {folder} and re-download {name}")
+        blobs[f] = blob
+    key = b"fine_labels" if name == "cifar100" else b"labels"
+
+    def load(files):
+        xs, ys = [], []
+        for f in files:
+            d = pickle.loads(blobs.pop(f), encoding="bytes")  # "bytes": the files are Python 2 pickles
+            x = np.asarray(d[b"data"], dtype=np.uint8)
+            y = np.asarray(d[key], dtype=np.int64)
+            if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
+                raise UserError(f"{folder / f}: data {x.shape} / {len(y)} labels is not CIFAR's (N, 3072) / N; re-download {name}")
+            xs.append(x.reshape(-1, 3, 32, 32))  # rows are the R, G, B planes one after another
+            ys.append(y)
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    return load(train_files), load(test_files)
+
+
+def read_idx(path, magic: int) -> torch.Tensor:
+    """One IDX file (raw or .gz) of uint8 data, checked against its header; a uint8 tensor."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{path} is not a readable gzip file ({e}); it is truncated or corrupt, re-download it") from e
+    ndim = magic & 0xFF
+    if len(raw) < 4 or struct.unpack(">I", raw[:4])[0] != magic:
+        got = f"0x{struct.unpack('>I', raw[:4])[0]:08x}" if len(raw) >= 4 else "nothing"
+        raise UserError(f"{path} starts with magic {got}, expected 0x{magic:08x}: not the expected IDX file; re-download it")
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise UserError(f"{path} is truncated inside its header ({len(raw)} bytes); re-download it")
+    dims = struct.unpack(f">{ndim}I", raw[4:head])
+    n = math.prod(dims)
+    if len(raw) != head + n:
+        raise UserError(f"{path} holds {len(raw) - head} data bytes but its header says {dims} = {n}: "
+                        f"truncated or corrupt; re-download it")
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, n, head).reshape(dims).copy())
+
+
+def _read_idx_set(name: str, folder: Path):
+    size = DATASETS[name].image_size
+    out = []
+    for split, (images, labels) in IDX_FILES.items():
+        x = read_idx(_file(folder, images), _IDX_IMAGES)
+        y = read_idx(_file(folder, labels), _IDX_LABELS).long()
+        if tuple(x.shape[1:]) != (size, size) or len(x) != len(y):
+            raise UserError(f"{folder}: {split} images are {tuple(x.shape)} with {len(y)} labels, expected "
+                            f"(N, {size}, {size}) with N labels; these are not {name} files")
+        out.append((x.unsqueeze(1), y))  # add the channel dim: (N, 1, H, W)
+    return out
+
+
+# ---------------------------------------------------------------- splits
+
+def load_dataset(name: str, data_dir=None, download: bool = False, val_size=None, seed: int = 0,
+                 train_subset=None) -> Splits:
+    """Find, read and split a dataset. Validation is held out of the training set by `seed`;
+    `train_subset` keeps the first N of the remaining (shuffled) training images; test is untouched."""
+    name = canonical_name(name)
+    info = DATASETS[name]
+    folder, searched, partial = _locate(name, data_dir)
+    if folder is None and download:
+        _download(name, data_dir)
+        folder, searched, partial = _locate(name, data_dir)
+    if folder is None:
+        incomplete = f" (incomplete: {'; '.join(partial)})" if partial else ""
+        raise UserError(f"{name} not found; searched {', '.join(searched)}{incomplete}; {info.hint}")
+    reader = _read_cifar if name in CIFAR_FILES else _read_idx_set
+    (train_x, train_y), (test_x, test_y) = reader(name, folder)
+    for y, split in ((train_y, "train"), (test_y, "test")):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+            raise UserError(f"{folder}: {split} labels span {int(y.min())}..{int(y.max())}, outside 0..{info.num_classes - 1}; re-download {name}")
+
+    n = len(train_x)
+    val_size = DEFAULT_VAL_SIZE if val_size is None else int(val_size)
+    if not 0 <= val_size < n:
+        raise UserError(f"val_size {val_size} must be in 0..{n - 1} (the {name} training set has {n} images); pick a smaller --val-size")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, keep = perm[:val_size].sort().values, perm[val_size:]
+    if train_subset is not None:
+        if not 0 < train_subset <= len(keep):
+            raise UserError(f"train_subset {train_subset} must be in 1..{len(keep)} (training images left after "
+                            f"the validation split); pick a smaller --train-subset")
+        keep = keep[:train_subset]
+    keep = keep.sort().values  # original order; the loader shuffles anyway
+    return Splits(train_x[keep], train_y[keep], train_x[val_idx], train_y[val_idx], test_x, test_y,
+                  val_idx.tolist(), info.num_classes, info.channels, info.image_size, name, str(folder))
+
+
+# ---------------------------------------------------------------- augmentation
+
+@dataclass(frozen=True)
+class Augment:
+    crop_padding: int = 0  # random crop after padding by this much on each side (torchvision RandomCrop)
+    pad_mode: str = "zeros"  # "zeros" (torchvision's default) or "reflect" (airbench's)
+    rrc: bool = False  # random-resized-crop back to the same size
+    rrc_scale: tuple = (0.25, 1.0)  # crop area as a fraction of the image
+    rrc_ratio: tuple = (0.9, 1.1)  # crop width / height
+    flip_p: float = 0.0  # horizontal flip probability
+
+    def __post_init__(self):
+        lo, hi = self.rrc_scale
+        rlo, rhi = self.rrc_ratio
+        if self.crop_padding < 0 or self.pad_mode not in ("zeros", "reflect") or not 0 <= self.flip_p <= 1 \
+                or not 0 < lo <= hi <= 1 or not 0 < rlo <= rhi:
+            raise UserError(f"bad augmentation {self}; need crop_padding >= 0, pad_mode zeros|reflect, "
+                            f"0 <= flip_p <= 1, 0 < scale lo <= hi <= 1, 0 < ratio lo <= hi")
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.rrc or self.flip_p > 0
+
+
+# CIFAR: the seed's random-resized-crop + flip 0.3. MNIST: a 2-pixel shift only (a mirrored digit is
+# a different glyph). Fashion-MNIST: the shift plus flip 0.5, since garments are mirror-symmetric.
+DEFAULT_AUGMENT = {
+    "cifar10": Augment(rrc=True, flip_p=0.3),
+    "cifar100": Augment(rrc=True, flip_p=0.3),
+    "fashion-mnist": Augment(crop_padding=2, flip_p=0.5),
+    "mnist": Augment(crop_padding=2),
+}
+
+
+def default_augment(name: str) -> Augment:
+    return DEFAULT_AUGMENT[canonical_name(name)]
+
+
+def sample_augment(spec: Augment, n: int, generator: torch.Generator) -> dict:
+    """The random numbers for n images, drawn on the CPU so they are the same on every device."""
+    params = {}
+    if spec.crop_padding:
+        params["crop"] = torch.randint(0, 2 * spec.crop_padding + 1, (n, 2), generator=generator)
+    if spec.rrc:
+        u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+        area = spec.rrc_scale[0] + (spec.rrc_scale[1] - spec.rrc_scale[0]) * u[:, 0]
+        log_lo, log_hi = math.log(spec.rrc_ratio[0]), math.log(spec.rrc_ratio[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+        # Crop width/height as fractions of the image. torchvision resamples a crop that would not
+        # fit; clamping to the full side instead is simpler and only matters near area 1.
+        w = (area * ratio).sqrt().clamp(max=1.0)
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0], theta[:, 1, 1] = w, h
+        theta[:, 0, 2] = (1 - w) * (2 * u[:, 2] - 1)  # centre anywhere that keeps the crop inside
+        theta[:, 1, 2] = (1 - h) * (2 * u[:, 3] - 1)
+        params["theta"] = theta.float()
+    if spec.flip_p:
+        params["flip"] = torch.rand(n, generator=generator) < spec.flip_p
+    return params
+
+
+def apply_augment(x: torch.Tensor, spec: Augment, params: dict) -> torch.Tensor:
+    """Augment a float batch (B, C, H, W) on its own device with params from sample_augment."""
+    B, C, H, W = x.shape
+    if "crop" in params:
+        p = spec.crop_padding
+        if spec.pad_mode == "reflect" and p >= min(H, W):
+            raise UserError(f"crop_padding {p} is too big to reflect-pad {H}x{W} images; use pad_mode zeros or less padding")
+        xp = F.pad(x, (p, p, p, p), mode="reflect" if spec.pad_mode == "reflect" else "constant")
+        off = params["crop"].to(x.device)
+        rows = off[:, 0, None] + torch.arange(H, device=x.device)  # (B, H) rows each image keeps
+        cols = off[:, 1, None] + torch.arange(W, device=x.device)
+        xp = xp.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2 * p))
+        x = xp.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+    if "theta" in params:
+        grid = F.affine_grid(params["theta"].to(x.device, x.dtype), [B, C, H, W], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if "flip" in params:
+        x = torch.where(params["flip"].to(x.device)[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def augment(x: torch.Tensor, spec: Augment, generator: torch.Generator) -> torch.Tensor:
+    return apply_augment(x, spec, sample_augment(spec, len(x), generator))
+
+
+# ---------------------------------------------------------------- batching
+
+def _seed(*parts) -> int:
+    """A 63-bit seed from any tuple, so streams like (seed, "order", epoch) never collide."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+class BatchLoader:
+    """Batches of uint8 images held on `device`, as float [0, 1] (B, C, H, W) plus int64 labels.
+
+    batch_size is per rank: with DDP a step covers a global batch of batch_size * world_size images
+    and rank r takes the r-th contiguous piece, so the ranks' pieces concatenate to exactly what one
+    process with batch_size * world_size would see (augmentation included: its random numbers are
+    drawn for the whole global batch). A short last batch (drop_last=False) is split as evenly as
+    torch.tensor_split would. The order is a pure function of (seed, epoch), and the augmentation of
+    (seed, epoch, step), so resuming at (epoch, step) is just epoch(epoch, start_step=step).
+    """
+
+    def __init__(self, x, y, batch_size: int, shuffle: bool = True, drop_last: bool = True,
+                 augment=None, seed: int = 0, device="cpu", rank: int = 0, world_size: int = 1):
+        if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
+            raise ValueError(f"BatchLoader wants uint8 (N, C, H, W) images and N labels, got {x.dtype} {tuple(x.shape)} / {len(y)}")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"bad batching: batch_size {batch_size}, rank {rank}, world_size {world_size}; need batch_size >= 1 and 0 <= rank < world_size")
+        self.x, self.y = x.to(device), y.to(device)  # one copy on the device; batches are index ops
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.global_batch = batch_size * world_size
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Indices of the images in the order epoch `epoch` visits them (same on every rank)."""
+        if not self.shuffle:
+            return torch.arange(len(self.x))
+        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(_seed(self.seed, "order", epoch)))
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        if not 0 <= start_step <= len(self):
+            raise UserError(f"start_step {start_step} is past the {len(self)} batches in an epoch; resume with the "
+                            f"batch size, world size and dataset the checkpoint was made with")
+        order = self.order(epoch).to(self.x.device)
+        G = self.global_batch
+        for step in range(start_step, len(self)):
+            idx = order[step * G:(step + 1) * G]
+            q, rem = divmod(len(idx), self.world_size)  # tensor_split's piece sizes
+            lo = self.rank * q + min(self.rank, rem)
+            hi = lo + q + (self.rank < rem)
+            mine = idx[lo:hi]
+            xb = self.x[mine].float().div_(255)
+            if self.augment is not None:
+                g = torch.Generator().manual_seed(_seed(self.seed, "augment", epoch, step))
+                params = sample_augment(self.augment, len(idx), g)
+                xb = apply_augment(xb, self.augment, {k: v[lo:hi] for k, v in params.items()})
+            yield xb, self.y[mine]

@@ -1,0 +1,1 @@
+"""The training loop, optimiser and schedule, and distributed set-up for laser-tool."""
