@@ -6,7 +6,7 @@ the whole set becomes one uint8 tensor that lives on the GPU, and each batch is 
 there in a few tensor ops rather than per image with PIL in worker processes.
 
 Where we look, in order; the first folder holding every file wins:
-  1. data_dir (--data-dir) itself, then the subfolders torchvision writes into it
+  1. data_dir (--data-dir; it must exist unless downloading) itself, then the subfolders torchvision writes into it
      (DIR/cifar-10-batches-py, DIR/cifar-100-python, DIR/FashionMNIST/raw, DIR/MNIST/raw) and the
      plain names DIR/fashion-mnist, DIR/mnist.
   2. The same subfolders (not the roots themselves: MNIST and Fashion-MNIST share file names)
@@ -44,8 +44,10 @@ class _Info:
     hint: str  # how to get the files, for the not-found message
 
 
-_CIFAR_HINT = "pass --data-dir DIR where DIR/{} came from unpacking {} (https://www.cs.toronto.edu/~kriz/), or add --download"
-_IDX_HINT = "pass --data-dir DIR holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz], or add --download"
+_CIFAR_HINT = ("pass --data-dir DIR where DIR/{} came from unpacking {} (https://www.cs.toronto.edu/~kriz/), "
+               "or add --download")
+_IDX_HINT = ("pass --data-dir DIR holding {train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte "
+             "(raw or .gz), or add --download")
 DATASETS = {
     "cifar10": _Info(10, 3, 32, ("cifar-10-batches-py",), "CIFAR10",
                      _CIFAR_HINT.format("cifar-10-batches-py", "cifar-10-python.tar.gz")),
@@ -104,10 +106,6 @@ class Splits:
     image_size: int
     name: str
     source: str  # folder the files were read from
-
-
-def dataset_names() -> list:
-    return list(DATASETS)
 
 
 def canonical_name(name: str) -> str:
@@ -171,7 +169,8 @@ def _download(name: str, data_dir) -> None:
     try:
         import torchvision  # only needed here, so a plain run never imports it
     except ImportError as e:
-        raise UserError("--download needs torchvision; `pip install torchvision`, or fetch the files by hand and pass --data-dir") from e
+        raise UserError("--download needs torchvision; `pip install torchvision`, "
+                        "or fetch the files by hand and pass --data-dir") from e
     cls = getattr(torchvision.datasets, DATASETS[name].tv_class)
     try:
         cls(str(root), train=True, download=True)  # one call fetches train and test for all four
@@ -204,7 +203,8 @@ def _read_cifar(name: str, folder: Path):
             x = np.asarray(d[b"data"], dtype=np.uint8)
             y = np.asarray(d[key], dtype=np.int64)
             if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
-                raise UserError(f"{folder / f}: data {x.shape} / {len(y)} labels is not CIFAR's (N, 3072) / N; re-download {name}")
+                raise UserError(f"{folder / f}: data {x.shape} with {len(y)} labels is not CIFAR's (N, 3072) "
+                                f"with N; re-download {name}")
             xs.append(x.reshape(-1, 3, 32, 32))  # rows are the R, G, B planes one after another
             ys.append(y)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
@@ -220,11 +220,13 @@ def read_idx(path, magic: int) -> torch.Tensor:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{path} is not a readable gzip file ({e}); it is truncated or corrupt, re-download it") from e
+            raise UserError(f"{path} is not a readable gzip file ({e}); it is truncated or corrupt, "
+                            f"re-download it") from e
     ndim = magic & 0xFF
     if len(raw) < 4 or struct.unpack(">I", raw[:4])[0] != magic:
         got = f"0x{struct.unpack('>I', raw[:4])[0]:08x}" if len(raw) >= 4 else "nothing"
-        raise UserError(f"{path} starts with magic {got}, expected 0x{magic:08x}: not the expected IDX file; re-download it")
+        raise UserError(f"{path} starts with magic {got}, expected 0x{magic:08x}: not the expected IDX file; "
+                        f"re-download it")
     head = 4 + 4 * ndim
     if len(raw) < head:
         raise UserError(f"{path} is truncated inside its header ({len(raw)} bytes); re-download it")
@@ -257,6 +259,9 @@ def load_dataset(name: str, data_dir=None, download: bool = False, val_size=None
     `train_subset` keeps the first N of the remaining (shuffled) training images; test is untouched."""
     name = canonical_name(name)
     info = DATASETS[name]
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        # Say so rather than quietly fall back to ./data: a typo should not train on other files.
+        raise UserError(f"--data-dir {data_dir} is not a folder; fix the path, or add --download to fetch {name} there")
     folder, searched, partial = _locate(name, data_dir)
     if folder is None and download:
         _download(name, data_dir)
@@ -268,12 +273,14 @@ def load_dataset(name: str, data_dir=None, download: bool = False, val_size=None
     (train_x, train_y), (test_x, test_y) = reader(name, folder)
     for y, split in ((train_y, "train"), (test_y, "test")):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
-            raise UserError(f"{folder}: {split} labels span {int(y.min())}..{int(y.max())}, outside 0..{info.num_classes - 1}; re-download {name}")
+            raise UserError(f"{folder}: {split} labels span {int(y.min())}..{int(y.max())}, outside "
+                            f"0..{info.num_classes - 1}; re-download {name}")
 
     n = len(train_x)
     val_size = DEFAULT_VAL_SIZE if val_size is None else int(val_size)
     if not 0 <= val_size < n:
-        raise UserError(f"val_size {val_size} must be in 0..{n - 1} (the {name} training set has {n} images); pick a smaller --val-size")
+        raise UserError(f"val_size {val_size} must be in 0..{n - 1} (the {name} training set has {n} images); "
+                        f"pick a smaller --val-size")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, keep = perm[:val_size].sort().values, perm[val_size:]
     if train_subset is not None:
@@ -354,7 +361,8 @@ def apply_augment(x: torch.Tensor, spec: Augment, params: dict) -> torch.Tensor:
     if "crop" in params:
         p = spec.crop_padding
         if spec.pad_mode == "reflect" and p >= min(H, W):
-            raise UserError(f"crop_padding {p} is too big to reflect-pad {H}x{W} images; use pad_mode zeros or less padding")
+            raise UserError(f"crop_padding {p} is too big to reflect-pad {H}x{W} images; "
+                            f"use pad_mode zeros or less padding")
         xp = F.pad(x, (p, p, p, p), mode="reflect" if spec.pad_mode == "reflect" else "constant")
         off = params["crop"].to(x.device)
         rows = off[:, 0, None] + torch.arange(H, device=x.device)  # (B, H) rows each image keeps
@@ -394,9 +402,11 @@ class BatchLoader:
     def __init__(self, x, y, batch_size: int, shuffle: bool = True, drop_last: bool = True,
                  augment=None, seed: int = 0, device="cpu", rank: int = 0, world_size: int = 1):
         if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
-            raise ValueError(f"BatchLoader wants uint8 (N, C, H, W) images and N labels, got {x.dtype} {tuple(x.shape)} / {len(y)}")
+            raise ValueError(f"BatchLoader wants uint8 (N, C, H, W) images and N labels, "
+                             f"got {x.dtype} {tuple(x.shape)} and {len(y)}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise UserError(f"bad batching: batch_size {batch_size}, rank {rank}, world_size {world_size}; need batch_size >= 1 and 0 <= rank < world_size")
+            raise UserError(f"bad batching: batch_size {batch_size}, rank {rank}, world_size {world_size}; "
+                            f"need batch_size >= 1 and 0 <= rank < world_size")
         self.x, self.y = x.to(device), y.to(device)  # one copy on the device; batches are index ops
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment = augment if augment is not None and augment.active else None
@@ -417,6 +427,9 @@ class BatchLoader:
         if not 0 <= start_step <= len(self):
             raise UserError(f"start_step {start_step} is past the {len(self)} batches in an epoch; resume with the "
                             f"batch size, world size and dataset the checkpoint was made with")
+        return self._batches(epoch, start_step)  # checked above, now, not at the first next()
+
+    def _batches(self, epoch: int, start_step: int):
         order = self.order(epoch).to(self.x.device)
         G = self.global_batch
         for step in range(start_step, len(self)):

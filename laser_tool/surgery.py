@@ -135,8 +135,12 @@ def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, bloc
         raise UserError(f"targets {targets} in blocks {blocks} match no layer; check --blocks against the depth")
     for s in chosen:
         old = s.module
-        s.set(make_layer(kind, old.in_features, old.out_features, old.bias is not None, scale,
-                         n_dyad, dyad_variant))
+        try:
+            new = make_layer(kind, old.in_features, old.out_features, old.bias is not None, scale,
+                             n_dyad, dyad_variant)
+        except UserError as e:
+            raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
+        s.set(new)
     return [s.name for s in chosen]
 
 

@@ -1,8 +1,13 @@
 """Data loading: file readers on small files written in the real formats, splits, loader, augmentation."""
 import gzip
 import hashlib
+import importlib.util
 import pickle
+import re
 import struct
+import sys
+import types
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +122,41 @@ def test_md5_mismatch_refused_without_unpickling(tmp_path, monkeypatch):
 
 
 def test_official_md5s_match_torchvision():
-    tv = pytest.importorskip("torchvision.datasets.cifar")
-    for name, cls in (("cifar10", tv.CIFAR10), ("cifar100", tv.CIFAR100)):
-        assert data.CIFAR_MD5[name] == dict(cls.train_list + cls.test_list)
+    # Read torchvision's source rather than import it (importing costs seconds).
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
+        pytest.skip("torchvision not installed")
+    src = (Path(spec.origin).parent / "datasets" / "cifar.py").read_text()
+    pairs = dict(re.findall(r'\["(data_batch_\d|test_batch|train|test)", "([0-9a-f]{32})"\]', src))
+    assert pairs == {**data.CIFAR_MD5["cifar10"], **data.CIFAR_MD5["cifar100"]}
+
+
+def fake_torchvision(monkeypatch, cls):
+    tv = types.ModuleType("torchvision")
+    tv.datasets = types.SimpleNamespace(MNIST=cls)
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+
+
+def test_download_failure_is_user_error(tmp_path, monkeypatch):
+    def offline(root, train, download):
+        raise urllib.error.URLError("[Errno -3] Temporary failure\nin name resolution")
+    fake_torchvision(monkeypatch, offline)
+    with pytest.raises(UserError, match="downloading mnist.*URLError.*Temporary failure in name") as e:
+        load_dataset("mnist", data_dir=tmp_path, download=True)
+    assert "\n" not in str(e.value)
+
+
+def test_download_then_read_with_our_readers(tmp_path, monkeypatch):
+    calls = []
+
+    def fetch(root, train, download):  # writes where torchvision's MNIST would
+        calls.append(root)
+        write_idx(Path(root) / "MNIST" / "raw", gz=True)
+    fake_torchvision(monkeypatch, fetch)
+    s = load_dataset("mnist", data_dir=tmp_path, download=True, val_size=3)
+    assert calls == [str(tmp_path)] and s.source == str(tmp_path / "MNIST" / "raw")
+    load_dataset("mnist", data_dir=tmp_path, download=True, val_size=3)
+    assert len(calls) == 1  # found on disk: no second download
 
 
 # ---------------------------------------------------------------- IDX
@@ -157,6 +194,9 @@ def test_bad_magic_refused(tmp_path):
 def test_missing_data_names_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [str(tmp_path / "root")])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": [str(tmp_path / "sys")]})
+    (tmp_path / "mine" / "FashionMNIST" / "raw").mkdir(parents=True)
+    write_idx(tmp_path / "root" / "fashion-mnist")  # an incomplete copy gets named too
+    (tmp_path / "root" / "fashion-mnist" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(UserError) as e:
         load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
     msg = str(e.value)
@@ -164,6 +204,9 @@ def test_missing_data_names_every_place(tmp_path, monkeypatch):
     for place in ("mine", "mine/FashionMNIST/raw", "root/FashionMNIST/raw", "root/fashion-mnist", "sys"):
         assert str(tmp_path / place) in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
+    assert "lacks t10k-labels-idx1-ubyte" in msg
+    with pytest.raises(UserError, match="not a folder"):
+        load_dataset("mnist", data_dir=tmp_path / "typo")
 
 
 def test_unknown_dataset():
@@ -245,7 +288,7 @@ def test_start_step_skips_exactly():
     assert len(tail) == len(whole) - 3
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(whole[3:], tail))
     with pytest.raises(UserError, match="start_step"):
-        next(loader.epoch(0, start_step=len(loader) + 1))
+        loader.epoch(0, start_step=len(loader) + 1)
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
@@ -303,3 +346,13 @@ def test_bad_augment_is_user_error():
 def test_default_augments():
     assert data.default_augment("cifar10") == Augment(rrc=True, flip_p=0.3)
     assert data.default_augment("mnist") == Augment(crop_padding=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_batches_match_cpu():
+    # Random numbers come from CPU generators, so the device only changes float rounding.
+    x, y = toy(n=64, size=32)
+    cpu = batches(BatchLoader(x, y, 16, augment=AUG, seed=2), 1)
+    gpu = batches(BatchLoader(x, y, 16, augment=AUG, seed=2, device="cuda"), 1)
+    for (a, b), (c, d) in zip(cpu, gpu):
+        assert c.is_cuda and torch.equal(b, d.cpu()) and torch.allclose(a, c.cpu(), atol=1e-4)

@@ -13,6 +13,7 @@ class TrainConfig:
     download: bool = False
     val_size: Optional[int] = None        # None: the dataset's default (5,000)
     train_subset: Optional[int] = None    # keep only this many training images (quick CPU runs)
+    augment: bool = True                  # the dataset's default augmentation (data.DEFAULT_AUGMENT)
     epochs: int = 10
     batch_size: int = 256                 # per optimizer step, summed over ranks and accumulation
     grad_accum: int = 1

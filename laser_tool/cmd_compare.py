@@ -1,0 +1,73 @@
+"""`laser-tool compare` and `laser-tool study`: thin Click wrappers over compare.py and study.py."""
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write accuracy vs parameters as PNG.")
+@click.option("--baseline", help="Run directory name whose group is the baseline (default: the dense, unreduced group).")
+@click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on.")
+@click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
+def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
+    """Group runs by spec across seeds: accuracy mean, sd, 95% CI, Welch p vs baseline, speed.
+
+    PATHS are run directories or folders holding them (searched two levels deep). Each train-time
+    variant is followed by the baseline reduced post hoc to its parameter count on the same layers.
+    """
+    from . import compare as cmp
+    from . import report
+    from .fileio import atomic_write_text
+    device = _device(device)
+    result = cmp.compare_runs(paths, baseline=baseline, speed=not no_speed, device=device)
+    text = report.render(result, fmt)
+    if out_path:
+        atomic_write_text(out_path, text)
+    else:
+        click.echo(text, nl=False)
+    if plot_path:
+        report.plot(result.rows, plot_path)
+        click.echo(f"plot: {plot_path}", err=True)
+    if result.problems:
+        click.echo(f"{len(result.problems)} run(s) not compared (listed in the output)", err=True)
+
+
+def _device(device: str) -> str:
+    import torch
+    from .errors import UserError
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+@click.command()
+@click.option("--preset", required=True, metavar="NAME", help="quick | seed-vit-tiny | seed-xt.")
+@click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick, 4 for the seed presets).")
+@click.option("--out", type=click.Path(file_okay=False), help="Study directory (default studies/PRESET).")
+@click.option("--heal-epochs", type=int, default=0, show_default=True,
+              help="Also fine-tune each post-hoc reduced model this many epochs, as separate rows.")
+@click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
+def study(preset, seeds, out, heal_epochs, epochs, device, data_dir):
+    """Train a preset's grid over seeds, reduce each baseline post hoc to every variant's parameter
+    count (svd and whiten), optionally heal, then write STUDY/report.md with table, plot, commands.
+
+    Running the same command again skips finished runs and continues unfinished ones.
+    """
+    from .errors import UserError
+    from .study import run_study
+    if heal_epochs < 0 or (epochs is not None and epochs < 1):
+        raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
+    try:
+        report = run_study(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs, device=device,
+                           data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished runs are kept; run the same command again to continue", err=True)
+        sys.exit(130)
+    click.echo(str(report))

@@ -1,0 +1,305 @@
+"""`laser-tool study`: the whole experiment in one resumable command.
+
+For a preset it trains every grid row for every seed, reduces each seed's baseline post hoc to each
+train-time row's parameter count on the same layers (plain SVD and the activation-aware `whiten`),
+optionally fine-tunes ("heals") each reduced model for a few epochs as separate rows, and writes
+STUDY/report.md: the compare table, the plot and the command that reproduces each row.
+
+Everything lands in STUDY/runs/NAME with deterministic names, so a second invocation finds finished
+runs (final.json) and skips them, and the trainer resumes an interrupted one from its last state.
+
+Grids (ANCHORS.md): seed-xt is the blog's rows A-I on the x-transformers ViT; seed-vit-tiny is the
+DYAD follow-up (baseline; mlp_dim 1024 with DYAD FFN layers); quick is a CPU-sized version of the
+question on Fashion-MNIST using the trainer's `quick` model.
+"""
+import copy
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str            # the blog's row letter for the seed presets; also fixes the table order
+    slug: str          # part of the run name
+    opts: tuple = ()   # (option, value) pairs over the trainer preset, as `laser-tool train` takes them
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.opts
+
+
+def _rows(*specs):
+    return [Row(i, slug, tuple(opts.items())) for i, slug, opts in specs]
+
+
+GRIDS = {
+    "quick": _rows(("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
+                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)})),
+    "seed-xt": _rows(
+        ("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
+        ("C", "skl-ffn", {"variant": "skl", "targets": ("ffn",)}),
+        ("D", "skl-ffn-in", {"variant": "skl", "targets": ("ffn-in",)}),
+        ("E", "lowrank-ffn-in", {"variant": "lowrank", "targets": ("ffn-in",)}),
+        ("F", "skl-ffn-out", {"variant": "skl", "targets": ("ffn-out",)}),
+        ("G", "skl-attn-out", {"variant": "skl", "targets": ("attn-out",)}),
+        ("H", "lowrank-attn-out", {"variant": "lowrank", "targets": ("attn-out",)}),
+        ("I", "skl-attn", {"variant": "skl", "targets": ("attn",)})),
+    "seed-vit-tiny": _rows(("T1", "baseline", {}),
+                           ("T2", "dyad-ffn-mlp1024", {"variant": "dyad", "targets": ("ffn",), "mlp_dim": 1024})),
+}
+DEFAULT_SEEDS = {"quick": 1, "seed-xt": 4, "seed-vit-tiny": 4}  # the blog ran ViT-tiny 4 times
+METHODS = ("svd", "whiten")
+HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
+
+
+@dataclass
+class Step:
+    kind: str                      # train | reduce | heal
+    name: str                      # run directory name under STUDY/runs
+    command: str                   # how to reproduce it by hand
+    cfg: object = None             # TrainConfig (train)
+    parent: str = None             # run the step starts from (reduce, heal)
+    selectors: list = field(default_factory=list)
+    method: str = None
+    epochs: int = 0
+
+
+def _flag(k, v):
+    f = "--" + k.replace("_", "-")
+    if k == "targets":
+        return " ".join(f"--target {t}" for t in v)
+    return f"{f} {v}"
+
+
+def matched_selectors(base_spec, variant_spec) -> list:
+    """Per-layer `name=rank` selectors that cut the baseline's layers to the parameter count of the
+    variant's layers of the same name (factored rank r holds r*(d_in+d_out) weights plus the bias).
+    Empty when the variant's layers are not smaller, so a reduction could save nothing."""
+    from .layers import layer_kind
+    from .models import build_model
+    from .surgery import named_linears, slots
+    base = {s.name: s.module for s in slots(build_model(base_spec))}
+    out = []
+    for v in named_linears(build_model(variant_spec)):
+        b = base.get(v["name"])
+        if b is None or (v["kind"] == layer_kind(b)
+                         and (v["in_features"], v["out_features"]) == (b.in_features, b.out_features)):
+            continue  # untouched by the variant
+        d_in, d_out = b.in_features, b.out_features
+        bias = d_out if getattr(b, "bias", None) is not None else 0
+        r = max(1, round((v["params"] - bias) / (d_in + d_out)))
+        if r >= d_in * d_out / (d_in + d_out):
+            return []
+        out.append(f"{v['name']}={r}")
+    return out
+
+
+MODEL_OPTS = ("variant", "targets", "mlp_dim", "scale", "n_dyad")
+
+
+def train_config(preset: str, opts: dict):
+    """TrainConfig = defaults <- the trainer's preset <- opts: what `laser-tool train --preset` builds."""
+    from trainers.config import TrainConfig
+    from trainers.presets import PRESETS
+    from .models import ModelSpec
+    p = dict(PRESETS[preset])
+    model = ModelSpec(**p.pop("model"))
+    given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in MODEL_OPTS}
+    return replace(TrainConfig(), model=replace(model, **given), **p,
+                   **{k: v for k, v in opts.items() if k not in MODEL_OPTS})
+
+
+def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None):
+    """(steps, notes): every step of the study in order (per seed: train all rows, then reduce and
+    heal), and sentences for the report about rows that get no post-hoc twin."""
+    from .data import DATASETS, canonical_name
+    if preset not in GRIDS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(GRIDS)}")
+    runs = out / "runs"
+    steps, notes = [], []
+    for seed in range(seeds):
+        extra = {"seed": seed, "out": str(runs), "device": device}
+        if epochs:
+            extra["epochs"] = epochs
+        if data_dir:
+            extra["data_dir"] = str(data_dir)
+        cfgs = {}
+        for row in GRIDS[preset]:
+            opts = dict(row.opts, name=f"{row.id}-{row.slug}-s{seed}", **extra)
+            cfg = train_config(preset, opts)
+            info = DATASETS[canonical_name(cfg.dataset)]  # the trainer fits the model to the data the same way
+            cfgs[row] = replace(cfg, model=replace(cfg.model, image_size=info.image_size, channels=info.channels,
+                                                   num_classes=info.num_classes))
+            cmd = f"laser-tool train --preset {preset} " + " ".join(_flag(k, v) for k, v in opts.items())
+            steps.append(Step("train", opts["name"], cmd, cfg=cfg))
+        base_row = next(r for r in GRIDS[preset] if r.is_baseline)
+        base_name = f"{base_row.id}-{base_row.slug}-s{seed}"
+        made = set()
+        for row in GRIDS[preset]:
+            if row.is_baseline:
+                continue
+            sel = matched_selectors(cfgs[base_row].model, cfgs[row].model)
+            if not sel:
+                if seed == 0:
+                    notes.append(f"{row.id} ({row.slug}) has no post-hoc twin: its layers hold no fewer "
+                                 f"parameters than the baseline's, so a reduction would save nothing.")
+                continue
+            for method in METHODS:
+                if (tuple(sel), method) in made:  # e.g. half-ffn and lowrank ffn r=0.5 cut to the same ranks:
+                    continue                      # one run serves both (a copy would pose as a second seed)
+                made.add((tuple(sel), method))
+                name = f"{row.id}-posthoc-{method}-s{seed}"
+                cmd = (f"laser-tool reduce {runs / base_name} " + " ".join(f"--layer {s}" for s in sel)
+                       + f" --method {method} --store factored --out {runs / name}")
+                steps.append(Step("reduce", name, cmd, parent=base_name, selectors=sel, method=method))
+                if heal_epochs:
+                    healed = f"{row.id}-posthoc-{method}-heal{heal_epochs}-s{seed}"
+                    cmd = f"laser-tool study --preset {preset} --out {out} --heal-epochs {heal_epochs}"
+                    steps.append(Step("heal", healed, cmd, parent=name, epochs=heal_epochs))
+    return steps, notes
+
+
+def _done(run: Path):
+    """Test accuracy of a finished run, or None."""
+    try:
+        return json.loads((run / "final.json").read_text()).get("test_acc")
+    except (OSError, ValueError):
+        return None
+
+
+def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
+    """Fine-tune a reduced run for `epochs` epochs (AdamW, a tenth of its training lr, cosine to 0),
+    keep the best epoch by validation accuracy, and write it as a new run recording `heal`."""
+    import torch
+    import torch.nn.functional as F
+    from trainers.optim import lr_at, make_optimizer, set_lr
+    from .checkpoint import load_run
+    from .data import BatchLoader, default_augment
+    from .evaluate import evaluate
+    from .reduce import pick_device, write_run
+    dev = pick_device(device)
+    model, config = load_run(reduced, dev)
+    seed, lr = config.get("seed", 0), config.get("lr", 1e-3) * HEAL_LR_FACTOR
+    torch.manual_seed(seed)
+    loader = BatchLoader(splits.train_x, splits.train_y, config.get("batch_size", 128), shuffle=True,
+                         drop_last=True, augment=default_augment(config["dataset"]), seed=seed + 7919, device=dev)
+    opt = make_optimizer(model, lr, config.get("weight_decay", 0.0))
+    total, step, best, best_state, history, t0 = len(loader) * epochs, 0, -1.0, None, [], time.time()
+    for epoch in range(epochs):
+        model.train()
+        for x, y in loader.epoch(epoch):
+            set_lr(opt, lr_at(step, total, 0, lr))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.get("grad_clip", 1.0))
+            opt.step()
+            step += 1
+        val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, 1000, dev)
+        history.append(dict(epoch=epoch + 1, train_loss=loss.item(), val_loss=val_loss, val_acc=val_acc,
+                            seconds=time.time() - t0))
+        if val_acc > best:
+            best, best_state = val_acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    test_loss, test_acc = evaluate(model, splits.test_x, splits.test_y, 1000, dev)
+    seconds = time.time() - t0
+    prior = json.loads((reduced / "final.json").read_text())
+    new_config = dict(config, name=out.name, parent=str(reduced),
+                      heal=dict(epochs=epochs, lr=lr, schedule="cosine to 0, no warmup", from_run=str(reduced)))
+    final = dict(status="complete", kind="healed", parent=str(reduced), test_acc=test_acc, test_loss=test_loss,
+                 val_acc=best, params=sum(p.numel() for p in model.parameters()), heal_seconds=seconds,
+                 train_seconds=(prior.get("train_seconds") or 0) + seconds, device=str(dev))
+    write_run(out, {"final.json": final}, model, new_config)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return out
+
+
+def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
+              log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
+    """Run (or continue) a study; returns the path of its report.md."""
+    from trainers import train as trainer
+    from . import reduce as reducer
+    t_start = time.time()
+    out = Path(out or f"studies/{preset}")
+    seeds = seeds or DEFAULT_SEEDS.get(preset, 1)
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: need at least one seed")
+    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
+    runs = out / "runs"
+    splits_cache, failed = {}, []
+    todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
+    if todo:  # a missing dataset is one clear error up front, not one per run
+        from .data import load_dataset
+        c = todo[0].cfg
+        load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
+    for i, st in enumerate(steps, 1):
+        run = runs / st.name
+        tag = f"[{i}/{len(steps)}] {st.kind:<6} {st.name}"
+        acc = _done(run)
+        if acc is not None:
+            log(f"{tag}: already complete (test acc {acc:.4f}), skipped")
+            continue
+        if st.parent and _done(runs / st.parent) is None:
+            log(f"{tag}: skipped, {st.parent} did not finish")
+            failed.append(st.name)
+            continue
+        t0 = time.time()
+        try:
+            if st.kind == "train":
+                trainer.train(st.cfg)
+            else:
+                parent = runs / st.parent
+                key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
+                if key not in splits_cache:  # one load of the data per seed, shared by its reductions
+                    splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
+                if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
+                    shutil.rmtree(run)
+                if st.kind == "reduce":
+                    reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
+                                       device=device, splits=splits_cache[key])
+                else:
+                    heal(parent, run, st.epochs, splits_cache[key], device)
+        except UserError as e:
+            log(f"{tag}: FAILED: {e}")
+            failed.append(st.name)
+            continue
+        log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
+    report = write_report(out, preset, seeds, steps, notes, device, time.time() - t_start)
+    log(f"report: {report}")
+    if failed:
+        raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{'...' if len(failed) > 4 else ''}); "
+                        f"the report lists them; run the same command again to retry")
+    return report
+
+
+def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, wall: float) -> Path:
+    """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs."""
+    import torch
+    from . import compare as cmp
+    from . import report
+    from .fileio import atomic_write_text
+    from .reduce import pick_device
+    dev = str(pick_device(device))
+    result = cmp.compare_runs([out / "runs"], speed=True, device=dev)
+    result.notes += notes
+    report.plot(result.rows, out / "plot.png", title=f"study {preset}")
+    atomic_write_text(out / "results.json", report.to_json(result))
+    commands = {s.name: [s.command] for s in steps}
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name()}" if dev.startswith("cuda") else ""
+    head = [f"# Study `{preset}`: {seeds} seed(s)", "",
+            f"Machine: {platform.node()}: {cpu}, {torch.get_num_threads()} torch threads{gpu}; "
+            f"torch {torch.__version__}. Inference images/s measured on {dev}, batch 128.",
+            f"This invocation took {wall / 60:.1f} min of wall time (finished runs it found were skipped, so a "
+            f"resumed study's total is the sum over its invocations).", "",
+            f"![test accuracy vs parameters](plot.png)", ""]
+    text = "\n".join(head) + report.markdown(result, commands=commands)
+    atomic_write_text(out / "report.md", text)
+    return out / "report.md"

@@ -1,0 +1,353 @@
+"""Post-hoc reduction: rank SPECs, truncation methods, selectors, the reduce command and its errors.
+
+A tiny vit-tiny is trained for a few steps on synthetic class-template images written as MNIST IDX
+files, so accuracies are non-trivial and the real data path is exercised.
+"""
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from laser_tool import data
+from laser_tool.checkpoint import load_run, save_model
+from laser_tool.cli import main
+from laser_tool.errors import UserError
+from laser_tool.evaluate import evaluate
+from laser_tool.layers import lowrank_rank
+from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.reduce import reduce_run, select
+from laser_tool.spectrum import (Calib, Decomposition, mp_threshold, parse_spec, relative_error,
+                                 resolve_rank, singular_values, truncate)
+
+
+# ------------------------------------------------------------------ fixtures (test_search imports these)
+
+def _idx(arr, magic):
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+
+
+def write_mnist(folder, n_train=600, n_test=200, seed=0):
+    """Class templates plus noise, in the MNIST IDX format data.py reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, (10, 28, 28)).astype(np.float32)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n)
+        x = np.clip(0.6 * templates[y] + rng.normal(0, 50, (n, 28, 28)) + 50, 0, 255).astype(np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x, 0x803))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y.astype(np.uint8), 0x801))
+
+
+TINY = dict(image_size=28, patch_size=7, channels=1, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64,
+            num_classes=10, dropout=0.0, emb_dropout=0.0)
+
+
+def make_run(root: Path, name="base", steps=40, **spec_kw):
+    """A finished-looking run directory: config.json, model.safetensors, final.json."""
+    datadir = root / "data"
+    if not datadir.exists():
+        write_mnist(datadir)
+    spec = ModelSpec(**{"arch": "vit-tiny", **TINY, **spec_kw})
+    cfg = dict(model=spec.to_dict(), dataset="mnist", data_dir=str(datadir), val_size=100, train_subset=None,
+               seed=0, epochs=1)
+    sp = data.load_dataset("mnist", str(datadir), False, 100, 0, None)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, len(sp.train_x), (32,), generator=g)
+        loss = F.cross_entropy(model(sp.train_x[i].float() / 255), sp.train_y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    run = root / name
+    run.mkdir()
+    save_model(run / "model.safetensors", model, cfg)
+    (run / "config.json").write_text(json.dumps(cfg))
+    val, test = evaluate(model, sp.val_x, sp.val_y)[1], evaluate(model, sp.test_x, sp.test_y)[1]
+    (run / "final.json").write_text(json.dumps(dict(status="complete", test_acc=test, val_acc=val,
+                                                    params=count_params(model), train_seconds=1.0, device="cpu")))
+    return run
+
+
+def hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return make_run(root)
+
+
+def images(run, n=64):
+    cfg = json.loads((run / "config.json").read_text())
+    sp = data.load_dataset("mnist", cfg["data_dir"], False, 100, 0, None)
+    return sp.test_x[:n].float() / 255
+
+
+def logits(run, x):
+    model, _ = load_run(run)
+    with torch.no_grad():
+        return model(x)
+
+
+# ------------------------------------------------------------------ rank SPECs
+
+def test_parse_spec_forms():
+    assert parse_spec("64").kind == "int" and parse_spec("64").value == 64
+    assert (parse_spec("rho:0.1").kind, parse_spec("rho:0.1").value) == ("rho", 0.1)
+    assert parse_spec("params:0.5").kind == "params"
+    assert parse_spec("energy:0.9").kind == "energy"
+    for bad in ("rho:abc", "foo:0.5", "0.5", "-3", "0", "rho:1.5", "energy:0", ""):
+        with pytest.raises(UserError):
+            parse_spec(bad)
+
+
+def test_params_half_is_the_seeds_lowrank_rank():
+    # vit-tiny and xt-vit layer shapes at the seed's sizes, plus the tiny model's.
+    shapes = [(512, 240), (1152, 512), (512, 384), (256, 512), (512, 256), (10, 512), (256, 48), (384, 256),
+              (256, 384), (1024, 256), (256, 1024), (10, 256), (96, 32), (64, 32), (32, 64)]
+    for d_out, d_in in shapes:
+        r = resolve_rank("params:0.5", d_out, d_in)
+        assert r == lowrank_rank(d_in, d_out, 0.5) == int(0.5 * d_out * d_in / (d_out + d_in))
+
+
+def test_rho_and_energy_ranks():
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0])
+    assert resolve_rank("rho:0.5", 4, 6, s) == 2
+    assert resolve_rank("energy:0.7", 4, 6, s) == 1          # energies 16, 4, 1, 1 of 22
+    assert resolve_rank("energy:0.8", 4, 6, s) == 2
+    assert resolve_rank("energy:1.0", 4, 6, s) == 4
+    with pytest.raises(UserError, match="above the maximum 4"):
+        resolve_rank("5", 4, 6, s)
+    with pytest.raises(UserError, match="below 1"):
+        resolve_rank("rho:0.1", 4, 6, s)
+
+
+# ------------------------------------------------------------------ truncation methods
+
+def test_truncated_svd_error_is_the_dropped_singular_values():
+    torch.manual_seed(0)
+    W = torch.randn(40, 30, dtype=torch.float64)
+    s = torch.linalg.svdvals(W)
+    for r in (1, 5, 17, 29):
+        U, V = truncate(W, r)
+        err = torch.linalg.matrix_norm(W - U.double() @ V.double())
+        assert torch.isclose(err, s[r:].norm(), rtol=1e-5), (r, err, s[r:].norm())
+        assert relative_error(W, U, V) == pytest.approx(float(s[r:].norm() / s.norm()), rel=1e-5)
+
+
+def test_full_rank_reproduces_the_matrix():
+    torch.manual_seed(1)
+    W = torch.randn(24, 36)
+    X = torch.randn(500, 36)
+    for method in ("svd", "whiten", "asvd"):
+        U, V = truncate(W, 24, method, calib=X)
+        assert torch.allclose(U @ V, W, atol=1e-5, rtol=1e-5), method
+
+
+def test_whiten_beats_svd_on_output_error_with_correlated_inputs():
+    torch.manual_seed(2)
+    d_in, d_out, r = 48, 64, 8
+    mix = torch.randn(d_in, d_in) * torch.logspace(0, -3, d_in)[:, None]  # strongly correlated features
+    X = torch.randn(2000, d_in) @ mix
+    W = torch.randn(d_out, d_in)
+    out = {}
+    for method in ("svd", "whiten", "asvd"):
+        U, V = truncate(W, r, method, calib=X)
+        out[method] = float(torch.linalg.matrix_norm(X @ (W - U @ V).T))
+    assert out["whiten"] < out["svd"] * 0.9, out
+    assert out["asvd"] < out["svd"], out
+
+
+def test_whiten_survives_rank_deficient_inputs_and_fisher_weights_rows():
+    torch.manual_seed(3)
+    W = torch.randn(16, 32)
+    d = Decomposition(W, "whiten", Calib.from_inputs(torch.randn(8, 32)))  # 8 tokens < 32 features
+    assert d.info["cholesky_shift"] > 0
+    U, V = d.factors(4)
+    assert torch.isfinite(U).all() and torch.isfinite(V).all()
+    rows = torch.ones(16)
+    rows[:4] = 1e4                                          # the loss cares about rows 0..3
+    U, V = Decomposition(W, "fisher", Calib(row_fisher=rows)).factors(4)
+    Us, Vs = truncate(W, 4)
+    assert (W - U @ V)[:4].norm() < (W - Us @ Vs)[:4].norm()
+    with pytest.raises(UserError, match="calibration"):
+        Decomposition(W, "whiten")
+
+
+def test_mp_threshold_separates_signal_from_noise():
+    torch.manual_seed(4)
+    noise = torch.randn(200, 300)
+    assert int((singular_values(noise) > mp_threshold(singular_values(noise), noise.shape)).sum()) <= 1
+    signal = noise + 8 * torch.randn(200, 3) @ torch.randn(3, 300)
+    s = singular_values(signal)
+    assert int((s > mp_threshold(s, signal.shape)).sum()) == 3
+
+
+# ------------------------------------------------------------------ selectors
+
+def test_selectors(base):
+    model, _ = load_run(base)
+    names = lambda sel: list(select(model, sel, "2"))  # noqa: E731
+    assert names(["blocks.1.ffn.in"]) == ["blocks.1.ffn.in"]
+    assert names(["*.ffn.in"]) == ["blocks.0.ffn.in", "blocks.1.ffn.in"]
+    assert names(["1:fc_in"]) == ["blocks.1.ffn.in"]
+    assert names(["*:mlp"]) == ["blocks.0.ffn.in", "blocks.0.ffn.out", "blocks.1.ffn.in", "blocks.1.ffn.out"]
+    assert names(["0:attn"]) == ["blocks.0.attn.qkv", "blocks.0.attn.out"]
+    assert len(names(["*:all"])) == 8 and len(names(["*"])) == 10
+    chosen = select(model, ["*:mlp", "blocks.0.ffn.in=rho:0.5"], "params:0.5")
+    assert str(chosen["blocks.0.ffn.in"][1]) == "rho:0.5" and str(chosen["blocks.1.ffn.in"][1]) == "params:0.5"
+    for bad, msg in (("0:q", "use type qkv"), ("5:mlp", "block"), ("0:fc", "unknown layer type"),
+                     ("blocks.0.ffn.inn", "did you mean blocks.0.ffn.in")):
+        with pytest.raises(UserError, match=msg):
+            select(model, [bad], "2")
+    with pytest.raises(UserError, match="no rank"):
+        select(model, ["head"])
+
+
+# ------------------------------------------------------------------ reduce_run
+
+def test_full_rank_reduce_changes_no_output(base, tmp_path):
+    before = hashes(base)
+    x = images(base)
+    out = reduce_run(base, ["*"], rank="energy:1.0", out=tmp_path / "full")
+    assert torch.allclose(logits(out, x), logits(base, x), atol=1e-4, rtol=1e-4)
+    rep = json.loads((out / "reduce.json").read_text())
+    assert rep["val_acc_after"] == rep["val_acc_before"] and rep["test_acc_after"] == rep["test_acc_before"]
+    assert hashes(base) == before
+
+
+def test_factored_equals_dense_with_fewer_params(base, tmp_path):
+    sel = ["*:mlp", "blocks.1.attn.qkv=6", "head=4"]
+    dense = reduce_run(base, sel, rank="params:0.3", store="dense", out=tmp_path / "d")
+    fact = reduce_run(base, sel, rank="params:0.3", store="factored", out=tmp_path / "f")
+    x = images(base)
+    a, b = logits(dense, x), logits(fact, x)
+    assert float((a - b).norm() / a.norm()) < 1e-5
+    fd, ff = (json.loads((p / "final.json").read_text()) for p in (dense, fact))
+    assert ff["params"] < fd["params"] == json.loads((base / "final.json").read_text())["params"]
+    assert ff["kind"] == "post-hoc" and ff["status"] == "complete" and ff["parent"] == str(base)
+    rep = json.loads((fact / "reduce.json").read_text())
+    layer = next(l for l in rep["layers"] if l["name"] == "blocks.0.ffn.in")
+    assert layer["rank_after"] == int(0.3 * 64 * 32 / 96) and layer["params_after"] == layer["rank_after"] * 96 + 64
+    assert {"shape", "method", "rank_before", "params_before", "rel_frobenius_error", "energy_kept"} <= set(layer)
+    cfg = json.loads((fact / "config.json").read_text())
+    assert cfg["model"]["layers"]["blocks.0.ffn.in"] == {"kind": "factored", "rank": 6, "bias": True}
+    _, meta_cfg = load_run(fact)
+    assert meta_cfg == cfg
+
+
+def test_reductions_compose(base, tmp_path):
+    one = reduce_run(base, ["*:mlp"], rank="params:0.5", store="factored", out=tmp_path / "one")
+    two = reduce_run(one, ["blocks.0.ffn.in=4", "blocks.1.attn.out=3"], method="whiten", store="factored",
+                     out=tmp_path / "two")
+    cfg = json.loads((two / "config.json").read_text())
+    assert [s["parent"] for s in cfg["reduction"]] == [str(base), str(one)]
+    assert cfg["model"]["layers"]["blocks.0.ffn.in"]["rank"] == 4
+    assert cfg["model"]["layers"]["blocks.1.ffn.out"]["rank"] == 10          # kept from step one
+    assert cfg["reduction"][1]["calib"]["split"] == "train"
+    rep = json.loads((two / "reduce.json").read_text())
+    assert rep["layers"][0]["rank_before"] == 10 and rep["layers"][0]["rank_after"] == 4
+    model, _ = load_run(two)
+    assert model.blocks[0]["ffn"].fc_in.rank == 4
+
+
+def test_structured_layer_reduces_to_linear(tmp_path):
+    run = make_run(tmp_path, steps=0, variant="lowrank", targets=["ffn-in"], scale=0.9)
+    out = reduce_run(run, ["0:fc_in=3", "0:qkv=5"], out=tmp_path / "r")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["layers"] == {"blocks.0.ffn.in": {"kind": "linear", "bias": True}}  # SN layer keeps its type
+    model, _ = load_run(out)
+    assert type(model.blocks[0]["ffn"].fc_in) is torch.nn.Linear
+    assert torch.linalg.matrix_rank(model.blocks[0]["ffn"].fc_in.weight) == 3
+
+
+# ------------------------------------------------------------------ the command and its errors
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_reduce_and_warning(base, tmp_path):
+    res = cli("reduce", base, "--layer", "0:fc_in", "--rank", "30", "--store", "factored", "--out", tmp_path / "w")
+    assert res.exit_code == 0, res.output
+    assert "saves no parameters" in res.stderr
+    assert json.loads((tmp_path / "w" / "reduce.json").read_text())["warnings"]
+    res = cli("reduce", base, "--layer", "head", "--rank", "rho:0.5")      # default sibling directory
+    assert res.exit_code == 0, res.output
+    out = Path(res.stdout.strip().split("wrote ")[-1])
+    assert out.parent == base.parent and out.name.startswith("base-reduced-svd-")
+    assert cli("reduce", base, "--layer", "head", "--rank", "rho:0.5").exit_code == 2   # exists: refuse
+
+
+def _one_line_error(res, *needles):
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_cli_errors_leave_the_input_untouched(base, tmp_path):
+    before = hashes(base)
+    cases = [
+        (["--layer", "blocks.0.ffn.inn", "--rank", "2"], ["did you mean blocks.0.ffn.in"]),
+        (["--layer", "blocks.0.ffn.in", "--rank", "100"], ["above the maximum 32"]),
+        (["--layer", "blocks.0.ffn.in", "--rank", "0"], ["below 1"]),
+        (["--layer", "head", "--rank", "rho:0.01"], ["below 1"]),
+        (["--layer", "head", "--rank", "rho:abc"], ["not a number"]),
+        (["--layer", "head", "--rank", "0.5"], ["cannot parse"]),
+        (["--layer", "head=", "--rank", "2"], ["cannot parse"]),
+        (["--layer", "head", "--rank", "2", "--method", "whiten", "--calib-batches", "0"], ["calib"]),
+        (["--layer", "head", "--rank", "2", "--out", base / "inside"], ["input run"]),
+    ]
+    for args, needles in cases:
+        _one_line_error(cli("reduce", base, *args), *needles)
+    assert hashes(base) == before
+
+
+def test_cli_bad_checkpoints(base, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(base, bad)
+    blob = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    _one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "corrupt or truncated")
+    (bad / "model.safetensors").write_bytes(b"\x00garbage")
+    _one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "not a readable safetensors")
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"not really a pickle")
+    _one_line_error(cli("reduce", pt, "--layer", "head", "--rank", "2"), "pickle")
+
+
+def test_cli_missing_calibration_data(base, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(base, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["data_dir"] = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    model, _ = load_run(base)
+    save_model(moved / "model.safetensors", model, cfg)
+    (moved / "config.json").write_text(json.dumps(cfg))
+    before = hashes(moved)
+    _one_line_error(cli("reduce", moved, "--layer", "head", "--rank", "2", "--method", "whiten"), "mnist not found")
+    assert hashes(moved) == before
+    assert not any(p.name.startswith("moved-") or p.name.startswith(".moved") for p in tmp_path.iterdir())

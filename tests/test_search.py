@@ -1,0 +1,116 @@
+"""Rank search: the staged forward, cached vs naive sweeps, the budget, compose, spectrum."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from laser_tool import data
+from laser_tool.checkpoint import load_run
+from laser_tool.cli import main
+from laser_tool.errors import UserError
+from laser_tool.models import ModelSpec, build_model
+from laser_tool.reduce import calibration_batches, collect_calibration, run_data
+from laser_tool.search import naive_sweep, search_run, staged, sweep
+from test_reduce import TINY, hashes, make_run
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.mark.parametrize("arch", ["vit-tiny", "xt-vit"])
+def test_staged_forward_is_bitwise_the_model(arch):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(arch=arch, **TINY)).eval()
+    x = torch.rand(8, 1, 28, 28)
+    st = staged(model)
+    with torch.no_grad():
+        assert torch.equal(st.run_from(0, st.prefix(x)), model(x))
+    assert st.index["head"] == len(st.stages) - 1
+    if arch == "vit-tiny":
+        assert len(st.stages) == 1 + 4 * 2 + 2   # embed, 4 per block, pool, head
+
+
+@pytest.mark.parametrize("method", ["svd", "whiten"])
+def test_cached_sweep_equals_naive(base, method):
+    model, cfg = load_run(base)
+    splits = run_data(cfg)
+    names = ["embed", "blocks.0.attn.qkv", "blocks.0.attn.out", "blocks.1.ffn.in", "blocks.1.ffn.out", "head"]
+    specs = ["1", "params:0.3", "rho:0.5"]
+    calib = None
+    if method != "svd":
+        calib = collect_calibration(model, names, calibration_batches(splits, 2, 0), method)
+    cached, _ = sweep(model, names, specs, splits.val_x, splits.val_y, batch_size=40, method=method, calib=calib)
+    grid = {n: [c["rank"] for c in rows] for n, rows in cached.items()}
+    naive = naive_sweep(base, grid, splits.val_x, splits.val_y, batch_size=40, method=method, calib=calib)
+    for n in names:
+        assert [(c["rank"], c["val_acc"]) for c in cached[n]] == [(c["rank"], c["val_acc"]) for c in naive[n]]
+        assert [c["val_loss"] for c in cached[n]] == pytest.approx([c["val_loss"] for c in naive[n]], rel=1e-6)
+    accs = {c["val_acc"] for rows in cached.values() for c in rows}
+    assert len(accs) > 1                                       # the sweep measured something
+
+
+def test_search_meets_budget_and_applies(base, tmp_path):
+    before = hashes(base)
+    rep = search_run(base, "params:0.5", ["*:mlp", "*:qkv"], ranks=["params:0.1", "params:0.3", "params:0.5"],
+                     apply=True, out=tmp_path / "applied", report=tmp_path / "s.json", batch_size=50)
+    chosen = rep["chosen"]
+    assert chosen["params"] <= rep["budget_params"] and chosen["meets_budget"]
+    assert rep["allocation"]["params"] <= rep["budget_params"]
+    # LASER's compose done right: a step is accepted exactly when it is at least the best so far.
+    best = rep["allocation"]["val_acc"]
+    for s in rep["compose"]["steps"]:
+        assert s["best_before"] == best and s["accepted"] == (s["val_acc"] >= best)
+        best = max(best, s["val_acc"]) if s["accepted"] else best
+    assert chosen["val_acc"] == best >= rep["allocation"]["val_acc"]
+    assert json.loads((tmp_path / "s.json").read_text())["chosen"] == chosen
+    red = json.loads((tmp_path / "applied" / "reduce.json").read_text())
+    assert red["val_acc_after"] == chosen["val_acc"] and red["test_acc_after"] == chosen["test_acc"]
+    assert (tmp_path / "applied" / "search.json").exists()
+    assert {l["name"]: l["rank_after"] for l in red["layers"]} == chosen["ranks"]
+    assert hashes(base) == before
+
+
+def test_unmeetable_budget(base, tmp_path):
+    before = hashes(base)
+    with pytest.raises(UserError, match="cannot be met"):
+        search_run(base, "params:0.01", ["*:mlp"], ranks=["params:0.5"], report=tmp_path / "x.json")
+    res = CliRunner().invoke(main, ["search", str(base), "--budget", "params:0.01", "--layers", "*:mlp",
+                                    "--ranks", "params:0.5", "--report", str(tmp_path / "y.json")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "cannot be met" in res.stderr
+    res = CliRunner().invoke(main, ["search", str(base), "--budget", "half"])
+    assert res.exit_code == 2 and "params:F" in res.stderr
+    assert hashes(base) == before and not (tmp_path / "x.json").exists()
+
+
+def test_search_cli(base, tmp_path):
+    res = CliRunner().invoke(main, ["search", str(base), "--budget", "params:0.6", "--layers", "1:mlp",
+                                    "--ranks", "params:0.2,params:0.5", "--report", str(tmp_path / "r.json"),
+                                    "--no-compose"])
+    assert res.exit_code == 0, res.output
+    assert "chosen:" in res.stdout and (tmp_path / "r.json").exists()
+
+
+def test_spectrum_cli(base, tmp_path):
+    before = hashes(base)
+    res = CliRunner().invoke(main, ["spectrum", str(base), "--format", "json", "--plot", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 10 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    r = next(r for r in rows if r["layer"] == "blocks.0.ffn.in")
+    assert len(r["singular_values"]) == r["max_rank"] == 32
+    assert 1 <= r["stable_rank"] <= r["effective_rank"] <= 32
+    assert r["energy_at"]["params:0.5"]["rank"] == 10
+    res = CliRunner().invoke(main, ["spectrum", str(base), "--layers", "*.ffn.*", "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("layer,d_out,d_in,kind") and "energy@params:0.5" in lines[0]
+    assert hashes(base) == before

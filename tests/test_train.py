@@ -1,0 +1,196 @@
+"""Training: loss falls, resume is bitwise exact, crashes lose nothing, DDP matches, bad input is refused."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from laser_tool import load_run
+from laser_tool.cli import main
+from laser_tool.errors import UserError
+from laser_tool.models import ModelSpec
+from synthetic import write_tiny_mnist
+from trainers.config import TrainConfig
+from trainers.train import train
+
+TINY = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7,
+                 dropout=0.1, emb_dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+def tiny_cfg(data_dir, out, **kw):
+    # No augmentation: the synthetic task is then learnt in a few dozen steps (the quick-preset test
+    # below trains with augmentation on real data).
+    base = TrainConfig(model=TINY, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
+                       batch_size=50, lr=3e-3, warmup_epochs=0.5, weight_decay=0.01, device="cpu",
+                       out=str(out), name="run")
+    return replace(base, **kw)
+
+
+def test_loss_falls_and_run_files(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, tmp_path, epochs=4, lr=1e-2)
+    run = train(cfg, progress=False)
+    hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]   # chance level is ln 10 = 2.30
+    final = json.loads((run / "final.json").read_text())
+    assert final["status"] == "complete" and final["test_acc"] > 0.3   # chance is 0.1
+    assert final["best_epoch"] == 1 + max(range(4), key=lambda i: hist[i]["val_acc"])
+    written = json.loads((run / "config.json").read_text())
+    assert written["split"]["val"] == 200 and len(written["split"]["val_indices"]) == 200
+    assert written["schedule"]["steps_per_epoch"] == 1000 // 50
+    model, mcfg = load_run(run)  # the checkpoint alone rebuilds its model
+    assert mcfg["model"]["channels"] == 1 and mcfg["params"] == sum(p.numel() for p in model.parameters())
+    # A second call finds the finished run and trains nothing.
+    mtime = (run / "final.json").stat().st_mtime_ns
+    assert train(cfg, progress=False) == run
+    assert (run / "final.json").stat().st_mtime_ns == mtime
+
+
+def test_resume_is_bitwise_identical(data_dir, tmp_path):
+    straight = train(tiny_cfg(data_dir, tmp_path / "a"), progress=False)
+    with pytest.raises(KeyboardInterrupt):  # stop mid-epoch 2 (20 steps per epoch)
+        train(tiny_cfg(data_dir, tmp_path / "b"), progress=False, _interrupt_at_step=27)
+    resumed_dir = tmp_path / "b" / "run"
+    assert not (resumed_dir / "final.json").exists()
+    resumed = train(tiny_cfg(data_dir, tmp_path / "b"), progress=False)
+    a, b = load_file(straight / "state.safetensors"), load_file(resumed / "state.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = (straight / "metrics.jsonl").read_text().splitlines()
+    mb = (resumed / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_s")}
+                           for x in lines]
+    assert strip(ma) == strip(mb)
+
+
+def test_crash_between_writes_keeps_previous_checkpoint(data_dir, tmp_path, monkeypatch):
+    cfg = tiny_cfg(data_dir, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(cfg, epochs=2), progress=False, _interrupt_at_step=21)  # after epoch 1 is saved
+    run = tmp_path / "run"
+    before = load_file(run / "last.safetensors")
+    import laser_tool.fileio as fileio
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("last.safetensors"):
+            raise OSError("simulated power cut")
+        real_replace(src, dst)
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(OSError):
+        train(cfg, progress=False)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
+    after = load_file(run / "last.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    load_run(run / "last.safetensors")
+    assert train(cfg, progress=False) == run  # and the run still completes
+    assert json.loads((run / "final.json").read_text())["status"] == "complete"
+
+
+def test_ddp_two_processes_match_single(data_dir, tmp_path):
+    """2-process gloo DDP vs one process on the same global batch: same losses within 1e-4."""
+    common = ["train", "--arch", "vit-tiny", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16",
+              "--mlp-dim", "64", "--patch-size", "7", "--dropout", "0", "--emb-dropout", "0",
+              "--dataset", "mnist", "--data-dir", str(data_dir), "--val-size", "200", "--epochs", "1",
+              "--batch-size", "50", "--lr", "3e-3", "--device", "cpu", "--out", str(tmp_path), "--no-augment"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "laser_tool", *common, "--name", "one"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29531", "-m", "laser_tool", *common, "--name", "two"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(one["train_loss"] - two["train_loss"]) < 1e-4
+    assert abs(one["val_loss"] - two["val_loss"]) < 1e-4
+    wa, wb = load_file(tmp_path / "one" / "last.safetensors"), load_file(tmp_path / "two" / "last.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def run_cli(args):
+    r = CliRunner().invoke(main, args)
+    return r.exit_code, r.output
+
+
+def test_refuses_a_different_run_in_the_same_directory(data_dir, tmp_path):
+    args = ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--dim", "32", "--depth", "1",
+            "--heads", "2", "--dim-head", "16", "--mlp-dim", "64", "--patch-size", "7", "--val-size", "200",
+            "--epochs", "1", "--batch-size", "100", "--out", str(tmp_path), "--name", "r", "--device", "cpu"]
+    assert run_cli(args)[0] == 0
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    code, out = run_cli(args[:-6] + ["--lr", "0.01"] + args[-6:])
+    assert code == 2 and "different settings (lr)" in out and "--overwrite" in out
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    code, out = run_cli(args[:-6] + ["--lr", "0.01"] + args[-6:] + ["--overwrite"])
+    assert code == 0 and json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.01
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    cfg = tiny_cfg(data_dir, tmp_path, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, _interrupt_at_step=20)  # epoch 1 complete and saved
+    good = load_file(tmp_path / "run" / "last.safetensors")
+    import torch.nn.functional as F
+    import trainers.train as loop
+
+    class PoisonedF:  # the loss turns NaN on the 5th micro-batch of epoch 2
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        def cross_entropy(self, *a, **k):
+            PoisonedF.calls += 1
+            loss = F.cross_entropy(*a, **k)
+            return loss * float("nan") if PoisonedF.calls >= 5 else loss
+    monkeypatch.setattr(loop, "F", PoisonedF())
+    with pytest.raises(UserError, match=r"non-finite at epoch 2, step \d+"):
+        train(cfg, progress=False)
+    kept = load_file(tmp_path / "run" / "last.safetensors")
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+    assert not (tmp_path / "run" / "final.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_but_absent(data_dir, tmp_path):
+    code, out = run_cli(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--device", "cuda",
+                         "--out", str(tmp_path)])
+    assert code == 2 and "no CUDA device" in out and "Traceback" not in out
+
+
+def test_missing_data_is_one_line(tmp_path):
+    code, out = run_cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert code == 2 and out.startswith("error: ") and out.count("\n") == 1 and "Traceback" not in out
+
+
+def test_unknown_preset(tmp_path):
+    code, out = run_cli(["train", "--preset", "nope", "--out", str(tmp_path)])
+    assert code == 2 and "unknown preset" in out
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_quick_preset_reaches_85_percent(tmp_path):
+    code, out = run_cli(["train", "--preset", "quick", "--out", str(tmp_path), "--name", "quick"])
+    assert code == 0, out
+    final = json.loads((tmp_path / "quick" / "final.json").read_text())
+    print(f"quick preset: test acc {final['test_acc']:.4f}, {final['train_seconds']:.0f} s, {final['params']} params")
+    assert final["test_acc"] >= 0.85

@@ -1,0 +1,31 @@
+"""AdamW and the learning-rate schedule.
+
+The schedule is a pure function of the optimizer step, with its lengths given in true epochs:
+linear warmup for `warmup_epochs`, then cosine decay to zero at the last step. (The seed handed an
+epoch-based CosineAnnealingWarmRestarts to DeepSpeed, which stepped it every optimizer step, so its
+"5 warmup epochs" were 5 steps; here nothing depends on who calls what how often.)
+"""
+import math
+
+import torch
+
+
+def make_optimizer(model, lr: float, weight_decay: float):
+    """AdamW; no weight decay on biases, norms, scalars, embeddings' 1-D parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

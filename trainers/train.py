@@ -1,0 +1,339 @@
+"""The training loop: read it top to bottom.
+
+train(cfg) makes or continues runs/NAME/:
+  config.json        every setting (TrainConfig + schedule, split, versions, git commit)
+  state.safetensors  the resume point: model, optimizer, scaler, RNG, counters, metric history
+  model.safetensors  the best checkpoint by VALIDATION accuracy (never chosen on the test set)
+  last.safetensors   the latest epoch's model
+  metrics.jsonl      one line per epoch
+  final.json         test accuracy of the best-by-val and of the last checkpoint, written at the end
+Every file is written atomically. Resuming replays nothing: the data order and augmentation are pure
+functions of (seed, epoch, step), and the RNG that dropout uses is restored from the resume point, so
+on the CPU an interrupted and resumed run ends bitwise identical to an uninterrupted one.
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from laser_tool.checkpoint import load_model, save_model
+from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
+from laser_tool.errors import UserError
+from laser_tool.evaluate import evaluate
+from laser_tool.fileio import atomic_write_json, atomic_write_text
+from laser_tool.models import build_model, count_params
+
+from . import distributed as dist_
+from .config import TrainConfig
+from .optim import lr_at, make_optimizer, set_lr
+from .provenance import device_name, git_commit, versions
+from .state import load_state, save_state
+
+# Settings that do not change what is trained: a run may be continued with these changed.
+VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download"}
+
+
+def default_name(cfg: TrainConfig) -> str:
+    m = cfg.model
+    parts = [m.arch, cfg.dataset, m.variant or "baseline"]
+    if m.variant in ("lowrank", "skl", "dyad"):
+        parts += ["+".join(m.targets), f"s{m.scale:g}" if m.variant != "dyad" else f"n{m.n_dyad}"]
+    if m.mlp_dim:
+        parts.append(f"mlp{m.mlp_dim}")
+    return "-".join(parts + [f"seed{cfg.seed}"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for (--device cuda) but no CUDA device is available; "
+                        "use --device cpu or --device auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def settings(d: dict) -> dict:
+    """The part of a config.json that identifies what is trained."""
+    return {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
+    """Refuse to mix two different runs in one directory; returns the config to train with."""
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.exists():
+        return cfg
+    if overwrite:
+        shutil.rmtree(run_dir)
+        return cfg
+    try:
+        old = json.loads(cfg_file.read_text())
+    except ValueError:
+        raise UserError(f"{cfg_file} is corrupt; use --overwrite to start this run afresh") from None
+    new = settings(cfg.to_dict())
+    if settings(old) == new:
+        return cfg
+    if resume:
+        # --resume continues the run as it was configured; only volatile settings come from the command.
+        kept = TrainConfig.from_dict(old["train"])
+        return replace(kept, **{k: getattr(cfg, k) for k in VOLATILE})
+    diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
+    raise UserError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
+                    f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
+
+
+def fit_spec_to_data(cfg: TrainConfig, splits) -> TrainConfig:
+    """The model's input and output sizes come from the dataset."""
+    spec = replace(cfg.model, image_size=splits.image_size, channels=splits.channels,
+                   num_classes=splits.num_classes)
+    return replace(cfg, model=spec)
+
+
+class StopFlag:
+    """Ctrl-C asks the loop to stop at the next optimizer step and save; a second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
+    """Train (or continue) the run `cfg` describes; returns its directory. A finished run returns at once."""
+    device = resolve_device(cfg.device)
+    d = dist_.setup(device.type)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    run_dir = Path(cfg.out) / (cfg.name or default_name(cfg))
+    if d.is_main:
+        cfg = prepare_run_dir(run_dir, cfg, resume, overwrite)
+    dist_.barrier(d)
+    if (run_dir / "final.json").exists() and not overwrite:
+        if d.is_main:
+            print(f"{run_dir}: already complete", file=sys.stderr)
+        return run_dir
+
+    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset)
+    spec = fit_spec_to_data(cfg, splits).model  # config["train"] keeps what was asked, for comparisons
+
+    micro, rem = divmod(cfg.batch_size, d.world_size * cfg.grad_accum)
+    if rem or micro < 1:
+        raise UserError(f"--batch-size {cfg.batch_size} is not divisible by world size {d.world_size} x "
+                        f"--grad-accum {cfg.grad_accum}; pick a multiple")
+    augment = default_augment(cfg.dataset) if cfg.augment else Augment()
+    loader = BatchLoader(splits.train_x, splits.train_y, micro, shuffle=True, drop_last=True, augment=augment,
+                         seed=cfg.seed, device=device, rank=d.rank, world_size=d.world_size)
+    steps_per_epoch = len(loader) // cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise UserError(f"{len(splits.train_x)} training images make no full batch of {cfg.batch_size}; "
+                        f"lower --batch-size")
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec).to(device)
+    params = count_params(model)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp != "off":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    config = {
+        "kind": "train", "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
+        "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step",
+                     "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "total_steps": total_steps},
+        "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
+        "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
+                  "val_indices": splits.val_indices, "source": splits.source},
+        "augment": dataclasses.asdict(augment),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "versions": versions(), "git_commit": git_commit(),
+    }
+    # Flattened for readers who just want the usual keys (compare, reduce).
+    config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
+
+    counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
+                "history": [], "partial": None}
+    state_file = run_dir / "state.safetensors"
+    if state_file.exists():
+        counters = load_state(state_file, model, optimizer, scaler, device)
+        if d.is_main:
+            print(f"{run_dir}: resuming at epoch {counters['epoch'] + 1}, step {counters['step_in_epoch']}",
+                  file=sys.stderr)
+    if d.is_main:
+        atomic_write_json(run_dir / "config.json", config)
+        write_metrics(run_dir, counters["history"])
+
+    raw_model = model
+    if cfg.compile and device.type == "cuda":
+        model = torch.compile(model)
+    if d.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
+
+    with StopFlag() as stop:
+        for epoch in range(counters["epoch"], cfg.epochs):
+            model.train()
+            p = counters["partial"] or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float64, device=device)
+            correct = torch.tensor(p["correct"], dtype=torch.int64, device=device)
+            seen, seconds = p["seen"], p["seconds"]
+            first_micro = counters["step_in_epoch"] * cfg.grad_accum
+            bar = _bar(show_bar, steps_per_epoch, counters["step_in_epoch"], epoch, cfg.epochs)
+            t0 = time.perf_counter()
+            stopped = False
+            for i, (x, y) in enumerate(loader.epoch(epoch, first_micro), start=first_micro):
+                if i >= steps_per_epoch * cfg.grad_accum:
+                    break
+                last_micro = (i + 1) % cfg.grad_accum == 0
+                if i % cfg.grad_accum == 0:
+                    set_lr(optimizer, lr_at(counters["global_step"], total_steps, warmup_steps, cfg.lr))
+                sync_ctx = model.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
+                with sync_ctx:
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                        logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    scaler.scale(loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.argmax(-1) == y).sum()
+                seen += len(y)
+                if not last_micro:
+                    continue
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                counters["global_step"] += 1
+                counters["step_in_epoch"] += 1
+                step = counters["step_in_epoch"]
+                if step % 25 == 0 or step == steps_per_epoch:
+                    if not math.isfinite(loss_sum.item()):
+                        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; the last "
+                                        f"good checkpoint is kept in {run_dir} (state.safetensors, last.safetensors): "
+                                        f"lower --lr or raise --warmup-epochs")
+                    if bar is not None:
+                        el = seconds + time.perf_counter() - t0
+                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                        img_s=f"{seen * d.world_size / max(el, 1e-9):.0f}")
+                if bar is not None:
+                    bar.update(1)
+                if _interrupt_at_step is not None and counters["global_step"] == _interrupt_at_step:
+                    stop.set = True
+                if d.enabled and step % 25 == 0:  # all ranks must agree to stop at the same step
+                    stop.set = dist_.any_rank(d, stop.set, device)
+                if stop.set and step < steps_per_epoch and (not d.enabled or step % 25 == 0):
+                    stopped = True  # mid-epoch; at an epoch's end the normal save below serves
+                    break
+            seconds += time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            if stopped:
+                counters["partial"] = {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                                       "seen": seen, "seconds": seconds}
+                if d.is_main:
+                    save_state(state_file, raw_model, optimizer, scaler, counters, config)
+                    print(f"\ninterrupted at epoch {epoch + 1}, step {counters['step_in_epoch']}: saved; "
+                          f"run the same command again to resume", file=sys.stderr)
+                dist_.cleanup(d)
+                raise KeyboardInterrupt
+            if d.enabled:  # metrics over the whole global batch, not rank 0's shard
+                loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
+            if not math.isfinite(loss_sum.item()):
+                raise UserError(f"the loss became non-finite in epoch {epoch + 1}; the last good checkpoint is "
+                                f"kept in {run_dir}: lower --lr or raise --warmup-epochs")
+            if d.is_main:
+                end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
+                             amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+            else:
+                counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
+            dist_.barrier(d)
+            if stop.set and epoch + 1 < cfg.epochs:
+                if d.is_main:
+                    print(f"interrupted after epoch {epoch + 1}: saved; run the same command again to resume",
+                          file=sys.stderr)
+                dist_.cleanup(d)
+                raise KeyboardInterrupt
+
+    if d.is_main:
+        finish(run_dir, raw_model, config, counters, splits, cfg, device, amp_dtype, params)
+    dist_.barrier(d)
+    dist_.cleanup(d)
+    return run_dir
+
+
+def _bar(show, total, initial, epoch, epochs):
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=0.5)
+
+
+def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cfg, device, amp_dtype, epoch,
+                 train_loss, train_acc, images, seconds):
+    val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+           "images_per_s": images / max(seconds, 1e-9)}
+    counters["history"].append(row)
+    if val_acc > counters["best_val_acc"]:
+        counters["best_val_acc"], counters["best_epoch"] = val_acc, epoch + 1
+        save_model(run_dir / "model.safetensors", model, config)
+    save_model(run_dir / "last.safetensors", model, config)
+    counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
+    # The resume point is written last: everything before it is re-derivable if we crash in between.
+    save_state(run_dir / "state.safetensors", model, optimizer, scaler, counters, config)
+    write_metrics(run_dir, counters["history"])
+    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+          f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)
+
+
+def write_metrics(run_dir, history):
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def finish(run_dir, model, config, counters, splits, cfg, device, amp_dtype, params):
+    """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
+    _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
+    best, _ = load_model(run_dir / "model.safetensors", device)
+    _, test_best = evaluate(best, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
+    hist = counters["history"]
+    final = {
+        "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
+        "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
+        "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
+        "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
+        "dataset": cfg.dataset, "arch": cfg.model.arch, "seed": cfg.seed,
+    }
+    atomic_write_json(run_dir / "final.json", final)
+    print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
+          f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)
