@@ -10,12 +10,12 @@ import math
 import torch
 
 
-def make_optimizer(model, lr: float, weight_decay: float):
-    """AdamW; no weight decay on biases, norms, scalars, embeddings' 1-D parameters."""
+def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
+    """AdamW; no weight decay on biases, norms and scalars. fused=True (CUDA) runs one kernel per step."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:

@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     torch.manual_seed(cfg.seed)
     model = build_model(spec).to(device)
     params = count_params(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
     amp_dtype = None
     if device.type == "cuda" and cfg.amp != "off":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -1,0 +1,185 @@
+"""Training throughput: does the data pipeline cost anything, and how fast is a GPU run?
+
+CPU part (always), measured in one process with the three loops interleaved (the machine is noisy):
+  bare   the model step alone on one batch already in memory (forward, backward, clip, AdamW)
+  full   the same step fed by laser-tool's BatchLoader: uint8 data on the device, batched augmentation
+  naive  the same step fed by a torchvision DataLoader with per-image PIL transforms
+Goal: full / bare >= 0.9 (the pipeline costs at most 10%).
+
+GPU part (with --gpu, on a CUDA machine): laser-tool's real `train()` on CIFAR-shaped data written in
+the real CIFAR format, for ViT-tiny and xt-vit, bf16 autocast, with and without torch.compile; the
+images/s of the epochs after the first. Goal: >= 50,000 images/s for ViT-tiny on one H100/H200.
+
+    python bench/train.py            # CPU, writes bench/results/train.json
+    python bench/train.py --gpu      # adds the GPU runs (writes bench/results/train_gpu.json)
+"""
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from laser_tool.data import Augment, BatchLoader  # noqa: E402
+from laser_tool.fileio import atomic_write_json  # noqa: E402
+from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
+from trainers.optim import make_optimizer  # noqa: E402
+from trainers.presets import PRESETS  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def step(model, opt, x, y):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def naive_loader(x_uint8, y, batch_size):
+    """The usual torchvision way: PIL images, per-image transforms, a DataLoader with workers."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    class DS(torch.utils.data.Dataset):
+        tf = T.Compose([T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.ToTensor()])
+
+        def __len__(self):
+            return len(x_uint8)
+
+        def __getitem__(self, i):
+            return self.tf(Image.fromarray(x_uint8[i, 0].numpy())), y[i]
+    return torch.utils.data.DataLoader(DS(), batch_size=batch_size, shuffle=True, num_workers=1,
+                                       drop_last=True, persistent_workers=True)
+
+
+def cpu_bench(reps, steps, batch):
+    torch.manual_seed(0)
+    spec = ModelSpec(**{**PRESETS["quick"]["model"], "image_size": 28, "channels": 1})
+    model = build_model(spec)
+    opt = make_optimizer(model, 1e-3, 0.05)
+    n = batch * steps * 2
+    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    loader = BatchLoader(x, y, batch, augment=Augment(crop_padding=2, flip_p=0.5), seed=0)
+    naive = naive_loader(x, y, batch)
+    xb, yb = x[:batch].float() / 255, y[:batch]
+    step(model, opt, xb, yb)  # warm-up
+
+    def bare():
+        for _ in range(steps):
+            step(model, opt, xb, yb)
+
+    def full(epoch=[0]):
+        epoch[0] += 1
+        for i, (xf, yf) in enumerate(loader.epoch(epoch[0])):
+            if i == steps:
+                break
+            step(model, opt, xf, yf)
+
+    naive_iter = [iter(naive)]
+
+    def naive_loop():
+        for _ in range(steps):
+            try:
+                xn, yn = next(naive_iter[0])
+            except StopIteration:
+                naive_iter[0] = iter(naive)
+                xn, yn = next(naive_iter[0])
+            step(model, opt, xn, yn)
+
+    times = {"bare": [], "full": [], "naive": []}
+    for _ in range(reps):  # interleaved, so machine noise hits all three alike
+        for name, fn in (("bare", bare), ("full", full), ("naive", naive_loop)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    ips = {k: batch * steps / statistics.median(v) for k, v in times.items()}
+    return {
+        "model": "quick preset ViT (Fashion-MNIST shape 1x28x28)", "params": count_params(model),
+        "batch": batch, "steps_per_rep": steps, "reps": reps,
+        "images_per_s": {k: round(v, 1) for k, v in ips.items()},
+        "full_over_bare": round(ips["full"] / ips["bare"], 3),
+        "naive_over_bare": round(ips["naive"] / ips["bare"], 3),
+        "goal_full_over_bare_at_least": 0.9, "goal_met": ips["full"] / ips["bare"] >= 0.9,
+    }
+
+
+def write_fake_cifar(root: Path, n_train=50000, n_test=10000):
+    """Random images in the real cifar-10-batches-py format; returns the md5 table for them."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    md5 = {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else n_train // 5
+        d = {b"data": torch.randint(0, 256, (n, 3072), dtype=torch.uint8, generator=g).numpy(),
+             b"labels": torch.randint(0, 10, (n,), generator=g).tolist()}
+        blob = pickle.dumps(d)
+        (folder / name).write_bytes(blob)
+        md5[name] = hashlib.md5(blob).hexdigest()
+    return md5
+
+
+def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
+    import laser_tool.data as data
+    from trainers.config import TrainConfig
+    from trainers.train import train
+    root = Path(tempfile.mkdtemp())
+    md5 = write_fake_cifar(root, n_train, max(1000, n_train // 5))
+    data.CIFAR_MD5["cifar10"].update(md5)  # our random files stand in for the real ones
+    rows = []
+    for preset in ("seed-vit-tiny", "seed-xt"):
+        for compile_ in (False, True):
+            p = dict(PRESETS[preset])
+            cfg = TrainConfig(model=ModelSpec(**p.pop("model")), **{**p, "epochs": epochs})
+            cfg = TrainConfig(**{**cfg.__dict__, "data_dir": str(root), "compile": compile_, "device": device, "val_size": val_size,
+                                 "out": str(root / "runs"), "name": f"{preset}-{compile_}"})
+            t = time.perf_counter()
+            run = train(cfg, progress=False)
+            wall = time.perf_counter() - t
+            hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            later = [h["images_per_s"] for h in hist[1:]] or [hist[0]["images_per_s"]]
+            rows.append({"preset": preset, "compile": compile_, "amp": json.loads((run / "config.json").read_text())["amp"],
+                         "batch_size": cfg.batch_size, "epochs": epochs, "wall_s": round(wall, 1),
+                         "images_per_s_after_first_epoch": round(statistics.median(later), 0),
+                         "first_epoch_images_per_s": round(hist[0]["images_per_s"], 0)})
+            print(rows[-1], flush=True)
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__, "runs": rows,
+            "goal": "ViT-tiny >= 50,000 training images/s on one H100/H200"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=50000, help="GPU part: fake CIFAR training images")
+    ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--device", default="cuda", help="GPU part: device (cpu only to smoke-test the script)")
+    args = ap.parse_args()
+    if args.gpu:
+        out = gpu_bench(args.epochs, args.n_train, args.val_size, args.device)
+        atomic_write_json(Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)
+        print(json.dumps(out, indent=2))
+        return
+    out = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "torch": torch.__version__}, "cpu": cpu_bench(args.reps, args.steps, args.batch)}
+    atomic_write_json(RESULTS / "train.json", out)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
