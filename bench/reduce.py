@@ -13,6 +13,10 @@ validation split with the same batches:
   cached  laser_tool.search.sweep: one SVD per layer, activations entering the layer under test
           computed once, each candidate re-runs only the network from that layer on.
 Both use exact SVDs (LASER uses a randomized one) so that their accuracies can be compared exactly.
+rerun_fraction is the share of a forward pass the average cached candidate re-runs (stage costs
+measured once): the ratio's floor when evaluation dominates, since a candidate cannot skip the
+layers after the one under test. The naive way's extra cost per candidate (reload, SVD) is what
+takes the ratio below it.
 The results file keeps one entry per device; a run replaces only its own device's entry.
 """
 import argparse
@@ -34,7 +38,7 @@ from laser_tool.evaluate import evaluate  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
 from laser_tool.reduce import pick_device, run_data  # noqa: E402
-from laser_tool.search import naive_sweep, sweep  # noqa: E402
+from laser_tool.search import naive_sweep, staged, sweep  # noqa: E402
 from laser_tool.surgery import slots  # noqa: E402
 
 # LASER's rates 1..9.9 give kept fractions rho = 1 - 0.1*rate; eight of them.
@@ -44,6 +48,25 @@ GRID = ["rho:0.9", "rho:0.8", "rho:0.6", "rho:0.4", "rho:0.2", "rho:0.1", "rho:0
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def rerun_fraction(model, grid, images, batch_size, device) -> float:
+    """The share of a forward pass the average cached candidate re-runs: each stage is timed once
+    over the validation batches, and a candidate in stage k costs the stages from k on."""
+    st = staged(model)
+    clock = time.time if device.type == "cuda" else time.process_time
+    state = [st.prefix(images[i:i + batch_size].to(device).float().div_(255))
+             for i in range(0, len(images), batch_size)]
+    cost = []
+    for _, fn in st.stages:
+        sync(device)
+        t = clock()
+        state = [fn(x) for x in state]
+        sync(device)
+        cost.append(clock() - t)
+    tail = [sum(cost[st.index[n]:]) * len(rs) for n, rs in grid.items()]
+    return sum(tail) / (sum(cost) * sum(len(rs) for rs in grid.values()))
 
 
 def train_run(root: Path, data_dir, val_size, steps, device) -> Path:
@@ -78,8 +101,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--run", help="Use this trained vit-tiny run instead of training one.")
     ap.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places).")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (1 avoids OpenMP spin-waiting "
+                    "on a machine shared with other processes).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "reduce.json"))
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = pick_device(a.device)
     tmp = tempfile.TemporaryDirectory()
     t = time.time()
@@ -95,26 +122,34 @@ def main():
     sync(device)
     eval_s = time.time() - t
 
-    t = time.time()
+    # Wall time, plus this process's CPU time: on a shared CPU machine the load of other processes
+    # inflates wall time unevenly, CPU time much less.
+    t, c = time.time(), time.process_time()
     cached, _ = sweep(model, names, GRID, sp.val_x, sp.val_y, a.batch_size, device)
     sync(device)
-    cached_s = time.time() - t
+    cached_s, cached_cpu = time.time() - t, time.process_time() - c
     grid = {n: [c["rank"] for c in rows] for n, rows in cached.items()}
-    t = time.time()
+    t, c = time.time(), time.process_time()
     naive = naive_sweep(run, grid, sp.val_x, sp.val_y, a.batch_size, device)
     sync(device)
-    naive_s = time.time() - t
+    naive_s, naive_cpu = time.time() - t, time.process_time() - c
 
+    rerun = rerun_fraction(model, grid, sp.val_x, a.batch_size, device)
     mismatches = [dict(layer=n, rank=c["rank"], cached=c["val_acc"], naive=d["val_acc"])
                   for n in names for c, d in zip(cached[n], naive[n]) if c["val_acc"] != d["val_acc"]]
     n_cand = sum(len(v) for v in grid.values())
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    entry = dict(device=dev_name, torch=torch.__version__, model="vit-tiny (seed dims) on fashion-mnist 28x28, patch 4",
+    m = ModelSpec.from_dict(cfg["model"]).resolved()
+    desc = (f"{m.arch} dim {m.dim} depth {m.depth} heads {m.heads} mlp {m.mlp_dim}, "
+            f"{cfg['dataset']} {m.image_size}x{m.image_size}x{m.channels}, patch {m.patch_size}")
+    entry = dict(device=dev_name, torch=torch.__version__, model=desc,
                  params=count_params(model), layers=len(names), grid=GRID, candidates=n_cand,
                  val_images=len(sp.val_x), batch_size=a.batch_size, base_val_acc=base_acc,
                  train_steps=0 if a.run else a.train_steps, train_seconds=round(train_s, 2),
                  full_eval_seconds=round(eval_s, 3), cached_seconds=round(cached_s, 2),
                  naive_seconds=round(naive_s, 2), ratio=round(cached_s / naive_s, 4),
+                 cached_cpu_seconds=round(cached_cpu, 2), naive_cpu_seconds=round(naive_cpu, 2),
+                 cpu_time_ratio=round(cached_cpu / naive_cpu, 4), rerun_fraction=round(rerun, 4),
                  identical_accuracies=not mismatches, mismatches=mismatches,
                  val_acc_range=[min(c["val_acc"] for r in cached.values() for c in r),
                                 max(c["val_acc"] for r in cached.values() for c in r)],

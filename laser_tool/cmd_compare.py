@@ -8,7 +8,8 @@ import click
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write accuracy vs parameters as PNG.")
-@click.option("--baseline", help="Run directory name whose group is the baseline (default: the dense, unreduced group).")
+@click.option("--baseline", help="Run directory name whose group is the baseline "
+                                "(default: the dense, unreduced group).")
 @click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
@@ -18,11 +19,11 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
     PATHS are run directories or folders holding them (searched two levels deep). Each train-time
     variant is followed by the baseline reduced post hoc to its parameter count on the same layers.
     """
-    from . import compare as cmp
     from . import report
+    from .compare import compare_runs
     from .fileio import atomic_write_text
     device = _device(device)
-    result = cmp.compare_runs(paths, baseline=baseline, speed=not no_speed, device=device)
+    result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device)
     text = report.render(result, fmt)
     if out_path:
         atomic_write_text(out_path, text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .spectrum import METHODS, SPEC_HELP
+from .spectrum import METHODS
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
@@ -115,8 +115,9 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     2. Allocation by threshold search: for a threshold t, every layer takes its cheapest grid
        rank whose accuracy drop (alone) is <= t; the smallest t whose allocation fits the budget
        wins. The budget counts the selected layers only, factored rank r costing r*(m+n)+bias.
-    3. LASER's greedy compose done right: from the last layer to the first, try the next lower
-       grid rank with everything in place; accept only if validation accuracy >= the best so far.
+    3. LASER's greedy compose done right: from the last layer to the first, try successively
+       lower grid ranks with everything in place; accept a step only if validation accuracy is
+       >= the best so far; a layer stops at its first rejected step.
     4. The test set is evaluated once, on the chosen model.
     Only the training (calibration) and validation splits inform the choice.
     """

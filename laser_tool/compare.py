@@ -21,12 +21,11 @@ from statistics import mean, stdev
 from .errors import UserError
 
 RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl")
-FAMILIES = ("baseline", "narrower-ffn", "train-time", "post-hoc", "healed")
 STRUCTURED = ("lowrank", "skl", "dyad")
 # Settings that change what a run measures besides the model: runs differing here are not seeds of
 # one experiment, so they never share a group.
-RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_epochs", "train_subset",
-               "label_smoothing")
+RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_epochs", "grad_clip",
+               "train_subset", "val_size", "label_smoothing", "augment")
 # Runs are only tested against a baseline of the same dataset and base architecture.
 SECTION_KEYS = ("arch", "image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head")
 PAIR_TOLERANCE = 0.02  # post-hoc and train-time rows "match" within 2% of the variant's parameters
@@ -215,11 +214,6 @@ def layer_role(name: str):
     return (block, f"ffn-{leaf}")
 
 
-def _roles_text(layer_set) -> str:
-    roles = sorted({r for _, r in layer_set})
-    return "+".join(roles) if roles else "-"
-
-
 def _reduction_entries(config) -> list:
     """[(method, ((layer, rank), ...), store)] of a post-hoc run, tolerant of ranks as dict or list."""
     out = []
@@ -232,13 +226,6 @@ def _reduction_entries(config) -> list:
     return out
 
 
-def heal_epochs(config):
-    h = config.get("heal")
-    if isinstance(h, dict):
-        return h.get("epochs")
-    return config.get("heal_epochs")
-
-
 def describe(config: dict) -> dict:
     """Section (dataset + base architecture), group key, and the parts a label is made of."""
     from .models import ModelSpec
@@ -249,7 +236,8 @@ def describe(config: dict) -> dict:
     targets = tuple(sorted(s.targets)) if structured else ()
     blocks = tuple(s.blocks) if structured and s.blocks is not None else None
     reductions = _reduction_entries(config)
-    heal = heal_epochs(config)
+    h = config.get("heal")
+    heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
     model_part = (variant, targets, s.scale if variant in ("lowrank", "skl") else None, blocks, s.mlp_dim,
                   (s.n_dyad, s.dyad_variant) if variant == "dyad" else None)
     recipe = tuple((k, config.get(k)) for k in RECIPE_KEYS)
@@ -290,7 +278,7 @@ def _label(d: dict, baseline_mlp) -> str:
     for method, ranks, store in d["reductions"]:
         rs = sorted({r for _, r in ranks})
         rtext = f"r={rs[0]}" if len(rs) == 1 else f"r={rs[0]}-{rs[-1]}"
-        roles = _roles_text(frozenset(layer_role(n) for n, _ in ranks))
+        roles = "+".join(sorted({layer_role(n)[1] for n, _ in ranks}))
         text += f" -> {method} {roles} {rtext}" + (" dense" if store == "dense" else "")
     if d["heal"]:
         text += f" + heal {d['heal']}ep"
@@ -342,12 +330,12 @@ class Comparison:
 
 
 def _pick_baseline(groups: list, want):
-    """The section's reference group: the one holding run `want`, else a dense unreduced group
-    (the arch's default FFN width first, then the most parameters)."""
+    """The section's reference group: the one holding run `want` if this section has it, else a dense
+    unreduced group (the arch's default FFN width first, then the most parameters)."""
     from .models import ARCH_DEFAULTS
-    if want:
-        hit = [g for g in groups if any(r.name == want or str(r.path) == str(want) for r in g.runs)]
-        return hit[0] if hit else None
+    hit = [g for g in groups if want and any(r.name == want or str(r.path) == str(want) for r in g.runs)]
+    if hit:
+        return hit[0]
     cands = [g for g in groups if g.desc["spec"].variant is None and not g.desc["reductions"] and not g.desc["heal"]]
     if not cands:
         return None
@@ -372,16 +360,15 @@ def _pairs(train: Group, candidates: list) -> list:
 
 
 def _row(g: Group, section: str, base: Group, speed: dict) -> dict:
-    st = summarize(g.accs, g.test_size)
+    st, seeds = summarize(g.accs, g.test_size), [r.config.get("seed") for r in g.runs]
     secs = [r.final.get("train_seconds") for r in g.runs if isinstance(r.final.get("train_seconds"), (int, float))]
     warnings = [f"{r.name}: {w}" for r in g.runs for w in r.warnings]
     if len({r.final.get("params") for r in g.runs}) > 1:
         warnings.append("parameter counts differ between seeds; the most common is shown")
-    seeds = [r.config.get("seed") for r in g.runs]
     if len(set(seeds)) < len(seeds):
         warnings.append(f"runs share a seed ({seeds}): they are not independent samples, so n overstates the evidence")
     row = dict(status="ok", section=section, label=g.label, family=g.family, dataset=g.desc["section"][0],
-               arch=g.desc["spec"].arch, n=st["n"], seeds=[r.config.get("seed") for r in g.runs],
+               arch=g.desc["spec"].arch, n=st["n"], seeds=seeds,
                runs=[str(r.path) for r in g.runs], params=g.params, accs=g.accs, acc_mean=st["mean"],
                acc_std=st["std"], acc_ci_low=st["ci_low"], acc_ci_high=st["ci_high"], ci_kind=st["ci_kind"],
                test_size=g.test_size, train_seconds=mean(secs) if secs else None,
@@ -456,19 +443,17 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=128
         speed_of = {}
         if speed:
             for g in groups:
-                try:
-                    speed_of[id(g)] = measure_images_per_s(g.runs[0].path, device, speed_batch, speed_reps)
-                except (UserError, RuntimeError, KeyError, ValueError) as e:
-                    g.runs[0].warnings.append(f"could not time inference: {str(e)[:120]}")
+                for r in g.runs:  # the seeds share an architecture: time the first loadable one
+                    try:
+                        speed_of[id(g)] = measure_images_per_s(r.path, device, speed_batch, speed_reps)
+                        break
+                    except (UserError, RuntimeError, KeyError, ValueError) as e:
+                        r.warnings.append(f"could not time inference: {str(e)[:120]}")
         posthoc = [g for g in groups if g.family in ("post-hoc", "healed") and base is not None
                    and g.desc["base_key"][:-1] == base.desc["base_key"][:-1]]
         paired = set()
-        ordered = [base] if base else []
-        for g in groups:
-            if g is base or g.family in ("post-hoc", "healed"):
-                continue
-            ordered.append(g)
-        for g in ordered:
+        trained = [g for g in groups if g is not base and g.family not in ("post-hoc", "healed")]
+        for g in ([base] if base else []) + trained:
             rows.append(_row(g, title, base, speed_of))
             if g is base:
                 continue
@@ -491,8 +476,8 @@ def _disambiguate(groups: list) -> None:
         if len(same) < 2:
             continue
         keys = [k for k in RECIPE_KEYS if len({repr(g.desc["recipe"].get(k)) for g in same}) > 1]
-        for g in same:
-            g.label += " [" + ", ".join(f"{k}={g.desc['recipe'].get(k)}" for k in keys) + "]"
+        for i, g in enumerate(same, 1):
+            g.label += " [" + (", ".join(f"{k}={g.desc['recipe'].get(k)}" for k in keys) or f"#{i}") + "]"
 
 
 def compare(runs, baseline=None, speed=True, device="cpu") -> list:

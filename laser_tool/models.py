@@ -59,6 +59,9 @@ class ModelSpec:
             raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.targets and self.variant not in ("lowrank", "skl", "dyad"):
+            raise UserError(f"--target applies only to the lowrank, skl and dyad variants (got variant "
+                            f"{self.variant}); add --variant or drop --target")
         filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         spec = replace(self, **filled)
         if spec.image_size % spec.patch_size:

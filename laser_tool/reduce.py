@@ -296,12 +296,14 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     out = check_out(out or default_out(run, "reduced", args), run)
     splits = splits or run_data(config, data_dir, dataset)
 
-    # Resolve every rank before any expensive work, so bad SPECs fail fast.
+    # Resolve every rank before calibration and evaluation, so bad SPECs fail fast. Plain SVD's
+    # decomposition is W's own spectrum, so it is computed once, here.
     plan = []
     for name, (slot, spec) in chosen.items():
         W = dense_weight(slot.module).detach()
-        s = singular_values(W)
-        plan.append((name, slot, spec, W, s, resolve_rank(spec, W.shape[0], W.shape[1], s, name)))
+        dec = Decomposition(W) if method == "svd" else None
+        s = dec.s if dec is not None else singular_values(W)
+        plan.append((name, slot, spec, W, s, dec, resolve_rank(spec, W.shape[0], W.shape[1], s, name)))
 
     calib, calib_info = {}, None
     if method != "svd":
@@ -315,10 +317,10 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     params_before = count_params(model)
     spec = ModelSpec.from_dict(config["model"])
     layers, warnings = [], []
-    for name, slot, rspec, W, s, r in plan:
+    for name, slot, rspec, W, s, dec, r in plan:
         old = slot.module
         d_out, d_in = W.shape
-        dec = Decomposition(W, method, calib.get(name))
+        dec = dec or Decomposition(W, method, calib.get(name))
         U, V = dec.factors(r)
         new, override = reduced_module(old, U, V, store)
         if store == "factored" and r >= break_even_rank(d_out, d_in):

@@ -80,14 +80,14 @@ def markdown(comparison, commands=None) -> str:
                        f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |")
         out.append("")
     out.append("↳ rows: the baseline reduced post hoc to the train-time row above it (same layers, parameters "
-               "within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the half-width "
-               "of its 95% interval (Welch's, over seeds). p: two-sided Welch t-test, n/a where either side has "
-               "fewer than 2 seeds.")
+               "within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the "
+               "half-width of its 95% interval (Welch's, over seeds). p: two-sided Welch t-test, n/a where either "
+               "side has fewer than 2 seeds.")
     if any(r["ci_kind"] == "test-set" for r in comparison.rows):
         out.append("† one seed: the interval covers only the test set's sampling noise (binomial, normal "
                    "approximation), not seed-to-seed variation, which is usually larger; use 2 or more seeds "
                    "for t-intervals and Welch p-values.")
-    warnings = [(r["label"], w) for r in comparison.rows if r["paired_with"] is None for w in r["warnings"]]
+    warnings = list(dict.fromkeys((r["label"], w) for r in comparison.rows for w in r["warnings"]))
     if warnings:
         out += ["", "Warnings:"] + [f"- {label}: {w}" for label, w in warnings]
     if comparison.problems:
@@ -155,7 +155,7 @@ def plot(rows, path=None, title=None):
                 ax.annotate(r["label"], (r["params"], 100 * r["acc_mean"]), fontsize=6, alpha=0.8,
                             xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel("parameters")
-        ax.set_ylabel("test accuracy % (95% CI where n ≥ 2)")
+        ax.set_ylabel("test accuracy %  (error bars: 95% CI)")
         ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
         ax.grid(alpha=0.3)
         if ax.containers:

@@ -14,9 +14,9 @@
    counts the selected layers only: their parameters in factored form must be <= F x their current
    parameters (a layer left alone counts in full).
 3. LASER's greedy compose, done right. From the last layer to the first (LASER's order), try each
-   layer at its next lower grid rank with the whole allocation in place; accept a step only if
-   validation accuracy is >= the best so far (LASER's script compared with the minimum), stop that
-   layer at the first rejection. Steps only remove parameters, so the budget stays met.
+   layer at successively lower grid ranks with the whole allocation in place; accept a step only if
+   validation accuracy is >= the best so far (LASER's script compared with the minimum); a layer
+   stops at its first rejected step. Steps only remove parameters, so the budget stays met.
 4. The test set is evaluated once, at the end, on the chosen model.
 """
 import copy

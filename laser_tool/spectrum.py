@@ -286,7 +286,7 @@ def spectrum_row(name: str, W: torch.Tensor, kind: str, specs=()) -> dict:
 
 
 def plot_spectra(rows, path) -> None:
-    """Normalised spectra (s_i / s_1 against i / max rank), one panel per layer role."""
+    """Normalised spectra (s_i / s_1 against i / max rank), one panel per layer role across blocks."""
     import io
 
     import matplotlib
@@ -296,7 +296,8 @@ def plot_spectra(rows, path) -> None:
     from .fileio import atomic_write_bytes
     groups = {}
     for r in rows:
-        groups.setdefault(r["layer"].split(".")[-1] if r["layer"].startswith("blocks.") else r["layer"], []).append(r)
+        role = r["layer"].split(".", 2)[2] if r["layer"].startswith("blocks.") else r["layer"]  # attn.out, ...
+        groups.setdefault(role, []).append(r)
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False)
     for ax, (role, rs) in zip(axes[0], groups.items()):
         for r in rs:

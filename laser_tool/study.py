@@ -13,6 +13,7 @@ DYAD follow-up (baseline; mlp_dim 1024 with DYAD FFN layers); quick is a CPU-siz
 question on Fashion-MNIST using the trainer's `quick` model.
 """
 import copy
+from importlib import import_module
 import json
 import platform
 import shutil
@@ -123,7 +124,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
     if preset not in GRIDS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(GRIDS)}")
     runs = out / "runs"
-    steps, notes = [], []
+    steps, notes, sels = [], [], {}
     for seed in range(seeds):
         extra = {"seed": seed, "out": str(runs), "device": device}
         if epochs:
@@ -145,7 +146,9 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
         for row in GRIDS[preset]:
             if row.is_baseline:
                 continue
-            sel = matched_selectors(cfgs[base_row].model, cfgs[row].model)
+            if row not in sels:  # the same for every seed: build the models once
+                sels[row] = matched_selectors(cfgs[base_row].model, cfgs[row].model)
+            sel = sels[row]
             if not sel:
                 if seed == 0:
                     notes.append(f"{row.id} ({row.slug}) has no post-hoc twin: its layers hold no fewer "
@@ -183,6 +186,7 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     from .checkpoint import load_run
     from .data import BatchLoader, default_augment
     from .evaluate import evaluate
+    from .fileio import atomic_write_text
     from .reduce import pick_device, write_run
     dev = pick_device(device)
     model, config = load_run(reduced, dev)
@@ -190,6 +194,9 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     torch.manual_seed(seed)
     loader = BatchLoader(splits.train_x, splits.train_y, config.get("batch_size", 128), shuffle=True,
                          drop_last=True, augment=default_augment(config["dataset"]), seed=seed + 7919, device=dev)
+    if len(loader) == 0:
+        raise UserError(f"{len(splits.train_x)} training images make no batch of {loader.batch_size}: "
+                        f"nothing to heal with")
     opt = make_optimizer(model, lr, config.get("weight_decay", 0.0))
     total, step, best, best_state, history, t0 = len(loader) * epochs, 0, -1.0, None, [], time.time()
     for epoch in range(epochs):
@@ -217,18 +224,19 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
                  val_acc=best, params=sum(p.numel() for p in model.parameters()), heal_seconds=seconds,
                  train_seconds=(prior.get("train_seconds") or 0) + seconds, device=str(dev))
     write_run(out, {"final.json": final}, model, new_config)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     return out
 
 
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
-    from trainers import train as trainer
-    from . import reduce as reducer
+    # Modules, not names: tests count calls by patching them. (import_module, because the package
+    # may export functions named like its submodules, e.g. laser_tool.compare.)
+    trainer, reducer = import_module("trainers.train"), import_module("laser_tool.reduce")
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
-    seeds = seeds or DEFAULT_SEEDS.get(preset, 1)
+    seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
@@ -274,7 +282,8 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
     report = write_report(out, preset, seeds, steps, notes, device, time.time() - t_start)
     log(f"report: {report}")
     if failed:
-        raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{'...' if len(failed) > 4 else ''}); "
+        more = "..." if len(failed) > 4 else ""
+        raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
                         f"the report lists them; run the same command again to retry")
     return report
 
@@ -282,12 +291,12 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
 def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, wall: float) -> Path:
     """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs."""
     import torch
-    from . import compare as cmp
+    from .compare import compare_runs
     from . import report
     from .fileio import atomic_write_text
     from .reduce import pick_device
     dev = str(pick_device(device))
-    result = cmp.compare_runs([out / "runs"], speed=True, device=dev)
+    result = compare_runs([out / "runs"], speed=True, device=dev)
     result.notes += notes
     report.plot(result.rows, out / "plot.png", title=f"study {preset}")
     atomic_write_text(out / "results.json", report.to_json(result))

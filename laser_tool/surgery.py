@@ -61,9 +61,13 @@ def _ffn_slots(ffn, prefix, block):
 
 def slots(model: nn.Module) -> list:
     """Every Linear-like layer of a model as a Slot, in a stable order."""
-    xt = import_x_transformers().x_transformers
-    attns = [m for m in model.modules() if isinstance(m, (LSA, xt.Attention))]
-    ffns = [m for m in model.modules() if isinstance(m, (FeedForward, xt.FeedForward))]
+    if isinstance(model, ViTTiny):  # importing x-transformers costs seconds: only when needed
+        attn_types, ffn_types = (LSA,), (FeedForward,)
+    else:
+        xt = import_x_transformers().x_transformers
+        attn_types, ffn_types = (LSA, xt.Attention), (FeedForward, xt.FeedForward)
+    attns = [m for m in model.modules() if isinstance(m, attn_types)]
+    ffns = [m for m in model.modules() if isinstance(m, ffn_types)]
     if not attns or len(ffns) % len(attns):
         raise TypeError(f"{type(model).__name__} does not look like a supported transformer")
     per_block = len(ffns) // len(attns)

@@ -13,3 +13,12 @@ def _seed():
 @pytest.fixture
 def small():
     return dict(SMALL)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a busy 2-core box OpenMP spinning makes them much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

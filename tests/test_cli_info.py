@@ -1,5 +1,6 @@
 """`laser-tool info` and the CLI's handling of bad input: usage errors, one-line errors, no tracebacks."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from laser_tool.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_ARGS = ["--dim", "64", "--depth", "2", "--heads", "2", "--dim-head", "32", "--mlp-dim", "128",
               "--image-size", "16", "--patch-size", "4"]
@@ -109,7 +112,8 @@ def test_real_process_prints_one_line_and_no_traceback():
     if exe is None:
         pytest.skip("laser-tool console script not installed")
     p = subprocess.run([exe, "info", "--arch", "vit-tiny", *SMALL_ARGS, "--variant", "dyad", "--target", "ffn",
-                        "--n-dyad", "3"], capture_output=True, text=True, timeout=120)
+                        "--n-dyad", "3"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode != 0
     assert "Traceback" not in p.stderr + p.stdout
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]

@@ -10,6 +10,8 @@ from laser_tool.errors import UserError
 from laser_tool.layers import (DYAD_VARIANTS, DyadLinear, FactoredLinear, LowRankLinear, SKLinear, SNLinear,
                                dense_weight, layer_kind, lowrank_rank, round_up_sqrt, skl_rank)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Non-square shapes; most sizes are not perfect squares (48, 80, 384, 192, 7, 13), some are (256, 100, 36, 64).
 SHAPES = [(48, 80), (384, 256), (100, 36), (80, 48), (64, 192), (7, 13)]
 DYAD_SHAPES = [(48, 80, 4), (384, 256, 8), (96, 40, 8), (256, 1024, 8), (12, 30, 3)]

@@ -10,6 +10,8 @@ from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear
 from laser_tool.models import ARCHS, ModelSpec, build_model, count_params
 from laser_tool.surgery import KINDS, TARGETS, apply_variant, find_slot, named_linears
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ----------------------------------------------------------------------------- exact parameter counts
 
 

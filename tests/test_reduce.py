@@ -90,6 +90,16 @@ def isolated(monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a small machine shared with other jobs, OpenMP threads spin-wait for each other: a 96x32
+    # SVD took 0.6 s with 2 threads and 1 ms with one. These models are tiny; one thread is plenty.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")

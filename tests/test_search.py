@@ -10,7 +10,7 @@ from laser_tool.checkpoint import load_run
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
-from laser_tool.reduce import calibration_batches, collect_calibration, run_data
+from laser_tool.reduce import calibration_batches, collect_calibration, reduce_run, run_data
 from laser_tool.search import naive_sweep, search_run, staged, sweep
 from test_reduce import TINY, hashes, make_run
 
@@ -19,6 +19,16 @@ from test_reduce import TINY, hashes, make_run
 def isolated(monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a small machine shared with other jobs, OpenMP threads spin-wait for each other: a 96x32
+    # SVD took 0.6 s with 2 threads and 1 ms with one. These models are tiny; one thread is plenty.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +124,16 @@ def test_spectrum_cli(base, tmp_path):
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("layer,d_out,d_in,kind") and "energy@params:0.5" in lines[0]
     assert hashes(base) == before
+
+
+def test_xt_vit_reduce_and_search(tmp_path):
+    run = make_run(tmp_path, name="xt", steps=5, arch="xt-vit")
+    out = reduce_run(run, ["1:fc_in", "blocks.0.attn.q=3"], rank="params:0.3", store="factored", out=tmp_path / "r")
+    ranks = json.loads((out / "config.json").read_text())["reduction"][0]["ranks"]
+    assert set(ranks) == {"blocks.1.ffn1.in", "blocks.1.ffn2.in", "blocks.0.attn.q"}
+    model, _ = load_run(out)
+    assert model is not None
+    rep = search_run(run, "params:0.5", ["*.ffn2.*"], ranks=["params:0.2", "params:0.4"], report=tmp_path / "s.json",
+                     batch_size=50)
+    assert rep["chosen"]["meets_budget"] and set(rep["table"]) == {f"blocks.{i}.ffn2.{k}" for i in (0, 1)
+                                                                    for k in ("in", "out")}

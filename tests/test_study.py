@@ -1,4 +1,5 @@
 """study: the grid plan, matched ranks, a tiny end-to-end study on synthetic IDX data, and resume."""
+import importlib
 import json
 import struct
 from dataclasses import replace
@@ -7,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import trainers.presets
-import trainers.train
-from laser_tool import data, study
-from laser_tool import reduce as reducer
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.surgery import named_linears
+
+# Modules by name, even where the packages export functions called like them (laser_tool.compare).
+data, study, reducer = (importlib.import_module(f"laser_tool.{m}") for m in ("data", "study", "reduce"))
+presets, trainer = importlib.import_module("trainers.presets"), importlib.import_module("trainers.train")
 
 TINY_PRESET = {
     "model": dict(arch="vit-tiny", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7,
@@ -41,17 +42,17 @@ def tiny_study(tmp_path, monkeypatch):
     """The quick grid on a tiny model and tiny data; counts the calls that do the work."""
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-    monkeypatch.setitem(trainers.presets.PRESETS, "quick", TINY_PRESET)
+    monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
     write_fashion(tmp_path / "data" / "fashion-mnist")
     calls = {"train": [], "reduce": [], "heal": []}
-    real_train, real_reduce, real_heal = trainers.train.train, reducer.reduce_run, study.heal
+    real_train, real_reduce, real_heal = trainer.train, reducer.reduce_run, study.heal
 
     def count(kind, fn):
         def wrapped(*a, **k):
             calls[kind].append(a[0] if kind != "train" else a[0].name)
             return fn(*a, **k)
         return wrapped
-    monkeypatch.setattr(trainers.train, "train", count("train", real_train))
+    monkeypatch.setattr(trainer, "train", count("train", real_train))
     monkeypatch.setattr(reducer, "reduce_run", count("reduce", real_reduce))
     monkeypatch.setattr(study, "heal", count("heal", real_heal))
     return tmp_path, calls

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up laser-tool on a fresh machine: a virtual environment in .venv with the package and its
+# test tools, and (where apt-get is available) the real Fashion-MNIST data set from Debian.
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers" 2>/dev/null; then
+    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers"
+fi
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+    if $SUDO true 2>/dev/null; then
+        $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+            || echo "setup: could not install dataset-fashion-mnist; the real-data tests will be skipped" >&2
+    else
+        echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the real Fashion-MNIST data" >&2
+    fi
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2
