@@ -389,7 +389,7 @@ def _versus(g: Group, other, name: str) -> dict:
             f"diff_vs_{name}_ci_kind": kind, f"p_vs_{name}": welch_p(g.accs, other.accs)}
 
 
-def measure_images_per_s(run_dir, device="cpu", batch=128, reps=5):
+def measure_images_per_s(run_dir, device="cpu", batch=256, reps=10):
     """Forward-pass images/s of a run's model on a fixed random batch shaped like its inputs (median
     of `reps` timed passes after one warm-up), so every row is timed the same way on the same device."""
     import torch
@@ -402,6 +402,7 @@ def measure_images_per_s(run_dir, device="cpu", batch=128, reps=5):
     times = []
     with torch.inference_mode():
         model(x)
+        model(x)  # two warm-ups: allocator and kernel choices settle on the first passes
         for _ in range(reps):
             sync()
             t0 = time.perf_counter()
@@ -411,7 +412,7 @@ def measure_images_per_s(run_dir, device="cpu", batch=128, reps=5):
     return batch / sorted(times)[len(times) // 2]
 
 
-def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=128, speed_reps=5) -> Comparison:
+def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256, speed_reps=10) -> Comparison:
     """Group, test and pair the runs found under `paths`; see the module docstring."""
     runs = [read_run(p) for p in find_run_dirs(paths)]
     problems = [dict(status=r.status, run=str(r.path), reason=r.reason) for r in runs if r.status != "complete"]

@@ -82,7 +82,10 @@ def markdown(comparison, commands=None) -> str:
     out.append("↳ rows: the baseline reduced post hoc to the train-time row above it (same layers, parameters "
                "within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the "
                "half-width of its 95% interval (Welch's, over seeds). p: two-sided Welch t-test, n/a where either "
-               "side has fewer than 2 seeds.")
+               "side has fewer than 2 seeds. train s: training time of the weights a row holds (post-hoc rows "
+               "inherit their baseline's; healed rows add the fine-tune). Post-hoc rows are cut from the "
+               "baseline's own seeds, so against the baseline they are paired samples; Welch ignores that "
+               "pairing and is conservative there.")
     if any(r["ci_kind"] == "test-set" for r in comparison.rows):
         out.append("† one seed: the interval covers only the test set's sampling noise (binomial, normal "
                    "approximation), not seed-to-seed variation, which is usually larger; use 2 or more seeds "
@@ -127,6 +130,29 @@ def render(comparison, fmt: str) -> str:
     return {"md": markdown, "csv": to_csv, "json": to_json}[fmt](comparison)
 
 
+def _layout(pts):
+    """{id(row): (x drawn, label x, label y)}. Rows within 1.5% of the panel's parameter span of each
+    other (a variant and its post-hoc twins) are drawn side by side, 0.8% of the span apart, best
+    accuracy leftmost, with their labels stacked in the same order to the right, so none hides
+    another; the table has the exact counts."""
+    xs = [r["params"] for r in pts]
+    span = (max(xs) - min(xs)) or max(xs)
+    ys = [100 * v for r in pts for v in (r["acc_ci_low"], r["acc_ci_high"], r["acc_mean"]) if v is not None]
+    dy = 0.05 * ((max(ys) - min(ys)) or 1.0)
+    out, done = {}, set()
+    for r in sorted(pts, key=lambda r: r["params"]):
+        if id(r) in done:
+            continue
+        near = sorted((q for q in pts if id(q) not in done and abs(q["params"] - r["params"]) <= 0.015 * span),
+                      key=lambda q: -q["acc_mean"])
+        xs = [r["params"] + (k - (len(near) - 1) / 2) * 0.008 * span for k in range(len(near))]
+        top = 100 * near[0]["acc_mean"]
+        for k, q in enumerate(near):
+            done.add(id(q))
+            out[id(q)] = (xs[k], xs[-1] + 0.012 * span, top - k * dy)
+    return out
+
+
 def plot(rows, path=None, title=None):
     """Test accuracy (%) against parameter count, 95% CI error bars, one series per family, one panel
     per section. Returns the matplotlib Figure (saved as PNG when `path` is given). Uses the Agg
@@ -140,26 +166,29 @@ def plot(rows, path=None, title=None):
             seen.add((r["section"], r["label"]))
             unique.append(r)
     sections = list(dict.fromkeys(r["section"] for r in unique)) or [title or "no complete runs"]
-    fig = Figure(figsize=(7 * len(sections), 5.2), layout="constrained")
+    fig = Figure(figsize=(8 * len(sections), 5.6), layout="constrained")
     FigureCanvasAgg(fig)
     for i, sec in enumerate(sections):
         ax = fig.add_subplot(1, len(sections), i + 1)
+        in_sec = [r for r in unique if r["section"] == sec]
+        where = _layout(in_sec) if in_sec else {}
         for family, style in FAMILY_STYLE.items():
-            pts = [r for r in unique if r["section"] == sec and r["family"] == family]
+            pts = [r for r in in_sec if r["family"] == family]
             if not pts:
                 continue
             yerr = [0 if r["acc_ci_low"] is None else 100 * (r["acc_mean"] - r["acc_ci_low"]) for r in pts]
-            ax.errorbar([r["params"] for r in pts], [100 * r["acc_mean"] for r in pts], yerr=yerr,
+            ax.errorbar([where[id(r)][0] for r in pts], [100 * r["acc_mean"] for r in pts], yerr=yerr,
                         linestyle="none", capsize=3, label=family, **style)
             for r in pts:
-                ax.annotate(r["label"], (r["params"], 100 * r["acc_mean"]), fontsize=6, alpha=0.8,
-                            xytext=(4, 3), textcoords="offset points")
-        ax.set_xlabel("parameters")
+                x, tx, ty = where[id(r)]
+                ax.annotate(r["label"], (x, 100 * r["acc_mean"]), xytext=(tx, ty), fontsize=6.5, alpha=0.85,
+                            va="center", arrowprops=dict(arrowstyle="-", lw=0.4, alpha=0.4))
+        ax.set_xlabel("parameters (points with nearly equal counts drawn side by side)")
         ax.set_ylabel("test accuracy %  (error bars: 95% CI)")
         ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
         ax.grid(alpha=0.3)
         if ax.containers:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower right")
     if path is not None:
         fig.savefig(path, format="png", dpi=130)
     return fig

@@ -15,6 +15,7 @@ question on Fashion-MNIST using the trainer's `quick` model.
 import copy
 from importlib import import_module
 import json
+import os
 import platform
 import shutil
 import sys
@@ -241,7 +242,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
     runs = out / "runs"
-    splits_cache, failed = {}, []
+    splits_cache, failed, work = {}, [], 0
     todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
     if todo:  # a missing dataset is one clear error up front, not one per run
         from .data import load_dataset
@@ -278,8 +279,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
             log(f"{tag}: FAILED: {e}")
             failed.append(st.name)
             continue
+        work += 1
         log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
-    report = write_report(out, preset, seeds, steps, notes, device, time.time() - t_start)
+    report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
     log(f"report: {report}")
     if failed:
         more = "..." if len(failed) > 4 else ""
@@ -288,27 +290,54 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
     return report
 
 
-def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, wall: float) -> Path:
-    """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs."""
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def log_invocation(out: Path, seconds: float, work: int) -> list:
+    """Append this invocation to STUDY/study.json; returns them all (a resumed study's wall time is
+    the sum over its invocations, so one number alone would understate or overstate it)."""
+    from .fileio import atomic_write_json
+    f = out / "study.json"
+    try:
+        runs = json.loads(f.read_text())["invocations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        runs = []
+    runs.append(dict(finished=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(seconds, 1), runs_made=work))
+    atomic_write_json(f, {"invocations": runs})
+    return runs
+
+
+def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, t_start: float,
+                 work: int = 0) -> Path:
+    """STUDY/report.md (+ plot.png, results.json, study.json) from the runs under STUDY/runs."""
     import torch
-    from .compare import compare_runs
     from . import report
+    from .compare import compare_runs
     from .fileio import atomic_write_text
     from .reduce import pick_device
     dev = str(pick_device(device))
-    result = compare_runs([out / "runs"], speed=True, device=dev)
+    result = compare_runs([out / "runs"], speed=True, device=dev, speed_batch=256, speed_reps=10)
     result.notes += notes
     report.plot(result.rows, out / "plot.png", title=f"study {preset}")
     atomic_write_text(out / "results.json", report.to_json(result))
-    commands = {s.name: [s.command] for s in steps}
-    cpu = platform.processor() or platform.machine()
+    wall = time.time() - t_start  # this invocation, the report's own timing passes included
+    calls = log_invocation(out, wall, work)
+    total = sum(c["seconds"] for c in calls)
     gpu = f", {torch.cuda.get_device_name()}" if dev.startswith("cuda") else ""
     head = [f"# Study `{preset}`: {seeds} seed(s)", "",
-            f"Machine: {platform.node()}: {cpu}, {torch.get_num_threads()} torch threads{gpu}; "
-            f"torch {torch.__version__}. Inference images/s measured on {dev}, batch 128.",
-            f"This invocation took {wall / 60:.1f} min of wall time (finished runs it found were skipped, so a "
-            f"resumed study's total is the sum over its invocations).", "",
-            f"![test accuracy vs parameters](plot.png)", ""]
-    text = "\n".join(head) + report.markdown(result, commands=commands)
+            f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads{gpu}; "
+            f"torch {torch.__version__}. Inference images/s: forward passes of a batch of 256 on {dev} "
+            f"(median of 10).",
+            f"Wall time: {total / 60:.1f} min over {len(calls)} invocation(s) of `laser-tool study` "
+            f"(this one {wall / 60:.1f} min, {work} run(s) made; the rest were found finished).",
+            "", "![test accuracy vs parameters](plot.png)", "", ""]
+    text = "\n".join(head) + report.markdown(result, commands={s.name: [s.command] for s in steps})
     atomic_write_text(out / "report.md", text)
     return out / "report.md"

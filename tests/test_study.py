@@ -82,6 +82,9 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
     assert sum("already complete" in ln for ln in lines) == 7
+    calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
+    assert [c["runs_made"] for c in calls_made] == [7, 0]
+    assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
     # An unfinished run (no final.json) is continued, and only it.
     (tmp / "st" / "runs" / "C-lowrank-ffn-s0" / "final.json").unlink()
