@@ -94,13 +94,17 @@ class ShiftedPatchTokenization(nn.Module):
         self.norm = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, dim)
 
-    def forward(self, img):
+    def patches(self, img):
+        """The normalised patch vectors that `proj` embeds."""
         x = torch.cat([img, *(F.pad(img, s) for s in self.SHIFTS)], dim=1)
         b, c, H, W = x.shape
         p = self.p
         # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
         x = x.reshape(b, c, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
-        return self.proj(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, img):
+        return self.proj(self.patches(img))
 
 
 class LSA(nn.Module):
@@ -115,14 +119,18 @@ class LSA(nn.Module):
         self.to_out = SNLinear(inner, dim)
         self.out_drop = nn.Dropout(dropout)
 
-    def forward(self, x):
+    def attend(self, x):
+        """Everything before to_out: the heads' outputs, merged (post-hoc search re-runs from here)."""
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         # dots * exp(temperature) == (q * exp(temperature)) @ k^T, so SDPA with scale 1 is exact.
         keep = ~torch.eye(n, dtype=torch.bool, device=x.device)
         out = F.scaled_dot_product_attention(q * self.temperature.exp(), k, v, attn_mask=keep, scale=1.0,
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.out_drop(self.to_out(out.transpose(1, 2).reshape(b, n, -1)))
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    def forward(self, x):
+        return self.out_drop(self.to_out(self.attend(x)))
 
 
 class FeedForward(nn.Module):
@@ -151,10 +159,13 @@ class ViTTiny(nn.Module):
         self.head_norm = nn.LayerNorm(s.dim)
         self.head = nn.Linear(s.dim, s.num_classes)
 
-    def forward(self, img):
-        x = self.embed(img)
+    def add_tokens(self, x):
+        """Patch embeddings -> the transformer's input: CLS token in front, positions added."""
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
-        x = self.emb_drop(x)
+        return self.emb_drop(x)
+
+    def forward(self, img):
+        x = self.add_tokens(self.embed(img))
         for block in self.blocks:
             x = block["attn"](x) + x
             x = block["ffn"](x) + x

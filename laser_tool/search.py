@@ -64,29 +64,13 @@ class Staged:
 
 def _lsa_core(attn, h):
     """LSA.forward up to (not including) to_out: the attention output that to_out projects."""
-    b, n, _ = h.shape
-    q, k, v = attn.to_qkv(h).reshape(b, n, 3, attn.heads, -1).permute(2, 0, 3, 1, 4)
-    keep = ~torch.eye(n, dtype=torch.bool, device=h.device)
-    out = F.scaled_dot_product_attention(q * attn.temperature.exp(), k, v, attn_mask=keep, scale=1.0,
-                                         dropout_p=attn.dropout if attn.training else 0.0)
-    return h, out.transpose(1, 2).reshape(b, n, -1)
+    return h, attn.attend(h)
 
 
 def _vit_tiny_stages(model):
     """ViTTiny.forward cut before every Linear layer; the same ops in the same order."""
-    e = model.embed
-
-    def prefix(img):
-        x = torch.cat([img, *(F.pad(img, s) for s in e.SHIFTS)], dim=1)
-        b, c, H, W = x.shape
-        p = e.p
-        x = x.reshape(b, c, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
-        return e.norm(x)
-
     def tokens(x):
-        x = e.proj(x)
-        x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embedding
-        return model.emb_drop(x)
+        return model.add_tokens(model.embed.proj(x))
 
     stages = [(["embed"], tokens)]
     for i, blk in enumerate(model.blocks):
@@ -96,7 +80,7 @@ def _vit_tiny_stages(model):
                    ([f"blocks.{i}.ffn.in"], lambda h, f=f: (h, f.drop(F.gelu(f.fc_in(h))))),
                    ([f"blocks.{i}.ffn.out"], lambda st, f=f: f.drop(f.fc_out(st[1])) + st[0])]
     stages += [([], lambda h: model.head_norm(h[:, 0])), (["head"], lambda z: model.head(z))]
-    return Staged(prefix, stages)
+    return Staged(model.embed.patches, stages)
 
 
 def staged(model, check_images=None) -> Staged:

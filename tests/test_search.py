@@ -12,23 +12,7 @@ from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.reduce import calibration_batches, collect_calibration, reduce_run, run_data
 from laser_tool.search import naive_sweep, search_run, staged, sweep
-from test_reduce import TINY, hashes, make_run
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a small machine shared with other jobs, OpenMP threads spin-wait for each other: a 96x32
-    # SVD took 0.6 s with 2 threads and 1 ms with one. These models are tiny; one thread is plenty.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_reduce import TINY, hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
 
 
 @pytest.fixture(scope="module")
