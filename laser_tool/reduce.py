@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import checkpoint_path, load_run, save_model
+from .device import resolve_device
 from .errors import UserError
 from .evaluate import evaluate
 from .fileio import atomic_write_json
@@ -221,14 +222,6 @@ def run_data(config: dict, data_dir=None, dataset=None):
                         config.get("seed", 0), config.get("train_subset"))
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return torch.device(device)
-
-
 def run_root(run: Path):
     """The run directory holding `run` (itself, or a checkpoint file's folder if that is a run)."""
     if run.is_dir():
@@ -286,7 +279,7 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
         raise UserError(f"unknown store {store!r}; choose dense or factored")
     if method not in ("svd", "whiten", "asvd", "fisher"):
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     src = checkpoint_path(run)
     model, config = load_run(run, dev)
     chosen = select(model, selectors, rank)

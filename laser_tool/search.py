@@ -32,9 +32,10 @@ from .checkpoint import load_run
 from .errors import UserError
 from .evaluate import evaluate
 from .fileio import atomic_write_json
+from .device import resolve_device
 from .layers import dense_weight
 from .models import ViTTiny
-from .reduce import (calibration_batches, collect_calibration, match_selector, n_params, pick_device,
+from .reduce import (calibration_batches, collect_calibration, match_selector, n_params,
                      reduce_run, reduced_module, run_data, run_root, warn)
 from .spectrum import (Decomposition, energy_kept, factored_params, parse_spec, resolve_rank,
                        singular_values)
@@ -257,7 +258,7 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
     t0 = time.time()
     run, frac = Path(run), parse_budget(budget)
     specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
-    dev = pick_device(device)
+    dev = resolve_device(device)
     model, config = load_run(run, dev)
     all_slots = slots(model)
     names = []

@@ -188,8 +188,9 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     from .data import BatchLoader, default_augment
     from .evaluate import evaluate
     from .fileio import atomic_write_text
-    from .reduce import pick_device, write_run
-    dev = pick_device(device)
+    from .device import resolve_device
+    from .reduce import write_run
+    dev = resolve_device(device)
     model, config = load_run(reduced, dev)
     seed, lr = config.get("seed", 0), config.get("lr", 1e-3) * HEAL_LR_FACTOR
     torch.manual_seed(seed)
@@ -321,8 +322,8 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
     from . import report
     from .compare import compare_runs
     from .fileio import atomic_write_text
-    from .reduce import pick_device
-    dev = str(pick_device(device))
+    from .device import resolve_device
+    dev = str(resolve_device(device))
     result = compare_runs([out / "runs"], speed=True, device=dev, speed_batch=256, speed_reps=10)
     result.notes += notes
     report.plot(result.rows, out / "plot.png", title=f"study {preset}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from laser_tool.checkpoint import load_model, save_model
 from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
+from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
 from laser_tool.evaluate import evaluate
 from laser_tool.fileio import atomic_write_json, atomic_write_text
@@ -50,17 +51,6 @@ def default_name(cfg: TrainConfig) -> str:
     if m.mlp_dim:
         parts.append(f"mlp{m.mlp_dim}")
     return "-".join(parts + [f"seed{cfg.seed}"])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for (--device cuda) but no CUDA device is available; "
-                        "use --device cpu or --device auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def settings(d: dict) -> dict:
