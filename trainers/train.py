@@ -58,13 +58,13 @@ def settings(d: dict) -> dict:
     return {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
 
 
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
-    """Refuse to mix two different runs in one directory; returns the config to train with."""
+def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
+    """Refuse to mix two different runs in one directory; returns the config to train with.
+
+    Reads only, so every DDP rank can call it and agree; rank 0 alone deletes for --overwrite.
+    """
     cfg_file = run_dir / "config.json"
-    if not cfg_file.exists():
-        return cfg
-    if overwrite:
-        shutil.rmtree(run_dir)
+    if not cfg_file.exists() or overwrite:
         return cfg
     try:
         old = json.loads(cfg_file.read_text())
@@ -82,11 +82,24 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) ->
                     f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
 
 
-def fit_spec_to_data(cfg: TrainConfig, splits) -> TrainConfig:
+def fit_spec_to_data(spec, splits):
     """The model's input and output sizes come from the dataset."""
-    spec = replace(cfg.model, image_size=splits.image_size, channels=splits.channels,
-                   num_classes=splits.num_classes)
-    return replace(cfg, model=spec)
+    return replace(spec, image_size=splits.image_size, channels=splits.channels, num_classes=splits.num_classes)
+
+
+def check_finite(loss_sum, run_dir, epoch, step):
+    if not math.isfinite(loss_sum.item()):
+        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; the last good checkpoint "
+                        f"is kept in {run_dir} (state.safetensors, last.safetensors): lower --lr or raise "
+                        f"--warmup-epochs")
+
+
+def interrupted(d, where):
+    """Ctrl-C, after the resume point is saved: leave cleanly, telling how to go on."""
+    if d.is_main:
+        print(f"\ninterrupted {where}: saved; run the same command again to resume", file=sys.stderr)
+    dist_.cleanup(d)
+    raise KeyboardInterrupt
 
 
 class StopFlag:
@@ -120,8 +133,10 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
     run_dir = Path(cfg.out) / (cfg.name or default_name(cfg))
-    if d.is_main:
-        cfg = prepare_run_dir(run_dir, cfg, resume, overwrite)
+    cfg = settle_run_dir(run_dir, cfg, resume, overwrite)
+    dist_.barrier(d)  # every rank has read the old config before rank 0 may delete it
+    if overwrite and d.is_main and run_dir.exists():
+        shutil.rmtree(run_dir)
     dist_.barrier(d)
     if (run_dir / "final.json").exists() and not overwrite:
         if d.is_main:
@@ -129,7 +144,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         return run_dir
 
     splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset)
-    spec = fit_spec_to_data(cfg, splits).model  # config["train"] keeps what was asked, for comparisons
+    spec = fit_spec_to_data(cfg.model, splits)  # config["train"] keeps what was asked, for comparisons
 
     micro, rem = divmod(cfg.batch_size, d.world_size * cfg.grad_accum)
     if rem or micro < 1:
@@ -227,10 +242,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 counters["step_in_epoch"] += 1
                 step = counters["step_in_epoch"]
                 if step % 25 == 0 or step == steps_per_epoch:
-                    if not math.isfinite(loss_sum.item()):
-                        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; the last "
-                                        f"good checkpoint is kept in {run_dir} (state.safetensors, last.safetensors): "
-                                        f"lower --lr or raise --warmup-epochs")
+                    check_finite(loss_sum, run_dir, epoch, step)
                     if bar is not None:
                         el = seconds + time.perf_counter() - t0
                         bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
@@ -252,15 +264,10 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
                     save_state(state_file, raw_model, optimizer, scaler, counters, config)
-                    print(f"\ninterrupted at epoch {epoch + 1}, step {counters['step_in_epoch']}: saved; "
-                          f"run the same command again to resume", file=sys.stderr)
-                dist_.cleanup(d)
-                raise KeyboardInterrupt
+                interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}")
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
-            if not math.isfinite(loss_sum.item()):
-                raise UserError(f"the loss became non-finite in epoch {epoch + 1}; the last good checkpoint is "
-                                f"kept in {run_dir}: lower --lr or raise --warmup-epochs")
+            check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
             if d.is_main:
                 end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
                              amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
@@ -268,11 +275,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
             if stop.set and epoch + 1 < cfg.epochs:
-                if d.is_main:
-                    print(f"interrupted after epoch {epoch + 1}: saved; run the same command again to resume",
-                          file=sys.stderr)
-                dist_.cleanup(d)
-                raise KeyboardInterrupt
+                interrupted(d, f"after epoch {epoch + 1}")
 
     if d.is_main:
         finish(run_dir, raw_model, config, counters, splits, cfg, device, amp_dtype, params)
