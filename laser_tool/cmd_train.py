@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import click
 
-from .cli import model_options, spec_from_options
+from .options import model_options, spec_from_options
 from .errors import UserError
 
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",

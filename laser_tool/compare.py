@@ -481,8 +481,8 @@ def _disambiguate(groups: list) -> None:
             g.label += " [" + (", ".join(f"{k}={g.desc['recipe'].get(k)}" for k in keys) or f"#{i}") + "]"
 
 
-def compare(runs, baseline=None, speed=True, device="cpu") -> list:
-    """Notebook API: one dict per table row, then one per run that could not be compared
+def compare_rows(runs, baseline=None, speed=True, device="cpu") -> list:
+    """Notebook API (`laser_tool.compare_rows`): one dict per table row, then one per run that could not be compared
     (status incomplete | failed | corrupt, with the reason)."""
     c = compare_runs(runs, baseline=baseline, speed=speed, device=device)
     return c.rows + c.problems

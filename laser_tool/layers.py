@@ -208,10 +208,8 @@ class SNLinear(nn.Linear):
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool = True):
-        super().__init__(d_in, d_out, bias=bias)
+        super().__init__(d_in, d_out, bias=bias)  # the bias keeps nn.Linear's init, as in the seed
         nn.init.trunc_normal_(self.weight, std=0.02)
-        if bias:
-            nn.init.zeros_(self.bias)
         with torch.no_grad():
             _, s, vh = torch.linalg.svd(self.weight, full_matrices=False)
         self.register_buffer("u", vh[0].clone())

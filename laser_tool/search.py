@@ -34,7 +34,7 @@ from .evaluate import evaluate
 from .fileio import atomic_write_json
 from .device import resolve_device
 from .layers import dense_weight
-from .models import ViTTiny
+from .vit_tiny import ViTTiny
 from .reduce import (calibration_batches, collect_calibration, match_selector, n_params,
                      reduce_run, reduced_module, run_data, run_root, warn)
 from .spectrum import (Decomposition, energy_kept, factored_params, parse_spec, resolve_rank,

@@ -13,7 +13,6 @@ DYAD follow-up (baseline; mlp_dim 1024 with DYAD FFN layers); quick is a CPU-siz
 question on Fashion-MNIST using the trainer's `quick` model.
 """
 import copy
-from importlib import import_module
 import json
 import os
 import platform
@@ -233,9 +232,9 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
-    # Modules, not names: tests count calls by patching them. (import_module, because the package
-    # may export functions named like its submodules, e.g. laser_tool.compare.)
-    trainer, reducer = import_module("trainers.train"), import_module("laser_tool.reduce")
+    # Modules, not names: tests count calls by patching them.
+    from trainers import train as trainer
+    from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
     seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds

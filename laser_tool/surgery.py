@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from .errors import UserError
 from .layers import DyadLinear, FactoredLinear, LowRankLinear, SKLinear, layer_kind
-from .models import LSA, FeedForward, ViTTiny, import_x_transformers
+from .vit_tiny import LSA, FeedForward, ViTTiny
+from .xt_vit import import_x_transformers
 
 TARGETS = {
     "ffn-in": {"ffn-in"},

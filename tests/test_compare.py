@@ -1,5 +1,4 @@
 """compare/report: statistics against hand formulas, grouping, pairing, plot, bad runs, CLI."""
-import importlib
 import json
 import math
 from dataclasses import replace
@@ -8,13 +7,14 @@ import pytest
 from click.testing import CliRunner
 from scipy.special import betainc
 
+import laser_tool
+from laser_tool import compare as cmp
 from laser_tool.checkpoint import save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model, count_params
 
-cmp = importlib.import_module("laser_tool.compare")  # the package exports a function of that name
-report = importlib.import_module("laser_tool.report")
+from laser_tool import report
 
 TINY = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32, depth=2,
                  heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
@@ -206,7 +206,7 @@ def test_bad_runs_are_listed_and_the_rest_compared(tmp_path):
     assert any("metrics.jsonl line 2" in w for w in c.rows[0]["warnings"])
     md = report.markdown(c)
     assert "Runs not compared:" in md and "running" in md and "metrics.jsonl line 2" in md
-    api = cmp.compare([tmp_path], speed=False)
+    api = laser_tool.compare_rows([tmp_path], speed=False)
     assert len(api) == 6 and {r["status"] for r in api} == {"ok", "incomplete", "corrupt", "failed"}
 
 

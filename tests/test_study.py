@@ -1,5 +1,4 @@
 """study: the grid plan, matched ranks, a tiny end-to-end study on synthetic IDX data, and resume."""
-import importlib
 import json
 import struct
 from dataclasses import replace
@@ -13,9 +12,10 @@ from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.surgery import named_linears
 
-# Modules by name, even where the packages export functions called like them (laser_tool.compare).
-data, study, reducer = (importlib.import_module(f"laser_tool.{m}") for m in ("data", "study", "reduce"))
-presets, trainer = importlib.import_module("trainers.presets"), importlib.import_module("trainers.train")
+from laser_tool import data, study
+from laser_tool import reduce as reducer
+from trainers import presets
+from trainers import train as trainer
 
 TINY_PRESET = {
     "model": dict(arch="vit-tiny", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7,
