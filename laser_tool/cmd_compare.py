@@ -55,7 +55,16 @@ def _device(device: str) -> str:
 @click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
-def study(preset, seeds, out, heal_epochs, epochs, device, data_dir):
+@click.option("--lr", type=float, help="Override the preset's learning rate (every row).")
+@click.option("--batch-size", type=int, help="Override the preset's batch size (every row).")
+@click.option("--weight-decay", type=float)
+@click.option("--warmup-epochs", type=float)
+@click.option("--label-smoothing", type=float)
+@click.option("--train-subset", type=int, help="Train every row on only this many images.")
+@click.option("--val-size", type=int, help="Validation images held out of the training set.")
+@click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation.")
+@click.option("--decay-all/--no-decay-all", default=None, help="Weight decay on every parameter.")
+def study(preset, seeds, out, heal_epochs, epochs, device, data_dir, **train_opts):
     """Train a preset's grid over seeds, reduce each baseline post hoc to every variant's parameter
     count (svd and whiten), optionally heal, then write STUDY/report.md with table, plot, commands.
 
@@ -67,7 +76,8 @@ def study(preset, seeds, out, heal_epochs, epochs, device, data_dir):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
     try:
         report = run_study(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs, device=device,
-                           data_dir=data_dir, log=lambda s: click.echo(s, err=True))
+                           data_dir=data_dir, log=lambda s: click.echo(s, err=True),
+                           train_opts={k: v for k, v in train_opts.items() if v is not None})
     except KeyboardInterrupt:
         click.echo("interrupted: finished runs are kept; run the same command again to continue", err=True)
         sys.exit(130)

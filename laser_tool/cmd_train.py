@@ -8,7 +8,7 @@ from .errors import UserError
 
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",
               "lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "seed", "device", "amp",
-              "compile", "eval_batch_size", "out", "name")
+              "compile", "decay_all", "init_from", "eval_batch_size", "out", "name")
 
 
 def config_from_options(preset, opts):
@@ -23,7 +23,24 @@ def config_from_options(preset, opts):
         p = dict(PRESETS[preset])
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     cfg = replace(cfg, model=spec_from_options(opts, base=cfg.model))
-    return replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    cfg = replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    if cfg.init_from:
+        cfg = from_source(cfg, opts)
+    return cfg
+
+
+def from_source(cfg, opts):
+    """--init-from: the model is the source run's; split settings not given come from it too."""
+    from trainers.init_from import source_config, split_of
+    from .models import ModelSpec
+    from .options import MODEL_KEYS
+    given = [k for k in MODEL_KEYS if opts.get(k) not in (None, ())]
+    if given:
+        raise UserError(f"--init-from takes the model from {cfg.init_from}; drop "
+                        f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    source = source_config(cfg.init_from)
+    split = {k: v for k, v in split_of(source).items() if opts.get(k) is None}
+    return replace(cfg, model=ModelSpec.from_dict(source["model"]), **split)
 
 
 @click.command()
@@ -47,6 +64,11 @@ def config_from_options(preset, opts):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--amp", type=click.Choice(["auto", "off"]), help="bf16 autocast on CUDA (fp16 where bf16 is missing).")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).")
+@click.option("--decay-all/--no-decay-all", default=None,
+              help="Weight decay on every parameter, as the seed (seed presets), or on matrices only (default).")
+@click.option("--init-from", type=click.Path(exists=True),
+              help="Start from this run's weights and structure (factored layers kept): fresh optimizer, own "
+                   "schedule, the source's data split. The starting model is the epoch-0 candidate.")
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
 @click.option("--name", help="Run directory name (default: from the settings).")

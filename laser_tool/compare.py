@@ -226,6 +226,14 @@ def _reduction_entries(config) -> list:
     return out
 
 
+def recipe_root(config: dict) -> dict:
+    """The config whose training recipe made the weights a run started from (`train --init-from`
+    records its source's config under init_source): followed back to the run trained from scratch."""
+    while isinstance(config.get("init_source"), dict) and isinstance(config["init_source"].get("config"), dict):
+        config = config["init_source"]["config"]
+    return config
+
+
 def describe(config: dict) -> dict:
     """Section (dataset + base architecture), group key, and the parts a label is made of."""
     from .models import ModelSpec
@@ -240,7 +248,10 @@ def describe(config: dict) -> dict:
     heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
     model_part = (variant, targets, s.scale if variant in ("lowrank", "skl") else None, blocks, s.mlp_dim,
                   (s.n_dyad, s.dyad_variant) if variant == "dyad" else None)
-    recipe = tuple((k, config.get(k)) for k in RECIPE_KEYS)
+    # A run started from another (healing) is grouped by the recipe that trained the weights it started
+    # from; its own few epochs are the `heal` part of the key.
+    root = recipe_root(config)
+    recipe = tuple((k, root.get(k)) for k in RECIPE_KEYS)
     # Layers touched by the train-time change, as (block, role): what a post-hoc twin must reduce.
     # A narrower (or wider) dense FFN changes both FFN layers of every block.
     if structured:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .checkpoint import checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import eval_amp_dtype, evaluate, precision_name
 from .fileio import atomic_write_json
 from .layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from .models import ModelSpec, count_params
@@ -305,8 +305,9 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
         calib_info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,
                           images=sum(len(b[0]) for b in batches), seed=config.get("seed", 0) + 1)
 
-    val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev)
-    test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev)
+    amp = eval_amp_dtype(dev, config.get("amp", "auto"))  # as the parent was scored
+    val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp)
+    test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp)
     params_before = count_params(model)
     spec = ModelSpec.from_dict(config["model"])
     layers, warnings = [], []
@@ -316,9 +317,9 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
         dec = dec or Decomposition(W, method, calib.get(name))
         U, V = dec.factors(r)
         new, override = reduced_module(old, U, V, store)
-        if store == "factored" and r >= break_even_rank(d_out, d_in):
-            warnings.append(f"{name}: factored rank {r} >= {d_out}*{d_in}/({d_out}+{d_in}) = "
-                            f"{break_even_rank(d_out, d_in):.1f}, so it saves no parameters")
+        if n_params(new) >= n_params(old):  # against the layer replaced: a DYAD or low-rank layer can grow
+            warnings.append(f"{name}: the {store} rank-{r} layer holds {n_params(new):,} parameters, not fewer "
+                            f"than the {layer_kind(old)} layer it replaces ({n_params(old):,}): it saves nothing")
         k = numerical_rank(s, W.shape)
         if r > k:
             warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
@@ -328,12 +329,15 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
         layers.append(dict(name=name, shape=[d_out, d_in], kind_before=layer_kind(old), kind_after=layer_kind(new),
                            method=method, spec=str(rspec), rank_before=k, rank_after=r, max_rank=min(d_out, d_in),
                            params_before=n_params(old), params_after=n_params(new),
-                           rel_frobenius_error=relative_error(W, U, V), energy_kept=energy_kept(s, r),
+                           rel_frobenius_error=relative_error(W, U, V),
+                           # W's own spectrum; for whiten/asvd/fisher also the weighted one they truncate
+                           energy_kept_weight=energy_kept(s, r),
+                           energy_kept_truncated=energy_kept(dec.s, r),
                            **({"decomposition": dec.info} if dec.info else {})))
     for w in warnings:
         warn(w)
-    val_after = evaluate(model, splits.val_x, splits.val_y, batch_size, dev)
-    test_after = evaluate(model, splits.test_x, splits.test_y, batch_size, dev)
+    val_after = evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp)
+    test_after = evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp)
 
     step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
                 ranks={l["name"]: l["rank_after"] for l in layers})
@@ -352,6 +356,6 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
                  params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
                  # training cost of the weights this run holds, so `compare` can put it beside trained runs
                  train_seconds=pf.get("train_seconds"), reduce_seconds=round(time.time() - t0, 3),
-                 device=str(dev))
+                 device=str(dev), eval_precision=precision_name(amp))
     write_run(out, {"reduce.json": report, "final.json": final, **(extra or {})}, model, new_config)
     return out

@@ -298,8 +298,11 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
                table={n: [dict(c, layer_params=layer_params[n]) for c in rows] for n, rows in table.items()},
                allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
                compose=dict(enabled=do_compose, steps=steps),
+               # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
                chosen=dict(ranks=chosen, params=params_of(chosen), val_acc=chosen_acc, test_acc=test_acc,
-                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params),
+                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params,
+                           fraction_kept=params_of(chosen) / total, budget_fraction=frac,
+                           budget_unused=budget_params - params_of(chosen)),
                calib_batches=calib_batches if method != "svd" else 0, sweep_seconds=round(t_sweep, 3),
                seconds=round(time.time() - t0, 3), device=str(dev))
     if report is None:

@@ -26,6 +26,8 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     amp: str = "auto"                     # auto (bf16 on CUDA, fp16+scaler without bf16, off on CPU) | off
     compile: bool = False
+    decay_all: bool = False               # weight decay on every parameter (the seed's AdamW) or on matrices only
+    init_from: Optional[str] = None       # start from this run's weights and structure (fine-tuning, healing)
     eval_batch_size: int = 1000
     out: str = "runs"
     name: Optional[str] = None
