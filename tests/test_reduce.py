@@ -255,6 +255,7 @@ def test_factored_equals_dense_with_fewer_params(base, tmp_path):
     fd, ff = (json.loads((p / "final.json").read_text()) for p in (dense, fact))
     assert ff["params"] < fd["params"] == json.loads((base / "final.json").read_text())["params"]
     assert ff["kind"] == "post-hoc" and ff["status"] == "complete" and ff["parent"] == str(base)
+    assert ff["eval_precision"] == "fp32"  # scored as its parent was (autocast only on CUDA)
     rep = json.loads((fact / "reduce.json").read_text())
     layer = next(l for l in rep["layers"] if l["name"] == "blocks.0.ffn.in")
     assert layer["rank_after"] == int(0.3 * 64 * 32 / 96) and layer["params_after"] == layer["rank_after"] * 96 + 64
