@@ -50,8 +50,13 @@ def _device(device: str) -> str:
 @click.option("--preset", required=True, metavar="NAME", help="quick | seed-vit-tiny | seed-xt.")
 @click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick, 4 for the seed presets).")
 @click.option("--out", type=click.Path(file_okay=False), help="Study directory (default studies/PRESET).")
-@click.option("--heal-epochs", type=int, default=0, show_default=True,
-              help="Also fine-tune each post-hoc reduced model this many epochs, as separate rows.")
+@click.option("--heal-epochs", type=int,
+              help="Also fine-tune each post-hoc reduced model this many epochs, as separate rows "
+                   "(default: the preset's; 0 for the seed grids).")
+@click.option("--budgets", metavar="F,F,...", help="Frontier presets: fractions of the targeted layers' "
+              "parameters kept, each in (0, 1) (default: the preset's).")
+@click.option("--targets", type=click.Choice(["ffn", "attn", "all"]), help="Frontier presets: which layers are slimmed.")
+@click.option("--families", metavar="F,F,...", help="Frontier presets: which families (default: the preset's).")
 @click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
@@ -64,7 +69,7 @@ def _device(device: str) -> str:
 @click.option("--val-size", type=int, help="Validation images held out of the training set.")
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation.")
 @click.option("--decay-all/--no-decay-all", default=None, help="Weight decay on every parameter.")
-def study(preset, seeds, out, heal_epochs, epochs, device, data_dir, **train_opts):
+def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, device, data_dir, **train_opts):
     """Train a preset's grid over seeds, reduce each baseline post hoc to every variant's parameter
     count (svd and whiten), optionally heal, then write STUDY/report.md with table, plot, commands.
 
@@ -72,12 +77,14 @@ def study(preset, seeds, out, heal_epochs, epochs, device, data_dir, **train_opt
     """
     from .errors import UserError
     from .study import run_study
-    if heal_epochs < 0 or (epochs is not None and epochs < 1):
+    if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
     try:
         report = run_study(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs, device=device,
                            data_dir=data_dir, log=lambda s: click.echo(s, err=True),
-                           train_opts={k: v for k, v in train_opts.items() if v is not None})
+                           train_opts={k: v for k, v in train_opts.items() if v is not None},
+                           frontier_opts={k: v for k, v in dict(budgets=budgets, targets=targets,
+                                                                families=families).items() if v is not None})
     except KeyboardInterrupt:
         click.echo("interrupted: finished runs are kept; run the same command again to continue", err=True)
         sys.exit(130)

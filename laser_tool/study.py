@@ -70,6 +70,7 @@ class Step:
     selectors: list = field(default_factory=list)
     method: str = None
     epochs: int = 0
+    group: str = None              # reduce steps of one group (baseline, method) share one decomposition
 
 
 def _flag(k, v):
@@ -127,12 +128,19 @@ def heal_config(base_cfg, reduced: Path, name: str, epochs: int):
 
 
 def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None,
-         train_opts=None):
+         train_opts=None, frontier_opts=None):
     """(steps, notes): every step of the study in order (per seed: train all rows, then reduce and
     heal), and sentences for the report about rows that get no post-hoc twin."""
     from .data import DATASETS, canonical_name
+    from . import frontier
+    if preset in frontier.FRONTIERS:
+        return frontier.plan(preset, seeds, out, epochs=epochs, heal_epochs=heal_epochs, device=device,
+                             data_dir=data_dir, train_opts=train_opts, **(frontier_opts or {}))
+    if frontier_opts:
+        raise UserError(f"--{next(iter(frontier_opts))} applies to the frontier presets "
+                        f"({', '.join(frontier.FRONTIERS)}), not to {preset}")
     if preset not in GRIDS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(GRIDS)}")
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*frontier.FRONTIERS, *GRIDS])}")
     runs = out / "runs"
     steps, notes, sels = [], [], {}
     for seed in range(seeds):
@@ -172,7 +180,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
                 cmd = (f"laser-tool reduce {runs / base_name} " + " ".join(f"--layer {s}" for s in sel)
                        + f" --method {method} --store factored --out {runs / name}")
                 steps.append(Step("reduce", name, cmd, parent=base_name, selectors=sel, method=method))
-                if heal_epochs:
+                if heal_epochs or 0:
                     healed = f"{row.id}-posthoc-{method}-heal{heal_epochs}-s{seed}"
                     hcfg = heal_config(cfgs[base_row], runs / name, healed, heal_epochs)
                     cmd = (f"laser-tool train --init-from {runs / name} --out {runs} --name {healed} "
@@ -210,18 +218,20 @@ def check_same_settings(runs: Path, steps: list) -> None:
                             f"{', '.join(diff)} differ); use another --out for these settings")
 
 
-def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
-              log=lambda s: print(s, file=sys.stderr, flush=True), train_opts=None) -> Path:
+def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+              log=lambda s: print(s, file=sys.stderr, flush=True), train_opts=None, frontier_opts=None) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
     # Modules, not names: tests count calls by patching them.
     from trainers import train as trainer
     from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
-    seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
+    from .frontier import FRONTIERS
+    default_seeds = FRONTIERS[preset].seeds if preset in FRONTIERS else DEFAULT_SEEDS.get(preset, 1)
+    seeds = default_seeds if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
-    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts)
+    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
     runs = out / "runs"
     check_same_settings(runs, steps)
     splits_cache, failed, work = {}, [], 0
@@ -250,10 +260,15 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
                 key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
                 if key not in splits_cache:  # one load of the data per seed, shared by its reductions
                     splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
-                if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
-                    shutil.rmtree(run)
-                reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
-                                   device=device, splits=splits_cache[key])
+                # One decomposition per layer and method for every budget of the group still to do.
+                group = [g for g in steps if g.kind == "reduce" and (g is st or (
+                    st.group and g.group == st.group and _done(runs / g.name) is None))]
+                for g in group:
+                    if (runs / g.name).exists():  # a reduce output appears whole (renamed into place) or not at all
+                        shutil.rmtree(runs / g.name)
+                reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=st.method,
+                                           store="factored", outs={g.name: runs / g.name for g in group},
+                                           device=device, splits=splits_cache[key])
         except UserError as e:
             log(f"{tag}: FAILED: {e}")
             failed.append(st.name)
