@@ -11,6 +11,21 @@ TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_s
               "compile", "eval_batch_size", "out", "name")
 
 
+class GradClip(click.ParamType):
+    """A positive max gradient norm, or `off` for no clipping (0 is refused, not read as off)."""
+    name = "FLOAT|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "off":
+            return value
+        if str(value).strip().lower() in ("off", "none"):
+            return "off"
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--grad-clip {value!r}: give a positive max norm such as 1.0, or off") from None
+
+
 def config_from_options(preset, opts):
     """TrainConfig = defaults <- preset <- flags the user gave."""
     from trainers.config import TrainConfig
@@ -23,7 +38,8 @@ def config_from_options(preset, opts):
         p = dict(PRESETS[preset])
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     cfg = replace(cfg, model=spec_from_options(opts, base=cfg.model))
-    return replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    cfg = replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    return replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
 
 
 @click.command()
@@ -41,7 +57,7 @@ def config_from_options(preset, opts):
 @click.option("--lr", type=float)
 @click.option("--weight-decay", type=float)
 @click.option("--warmup-epochs", type=float)
-@click.option("--grad-clip", type=float)
+@click.option("--grad-clip", type=GradClip(), help="Max gradient norm (> 0), or off for no clipping.")
 @click.option("--label-smoothing", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))

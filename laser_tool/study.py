@@ -16,13 +16,13 @@ import copy
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
+from .lock import locked
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.get("grad_clip", 1.0))
+            if config.get("grad_clip", 1.0) is not None:  # None: trained with --grad-clip off
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.get("grad_clip", 1.0))
             opt.step()
             step += 1
         val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, 1000, dev)
@@ -229,11 +230,13 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     return out
 
 
+@locked(lambda a: Path(a["out"] or f"studies/{a['preset']}"))  # one writer per study directory
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
     # Modules, not names: tests count calls by patching them.
     from trainers import train as trainer
+    from trainers.rundir import remove_run
     from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
@@ -241,6 +244,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
+    for st in steps:  # every setting in range before any data is read or any run starts
+        if st.kind == "train":
+            st.cfg.validate()
     runs = out / "runs"
     splits_cache, failed, work = {}, [], 0
     todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
@@ -268,8 +274,8 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
                 key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
                 if key not in splits_cache:  # one load of the data per seed, shared by its reductions
                     splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
-                if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
-                    shutil.rmtree(run)
+                if run.exists() or run.is_symlink():  # a reduce/heal output appears whole or not at all;
+                    remove_run(run, what="study")          # only a directory laser-tool wrote is removed
                 if st.kind == "reduce":
                     reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
                                        device=device, splits=splits_cache[key])
@@ -280,7 +286,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
             failed.append(st.name)
             continue
         work += 1
-        log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
+        acc = _done(run)
+        log(f"{tag}: done, " + (f"test acc {acc:.4f}" if acc is not None else "final.json unreadable")
+            + f" ({time.time() - t0:.0f} s)")
     report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
     log(f"report: {report}")
     if failed:

@@ -1,0 +1,126 @@
+"""One writer per output: an exclusive lock beside the directory a command writes.
+
+    with output_lock(run_dir):      # PARENT/.NAME.lock, holding "pid host" of the writer
+        ...write run_dir...
+
+The lock is an flock on PARENT/.NAME.lock (beside, not inside, so `--overwrite` can delete the
+directory and a reduction can lock a directory that does not exist yet). The kernel drops an flock
+when its process dies, even by kill -9, so a lock file left by a dead writer on this host is taken
+over (with a message). A lock file left on another host cannot be checked from here: it is refused
+with the command that removes it. A second live writer gets one line and no work is done.
+"""
+import contextlib
+import fcntl
+import functools
+import inspect
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def lock_path(target) -> Path:
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def _holder(text: str):
+    """(pid, host) recorded in a lock file, or (None, None)."""
+    parts = text.split()
+    try:
+        return int(parts[0]), parts[1]
+    except (IndexError, ValueError):
+        return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
+    """Take the lock for writing `target`; returns the open file descriptor (pass it to release)."""
+    path, host = lock_path(target), socket.gethostname()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent} ({e.strerror or e}); pick a writable place") from None
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot create the lock file {path} ({e.strerror or e}); pick a writable place") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 200, 0).decode(errors="replace")
+            os.close(fd)
+            pid, where = _holder(text)
+            who = f"process {pid} on {where}" if pid else "another process"
+            raise UserError(f"{target} is being written by {who} (lock {path}); wait for it to finish "
+                            f"or stop it, then run again") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder released and unlinked it while we opened it: take the new file
+            os.close(fd)
+            continue
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if text:  # a writer died without releasing
+            pid, where = _holder(text)
+            if where is not None and where != host:
+                os.close(fd)
+                raise UserError(f"{target} is locked by process {pid} on host {where} ({path}); if that "
+                                f"process is gone, delete {path} and run again")
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                log(f"note: lock {path} names process {pid}, which no longer holds it; taking it over")
+            else:
+                log(f"note: taking over the stale lock {path} of process {pid} (no longer running)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
+        os.fsync(fd)
+        return fd
+    raise UserError(f"could not take the lock {path}: it keeps changing; is another writer starting?")
+
+
+def release(target, fd: int) -> None:
+    """Unlink then unlock: a waiter that opened the old file notices (inode check) and retries."""
+    try:
+        os.unlink(lock_path(target))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_lock(target, log=lambda s: print(s, file=sys.stderr)):
+    fd = acquire(target, log)
+    try:
+        yield
+    finally:
+        release(target, fd)
+
+
+def locked(target_of):
+    """Decorator: hold output_lock(target_of(arguments)) while the function runs; `arguments` is
+    the call's arguments by name, defaults filled in."""
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with output_lock(target_of(bound.arguments)):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
