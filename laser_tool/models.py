@@ -55,6 +55,15 @@ class ModelSpec:
 
     def resolved(self) -> "ModelSpec":
         """A copy with the arch defaults filled in and half-ffn applied to mlp_dim."""
+        spec = self.validated()
+        if spec.image_size % spec.patch_size:
+            raise UserError(f"image size {spec.image_size} is not divisible by patch size {spec.patch_size}; "
+                            f"pick a patch size that divides it")
+        return spec
+
+    def validated(self) -> "ModelSpec":
+        """A copy with the arch defaults filled in, every value checked; the image size is not yet
+        compared with the patch size (the trainer fits the image size to the dataset later)."""
         if self.arch not in ARCHS:
             raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.variant is not None and self.variant not in VARIANTS:
@@ -65,9 +74,6 @@ class ModelSpec:
         filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         spec = replace(self, **filled)
         spec.check_values()
-        if spec.image_size % spec.patch_size:
-            raise UserError(f"image size {spec.image_size} is not divisible by patch size {spec.patch_size}; "
-                            f"pick a patch size that divides it")
         return spec
 
     def check_values(self) -> None:

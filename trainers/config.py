@@ -62,7 +62,7 @@ class TrainConfig:
             num("train_subset", self.train_subset, 1, integer=True)
         if self.amp not in ("auto", "off"):
             raise UserError(f"--amp {self.amp!r}: choose auto or off")
-        self.model.resolved()  # model sizes and dropouts
+        self.model.validated()  # model sizes and dropouts (patch vs image size: once the data is known)
         return self
 
     def to_dict(self) -> dict:

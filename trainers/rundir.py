@@ -97,11 +97,7 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if stray:
             raise UserError(f"{run_dir} exists and is not a laser-tool run (it holds {', '.join(sorted(stray)[:3])}); "
                             f"pick another --name or --out")
-    check_writable_dir(run_dir, "--out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {run_dir} ({e.strerror or e}); pick a writable --out") from None
+    check_writable_dir(run_dir, "--out")  # created by the first write, once the data has loaded
     remove_debris(run_dir)
 
 
