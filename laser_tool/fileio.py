@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -137,20 +138,19 @@ def append_jsonl(path, obj) -> None:
 # Debris of killed writers
 
 
+# mkstemp/mkdtemp put 8 characters of [a-z0-9_] between our prefix and suffix.
+_TMP_FILE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+_TMP_DIR = re.compile(r"\.(.+)\.(?:tmp|old)-[a-z0-9_]{8}")
+
+
 def is_debris(p: Path, names=None) -> bool:
     """A temp file of atomic_write_bytes (`.NAME.XXXXXXXX.tmp`) or a temp run directory of
     reduce.write_run / an interrupted --overwrite (`.NAME.tmp-XXXXXXXX`, `.NAME.old-XXXXXXXX`).
     With `names`, only debris of those names counts."""
-    n = p.name
-    if not n.startswith(".") or p.is_symlink():
+    if p.is_symlink():
         return False
-    if n.endswith(".tmp") and p.is_file():
-        base = n[1:].rsplit(".", 2)[0]
-    elif (".tmp-" in n or ".old-" in n) and p.is_dir():
-        base = n[1:].rsplit(".tmp-" if ".tmp-" in n else ".old-", 1)[0]
-    else:
-        return False
-    return names is None or base in names
+    m = _TMP_FILE.fullmatch(p.name) if p.is_file() else _TMP_DIR.fullmatch(p.name) if p.is_dir() else None
+    return m is not None and (names is None or m.group(1) in names)
 
 
 def remove_debris(folder, names=None) -> list:
@@ -185,7 +185,7 @@ def _inside(path: Path, inputs) -> Path:
     return None
 
 
-def _check_name_lengths(path: Path, what: str) -> None:
+def check_path_length(path: Path, what: str) -> None:
     if len(os.fsencode(str(path.absolute()))) >= 4096:
         raise UserError(f"{what} {path}: the path is too long (4096 bytes at most); pick a shorter one")
     for part in path.parts:
@@ -212,7 +212,7 @@ def check_output_file(path, inputs=(), what="--out") -> Path:
     """Refuse an output file path before any work: inside an input run, an existing non-regular
     file (device, directory, symlink), too long, or in a place we cannot write."""
     path = Path(path)
-    _check_name_lengths(path, what)
+    check_path_length(path, what)
     hit = _inside(path, inputs)
     if hit is not None:
         raise UserError(f"{what} {path} is inside the input {hit}; inputs are never modified, pick another path")
@@ -227,7 +227,7 @@ def check_output_file(path, inputs=(), what="--out") -> Path:
 def check_output_dir(path, inputs=(), what="--out") -> Path:
     """Refuse an output directory path before any work (it must not exist yet: runs are new)."""
     path = Path(path)
-    _check_name_lengths(path, what)
+    check_path_length(path, what)
     hit = _inside(path, inputs)
     if hit is not None:
         raise UserError(f"{what} {path} is inside the input run {hit}; the input is never modified, pick another place")

@@ -237,6 +237,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
     # Modules, not names: tests count calls by patching them.
     from trainers import train as trainer
     from trainers.rundir import remove_run
+    from .fileio import remove_debris
     from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
@@ -276,6 +277,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
                     splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
                 if run.exists() or run.is_symlink():  # a reduce/heal output appears whole or not at all;
                     remove_run(run, what="study")          # only a directory laser-tool wrote is removed
+                remove_debris(runs, {st.name})             # temp directories of a killed reduce or heal
                 if st.kind == "reduce":
                     reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
                                        device=device, splits=splits_cache[key])

@@ -445,16 +445,16 @@ def test_8_second_reduction_into_the_same_out(world, place):
 
 def test_10_debris_of_killed_writers_is_cleared(world, place):
     run = place / "base"
-    (run / ".model.safetensors.k1ll3d.tmp").write_bytes(b"half")
+    (run / ".model.safetensors.k1ll3d_x.tmp").write_bytes(b"half")
     (run / ".notes.txt").write_text("a user's hidden file stays")
-    (place / ".red.tmp-abc123").mkdir()
-    (place / ".red.tmp-abc123" / "model.safetensors").write_bytes(b"half")
-    (place / ".base.old-xyz").mkdir()
+    (place / ".red.tmp-abc123_x").mkdir()
+    (place / ".red.tmp-abc123_x" / "model.safetensors").write_bytes(b"half")
+    (place / ".base.old-xyz12345").mkdir()
     assert cli(*train_args(world, place, "base")).exit_code == 0         # complete: still clears its debris
-    assert not (run / ".model.safetensors.k1ll3d.tmp").exists() and not (place / ".base.old-xyz").exists()
-    assert (run / ".notes.txt").exists() and (place / ".red.tmp-abc123").exists()
+    assert not (run / ".model.safetensors.k1ll3d_x.tmp").exists() and not (place / ".base.old-xyz12345").exists()
+    assert (run / ".notes.txt").exists() and (place / ".red.tmp-abc123_x").exists()
     assert cli("reduce", run, "--layer", "head", "--rank", "2", "--out", place / "red").exit_code == 0
-    assert not (place / ".red.tmp-abc123").exists()
+    assert not (place / ".red.tmp-abc123_x").exists()
 
 
 def test_10_full_disk_keeps_the_files_in_agreement(world, tmp_path, monkeypatch):

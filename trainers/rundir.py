@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from laser_tool.errors import UserError
-from laser_tool.fileio import check_writable_dir, remove_debris
+from laser_tool.fileio import check_path_length, check_writable_dir, remove_debris
 from laser_tool.lock import output_lock
 
 # Written into every config.json the trainer makes; runs from before it are recognised by shape.
@@ -129,6 +129,7 @@ def guarded(run_dir_of):
             cfg.validate()
             check_name(cfg.name)
             run_dir = run_dir_of(cfg)
+            check_path_length(run_dir, "--out/--name")
             if int(os.environ.get("RANK", "0")) != 0:
                 return fn(cfg, *args, **kwargs)
             with output_lock(run_dir):
