@@ -173,7 +173,10 @@ def test_2_unwritable_missing_and_too_long_destinations(world, place):
 # ------------------------------------------------------------------ 3. one writer per output
 
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import sys, time, types
+    pkg = types.ModuleType("laser_tool")      # the real lock module, without the package's torch imports
+    pkg.__path__ = [sys.argv[3]]
+    sys.modules["laser_tool"] = pkg
     from laser_tool.lock import acquire
     fd = acquire(sys.argv[1])
     print("held", flush=True)
@@ -185,8 +188,8 @@ HOLDER = textwrap.dedent("""
 
 def hold_lock(target, mode="hold"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(target), mode], stdout=subprocess.PIPE, text=True,
-                         env=env)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(target), mode, str(ROOT / "laser_tool")],
+                         stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout.readline().strip() == "held"
     return p
 
