@@ -65,9 +65,11 @@ def config_from_options(preset, opts):
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).")
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
-@click.option("--name", help="Run directory name (default: from the settings).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings.")
-@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh.")
+@click.option("--name", help="Run directory name, a plain name without '/' (default: from the settings).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
+              "settings given here are named and ignored); an error if there is no such run.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "
+              "directory laser-tool wrote, never through a symlink).")
 def train(preset, resume, overwrite, **opts):
     """Train a ViT (baseline or variant) and write runs/NAME/. Running it again resumes."""
     from trainers.train import train as run_training
