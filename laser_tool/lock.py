@@ -48,6 +48,10 @@ def _alive(pid: int) -> bool:
 def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
     """Take the lock for writing `target`; returns the open file descriptor (pass it to release)."""
     path, host = lock_path(target), socket.gethostname()
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        kind = "a symbolic link" if target.is_symlink() else "a file"
+        raise UserError(f"{target} is {kind}, not a directory laser-tool can write; pick another output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
