@@ -210,3 +210,26 @@ def test_11_files_follow_the_umask(world, place):
     finally:
         os.umask(old)
     assert stat.S_IMODE((place / "s.csv").stat().st_mode) == 0o640
+
+
+def test_8_corrupt_final_json_inside_a_study(tmp_path, monkeypatch):
+    """A study whose runs' final.json files were damaged: the trained run's is recomputed from its
+    state, the reduced run (laser-tool's own) is made again; exit 0, no traceback."""
+    from laser_tool import data
+    from test_study import TINY_PRESET, write_fashion
+    from trainers import presets
+    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+    monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
+    write_fashion(tmp_path / "data" / "fashion-mnist")
+    args = ["study", "--preset", "quick", "--out", tmp_path / "st", "--device", "cpu", "--data-dir", tmp_path / "data"]
+    assert cli(*args).exit_code == 0
+    runs = tmp_path / "st" / "runs"
+    damaged = [runs / "A-baseline-s0", sorted(runs.glob("*-posthoc-svd-s0"))[0]]
+    good = {p: json.loads((p / "final.json").read_text())["test_acc"] for p in damaged}
+    for p in damaged:
+        (p / "final.json").write_text('{"status": "compl')
+    r = cli(*args)
+    assert r.exit_code == 0 and "Traceback" not in r.output + r.stderr, r.stderr
+    for p in damaged:
+        assert json.loads((p / "final.json").read_text())["test_acc"] == good[p]
