@@ -21,6 +21,9 @@ from pathlib import Path
 from .errors import UserError
 
 
+_made = {}  # fd -> folders acquire() created
+
+
 def lock_path(target) -> Path:
     target = Path(target)
     return target.parent / f".{target.name}.lock"
@@ -52,6 +55,11 @@ def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         kind = "a symbolic link" if target.is_symlink() else "a file"
         raise UserError(f"{target} is {kind}, not a directory laser-tool can write; pick another output")
+    made = []  # folders made for the lock, removed again at release if still empty
+    p = path.parent.absolute()
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -91,18 +99,27 @@ def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
         os.fsync(fd)
+        _made[fd] = made
         return fd
     raise UserError(f"could not take the lock {path}: it keeps changing; is another writer starting?")
 
 
 def release(target, fd: int) -> None:
-    """Unlink then unlock: a waiter that opened the old file notices (inode check) and retries."""
+    """Unlink then unlock: a waiter that opened the old file notices (inode check) and retries.
+    Folders made only to hold the lock go again if the command left nothing in them (a failed
+    command leaves no empty --out behind)."""
+    made = _made.pop(fd, [])
     try:
         os.unlink(lock_path(target))
     except FileNotFoundError:
         pass
     finally:
         os.close(fd)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import checkpoint_path, load_run, save_model
+from .checkpoint import check_checkpoint, checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import evaluate
@@ -285,6 +285,7 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
         raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     dev = resolve_device(device)
     src = checkpoint_path(run)
+    check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
     args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                 rank=None if rank is None else str(rank), method=method, store=store,
                 calib_batches=calib_batches if method != "svd" else 0)

@@ -188,6 +188,13 @@ def test_4_bad_numbers_fail_before_any_data_is_read(world, tmp_path, bad, flag):
     assert not (tmp_path / "out").exists()
 
 
+def test_4_a_failed_start_leaves_no_empty_out(world, tmp_path):
+    args = train_args(world, tmp_path / "new" / "deeper", "r")
+    args[args.index("--data-dir") + 1] = tmp_path / "no-data-here"
+    refused(tmp_path, *args, words=["--data-dir"])
+    assert not (tmp_path / "new").exists()
+
+
 def test_4_grad_clip_off_is_explicit(world):
     cfg = json.loads((world / "runs" / "base" / "config.json").read_text())
     assert cfg["grad_clip"] is None and cfg["train"]["grad_clip"] is None
