@@ -7,7 +7,8 @@ The lock is an flock on PARENT/.NAME.lock (beside, not inside, so `--overwrite` 
 directory and a reduction can lock a directory that does not exist yet). The kernel drops an flock
 when its process dies, even by kill -9, so a lock file left by a dead writer on this host is taken
 over (with a message). A lock file left on another host cannot be checked from here: it is refused
-with the command that removes it. A second live writer gets one line and no work is done.
+with the command that removes it, unless it records this very Slurm job (SLURM_JOB_ID), i.e. a
+requeued job whose earlier run died with its node. A second live writer gets one line and no work is done.
 """
 import contextlib
 import fcntl
@@ -36,6 +37,11 @@ def _holder(text: str):
         return int(parts[0]), parts[1]
     except (IndexError, ValueError):
         return None, None
+
+
+def _slurm_job(text: str):
+    """The Slurm job id a lock file records ("job=ID"), or None."""
+    return next((p[4:] for p in text.split() if p.startswith("job=")), None)
 
 
 def _alive(pid: int) -> bool:
@@ -88,16 +94,20 @@ def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
         text = os.pread(fd, 200, 0).decode(errors="replace").strip()
         if text:  # a writer died without releasing
             pid, where = _holder(text)
-            if where is not None and where != host:
+            job = os.environ.get("SLURM_JOB_ID")
+            if where is not None and where != host and job and _slurm_job(text) == job:
+                log(f"note: taking over the lock {path} of this Slurm job's earlier run on {where} (requeued)")
+            elif where is not None and where != host:
                 os.close(fd)
                 raise UserError(f"{target} is locked by process {pid} on host {where} ({path}); if that "
                                 f"process is gone, delete {path} and run again")
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            elif pid is not None and pid != os.getpid() and _alive(pid):
                 log(f"note: lock {path} names process {pid}, which no longer holds it; taking it over")
             else:
                 log(f"note: taking over the stale lock {path} of process {pid} (no longer running)")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
+        job = os.environ.get("SLURM_JOB_ID")
+        os.pwrite(fd, f"{os.getpid()} {host}{f' job={job}' if job else ''}\n".encode(), 0)
         os.fsync(fd)
         _made[fd] = made
         return fd

@@ -128,6 +128,17 @@ def test_3_stale_lock_of_a_dead_process_is_taken_over(world, place):
     assert not (place / ".red.lock").exists() and (place / "red" / "final.json").is_file()
 
 
+def test_3_lock_left_on_another_host(world, place, monkeypatch):
+    """Another host's pid cannot be checked from here: refused, unless it is this requeued Slurm job."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    (place / ".red.lock").write_text("4242 some-other-node job=77\n")
+    args = ["reduce", place / "base", "--layer", "head", "--rank", "2", "--out", place / "red"]
+    refused(place, *args, words=["on host some-other-node", "delete"])
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    r = cli(*args)
+    assert r.exit_code == 0 and "requeued" in r.stderr and not (place / ".red.lock").exists()
+
+
 STARTER = textwrap.dedent("""
     import sys
     from laser_tool.cli import main
