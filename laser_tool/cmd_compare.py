@@ -10,7 +10,7 @@ import click
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write accuracy vs parameters as PNG.")
 @click.option("--baseline", help="Run directory name whose group is the baseline "
                                 "(default: the dense, unreduced group).")
-@click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on.")
+@click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on: auto, cpu, cuda or cuda:N.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
 def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
@@ -20,9 +20,13 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
     variant is followed by the baseline reduced post hoc to its parameter count on the same layers.
     """
     from . import report
-    from .compare import compare_runs
-    from .fileio import atomic_write_text
+    from .compare import compare_runs, find_run_dirs
+    from .fileio import atomic_write_text, check_output_file
     device = _device(device)
+    inputs = find_run_dirs(paths)
+    for path, what in ((out_path, "--out"), (plot_path, "--plot")):  # before the work, never into a run
+        if path is not None:
+            check_output_file(path, inputs=inputs, what=what)
     result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device)
     text = report.render(result, fmt)
     if out_path:
@@ -37,13 +41,9 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
 
 
 def _device(device: str) -> str:
-    import torch
-    from .errors import UserError
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for but CUDA is not available here; use --device cpu")
-    return device
+    """auto | cpu | cuda | cuda:N, checked up front (a typo must not turn into an empty speed column)."""
+    from .device import resolve_device
+    return str(resolve_device(device))
 
 
 @click.command()

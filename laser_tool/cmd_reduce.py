@@ -160,12 +160,15 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot):
     spaces in the last column); JSON a list of objects.
     """
     from .checkpoint import load_run
-    from .fileio import atomic_write_text
+    from .fileio import atomic_write_text, check_output_file
     from .layers import dense_weight, layer_kind
-    from .reduce import match_selector
+    from .reduce import match_selector, run_root
     from .spectrum import parse_spec, plot_spectra, spectrum_row
     from .surgery import slots
     specs = [parse_spec(s) for s in ranks.split(",") if s.strip()]
+    for path, what in ((out, "--out"), (plot, "--plot")):  # before the work: never the input, /dev/null, ...
+        if path is not None:
+            check_output_file(path, inputs=[run_root(run) or run], what=what)
     model, _ = load_run(run)
     all_slots = slots(model)
     chosen = []

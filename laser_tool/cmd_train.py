@@ -11,6 +11,21 @@ TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_s
               "compile", "decay_all", "init_from", "eval_batch_size", "out", "name")
 
 
+class GradClip(click.ParamType):
+    """A positive max gradient norm, or `off` for no clipping (0 is refused, not read as off)."""
+    name = "FLOAT|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "off":
+            return value
+        if str(value).strip().lower() in ("off", "none"):
+            return "off"
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--grad-clip {value!r}: give a positive max norm such as 1.0, or off") from None
+
+
 def config_from_options(preset, opts):
     """TrainConfig = defaults <- preset <- flags the user gave."""
     from trainers.config import TrainConfig
@@ -24,6 +39,7 @@ def config_from_options(preset, opts):
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     cfg = replace(cfg, model=spec_from_options(opts, base=cfg.model))
     cfg = replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    cfg = replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
     if cfg.init_from:
         cfg = from_source(cfg, opts)
     return cfg
@@ -58,7 +74,7 @@ def from_source(cfg, opts):
 @click.option("--lr", type=float)
 @click.option("--weight-decay", type=float)
 @click.option("--warmup-epochs", type=float)
-@click.option("--grad-clip", type=float)
+@click.option("--grad-clip", type=GradClip(), help="Max gradient norm (> 0), or off for no clipping.")
 @click.option("--label-smoothing", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
@@ -71,9 +87,11 @@ def from_source(cfg, opts):
                    "schedule, the source's data split. The starting model is the epoch-0 candidate.")
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
-@click.option("--name", help="Run directory name (default: from the settings).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings.")
-@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh.")
+@click.option("--name", help="Run directory name, a plain name without '/' (default: from the settings).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
+              "settings given here are named and ignored); an error if there is no such run.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "
+              "directory laser-tool wrote, never through a symlink).")
 def train(preset, resume, overwrite, **opts):
     """Train a ViT (baseline or variant) and write runs/NAME/. Running it again resumes."""
     from trainers.train import train as run_training

@@ -26,11 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import checkpoint_path, load_run, save_model
+from .checkpoint import check_checkpoint, checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import eval_amp_dtype, evaluate, precision_name
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_output_dir, dir_mode, remove_debris
+from .lock import output_lock
 from .layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from .models import ModelSpec, count_params
 from .spectrum import (Calib, Decomposition, break_even_rank, energy_kept, numerical_rank, parse_spec,
@@ -241,23 +242,24 @@ def write_run(out: Path, files: dict, model, config: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; a run directory gets the user's umask
         save_model(tmp / "model.safetensors", model, config)
         atomic_write_json(tmp / "config.json", config)
         for name, obj in files.items():
             atomic_write_json(tmp / name, obj)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except OSError as e:
+            raise UserError(f"cannot move the new run into {out} ({e.strerror or e}); another command wrote "
+                            f"there meanwhile? pick another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def check_out(out: Path, run: Path) -> Path:
-    out, root = Path(out), run_root(run) or run
-    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out} is inside the input run; the input is never modified, pick another place")
-    if out.exists():
-        raise UserError(f"{out} already exists; pass another --out or remove it")
-    return out
+    """The new run's place: not inside the input, not existing yet, writable, not too long."""
+    return check_output_dir(out, inputs=[run_root(run) or run])
 
 
 def parent_final(run: Path) -> dict:
@@ -273,20 +275,38 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     """Reduce the selected layers of a run and write a new run directory; returns its path.
 
     `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run."""
-    t0 = time.time()
     run = Path(run)
     if store not in ("dense", "factored"):
         raise UserError(f"unknown store {store!r}; choose dense or factored")
     if method not in ("svd", "whiten", "asvd", "fisher"):
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
+    check_batch_size(batch_size)
+    if method != "svd" and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1):
+        raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     dev = resolve_device(device)
     src = checkpoint_path(run)
-    model, config = load_run(run, dev)
-    chosen = select(model, selectors, rank)
+    check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
     args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                 rank=None if rank is None else str(rank), method=method, store=store,
                 calib_batches=calib_batches if method != "svd" else 0)
     out = check_out(out or default_out(run, "reduced", args), run)
+    with output_lock(out):  # one writer per output; what a killed one left is cleared first
+        remove_debris(out.parent, {out.name})
+        check_out(out, run)  # again under the lock: another writer may have finished meanwhile
+        return _reduce(run, src, out, args, selectors, rank, method, store, calib_batches, dev, data_dir,
+                       dataset, batch_size, splits, extra)
+
+
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size {batch_size!r} must be an integer >= 1")
+
+
+def _reduce(run, src, out, args, selectors, rank, method, store, calib_batches, dev, data_dir, dataset,
+            batch_size, splits, extra) -> Path:
+    t0 = time.time()
+    model, config = load_run(run, dev)
+    chosen = select(model, selectors, rank)
     splits = splits or run_data(config, data_dir, dataset)
 
     # Resolve every rank before calibration and evaluation, so bad SPECs fail fast. Plain SVD's
@@ -341,7 +361,7 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
 
     step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
                 ranks={l["name"]: l["rank_after"] for l in layers})
-    new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run),
+    new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run), written_by="laser-tool",
                       reduction=list(config.get("reduction", [])) + [step])
     params_after = count_params(model)
     report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from .checkpoint import load_run
 from .errors import UserError
 from .evaluate import evaluate
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_output_file
 from .device import resolve_device
 from .layers import dense_weight
 from .vit_tiny import ViTTiny
-from .reduce import (calibration_batches, collect_calibration, match_selector, n_params,
-                     reduce_run, reduced_module, run_data, run_root, warn)
+from .reduce import (calibration_batches, check_batch_size, check_out, collect_calibration, match_selector,
+                     n_params, reduce_run, reduced_module, run_data, run_root, warn)
 from .spectrum import (Decomposition, energy_kept, factored_params, parse_spec, resolve_rank,
                        singular_values)
 from .surgery import slots
@@ -258,6 +258,11 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
     t0 = time.time()
     run, frac = Path(run), parse_budget(budget)
     specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
+    check_batch_size(batch_size)
+    if report is not None:  # checked before the work: never an input, a device or a directory
+        check_output_file(report, inputs=[run_root(run) or run], what="--report")
+    if apply and out is not None:
+        check_out(out, run)
     dev = resolve_device(device)
     model, config = load_run(run, dev)
     all_slots = slots(model)

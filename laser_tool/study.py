@@ -16,13 +16,13 @@ import copy
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
+from .lock import locked
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,6 @@ def _rows(*specs):
 
 
 GRIDS = {
-    "quick": _rows(("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
-                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)})),
     "seed-xt": _rows(
         ("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
         ("C", "skl-ffn", {"variant": "skl", "targets": ("ffn",)}),
@@ -55,7 +53,7 @@ GRIDS = {
     "seed-vit-tiny": _rows(("T1", "baseline", {}),
                            ("T2", "dyad-ffn-mlp1024", {"variant": "dyad", "targets": ("ffn",), "mlp_dim": 1024})),
 }
-DEFAULT_SEEDS = {"quick": 1, "seed-xt": 4, "seed-vit-tiny": 4}  # the blog ran ViT-tiny 4 times
+DEFAULT_SEEDS = {"seed-xt": 4, "seed-vit-tiny": 4}  # the blog ran ViT-tiny 4 times
 METHODS = ("svd", "whiten")
 HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
 
@@ -218,11 +216,14 @@ def check_same_settings(runs: Path, steps: list) -> None:
                             f"{', '.join(diff)} differ); use another --out for these settings")
 
 
+@locked(lambda a: Path(a["out"] or f"studies/{a['preset']}"))  # one writer per study directory
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True), train_opts=None, frontier_opts=None) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
     # Modules, not names: tests count calls by patching them.
     from trainers import train as trainer
+    from trainers.rundir import remove_run
+    from .fileio import remove_debris
     from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
@@ -232,6 +233,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    for st in steps:  # every setting in range before any data is read or any run starts
+        if st.kind in ("train", "heal"):
+            st.cfg.validate()
     runs = out / "runs"
     check_same_settings(runs, steps)
     splits_cache, failed, work = {}, [], 0
@@ -264,8 +268,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
                 group = [g for g in steps if g.kind == "reduce" and (g is st or (
                     st.group and g.group == st.group and _done(runs / g.name) is None))]
                 for g in group:
-                    if (runs / g.name).exists():  # a reduce output appears whole (renamed into place) or not at all
-                        shutil.rmtree(runs / g.name)
+                    if (runs / g.name).exists() or (runs / g.name).is_symlink():  # outputs appear whole or not
+                        remove_run(runs / g.name, what="study")  # at all; only a directory laser-tool wrote
+                remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
                 reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=st.method,
                                            store="factored", outs={g.name: runs / g.name for g in group},
                                            device=device, splits=splits_cache[key])
@@ -274,7 +279,9 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
             failed.append(st.name)
             continue
         work += 1
-        log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
+        acc = _done(run)
+        log(f"{tag}: done, " + (f"test acc {acc:.4f}" if acc is not None else "final.json unreadable")
+            + f" ({time.time() - t0:.0f} s)")
     report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
     if failed:
         more = "..." if len(failed) > 4 else ""

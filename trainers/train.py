@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
 from laser_tool.evaluate import eval_amp_dtype, evaluate, precision_name
-from laser_tool.fileio import atomic_write_json, atomic_write_text
+from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
 
 from . import distributed as dist_
@@ -38,6 +37,7 @@ from . import init_from as init_
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
+from .rundir import WRITER, finished, guarded, remove_run
 from .state import load_state, save_state
 
 # Settings that do not change what is trained: a run may be continued with these changed.
@@ -71,16 +71,21 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
         return cfg
     try:
         old = json.loads(cfg_file.read_text())
-    except ValueError:
-        raise UserError(f"{cfg_file} is corrupt; use --overwrite to start this run afresh") from None
+        if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
+            raise ValueError("not a training run's config")
+        kept = TrainConfig.from_dict(old["train"]).validate()
+    except (ValueError, UnicodeDecodeError, TypeError, UserError) as e:
+        raise UserError(f"{cfg_file} is corrupt or not a laser-tool training config ({str(e)[:80]}); "
+                        f"use --overwrite to start this run afresh") from None
     new = settings(cfg.to_dict())
     if settings(old) == new:
         return cfg
+    diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
     if resume:
         # --resume continues the run as it was configured; only volatile settings come from the command.
-        kept = TrainConfig.from_dict(old["train"])
+        print(f"note: --resume continues {run_dir} with its saved settings; ignoring this command's "
+              + ", ".join(f"{k}={new.get(k)!r} (saved {settings(old).get(k)!r})" for k in diff), file=sys.stderr)
         return replace(kept, **{k: getattr(cfg, k) for k in VOLATILE})
-    diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
     raise UserError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
                     f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
 
@@ -129,6 +134,7 @@ class StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+@guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
     """Train (or continue) the run `cfg` describes; returns its directory. A finished run returns at once."""
     device = resolve_device(cfg.device)
@@ -143,9 +149,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     cfg = settle_run_dir(run_dir, cfg, resume, overwrite)
     dist_.barrier(d)  # every rank has read the old config before rank 0 may delete it
     if overwrite and d.is_main and run_dir.exists():
-        shutil.rmtree(run_dir)
+        remove_run(run_dir)
     dist_.barrier(d)
-    if (run_dir / "final.json").exists() and not overwrite:
+    if finished(run_dir) and not overwrite:
         if d.is_main:
             print(f"{run_dir}: already complete", file=sys.stderr)
         return run_dir
@@ -184,7 +190,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     config = {
-        "kind": "train", "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
+        "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
         "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step",
                      "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "total_steps": total_steps},
         "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
@@ -260,7 +266,8 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 if not last_micro:
                     continue
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip is not None:  # None: --grad-clip off
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -295,8 +302,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
             check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
             if d.is_main:
-                end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
-                             amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+                with deferred_commit():  # the epoch's files land together, or (disk full) none of them
+                    end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
+                                 amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
