@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from laser_tool.budget import structure_record
 from laser_tool.checkpoint import load_model, save_model
 from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
 from laser_tool.device import resolve_device
@@ -32,6 +33,7 @@ from laser_tool.errors import UserError
 from laser_tool.evaluate import evaluate
 from laser_tool.fileio import atomic_write_json, atomic_write_text
 from laser_tool.models import build_model, count_params
+from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
 from .config import TrainConfig
@@ -46,8 +48,11 @@ VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "
 def default_name(cfg: TrainConfig) -> str:
     m = cfg.model
     parts = [m.arch, cfg.dataset, m.variant or "baseline"]
-    if m.variant in ("lowrank", "skl", "dyad"):
-        parts += ["+".join(m.targets), f"s{m.scale:g}" if m.variant != "dyad" else f"n{m.n_dyad}"]
+    if m.variant in KINDS:
+        setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
+        budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
+        parts += ["+".join(m.targets), budget]
+        parts += [x for x in (m.param, m.init) if x not in ("standard", "default")]
     if m.mlp_dim:
         parts.append(f"mlp{m.mlp_dim}")
     return "-".join(parts + [f"seed{cfg.seed}"])
@@ -182,6 +187,8 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "versions": versions(), "git_commit": git_commit(),
     }
+    if spec.variant in KINDS:  # the budget asked for and reached, per layer, with any lr multipliers
+        config["structure"] = structure_record(model, spec)
     # Flattened for readers who just want the usual keys (compare, reduce).
     config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
 
