@@ -42,7 +42,10 @@ def _rows(*specs):
 
 GRIDS = {
     "quick": _rows(("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
-                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)})),
+                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)}),
+                   # C's budget with Qiu et al.'s per-factor init/lr rule and spectral init (parametrize.py)
+                   ("D", "lowrank-ffn-structured", {"variant": "lowrank", "targets": ("ffn",), "param": "structured",
+                                                    "init": "spectral"})),
     "seed-xt": _rows(
         ("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
         ("C", "skl-ffn", {"variant": "skl", "targets": ("ffn",)}),
@@ -102,7 +105,7 @@ def matched_selectors(base_spec, variant_spec) -> list:
     return out
 
 
-MODEL_OPTS = ("variant", "targets", "mlp_dim", "scale", "n_dyad")
+MODEL_OPTS = ("variant", "targets", "mlp_dim", "scale", "n_dyad", "keep", "param", "init")
 
 
 def train_config(preset: str, opts: dict):

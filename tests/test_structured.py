@@ -346,3 +346,39 @@ def test_parameter_counts_of_a_model_change_by_the_budget(small):
     rows = [r for r in named_linears(model) if r["kind"] == "btt"]
     saved = sum(dense_params(r["in_features"], r["out_features"], True) - r["params"] for r in rows)
     assert count_params(model) == base - saved
+
+
+# --------------------------------------------------------------------------------- a training run records it
+
+
+def test_run_records_the_budget_reached_and_the_multipliers_and_resumes_bitwise(tmp_path):
+    from safetensors.torch import load_file
+    from synthetic import write_tiny_mnist
+    from trainers.config import TrainConfig
+    from trainers.train import train
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    spec = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7, dropout=0.1,
+                     emb_dropout=0.1, variant="lowrank", targets=["ffn"], keep=0.5, param="structured",
+                     init="spectral")
+    cfg = TrainConfig(model=spec, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
+                      batch_size=100, lr=3e-3, warmup_epochs=0.5, device="cpu", out=str(tmp_path / "a"))
+    run = train(cfg, progress=False)
+    assert run.name == "vit-tiny-mnist-lowrank-ffn-k0.5-structured-spectral-mlp64-seed0"
+    st = json.loads((run / "config.json").read_text())["structure"]
+    assert (st["keep"], st["param"], st["init"]) == (0.5, "structured", "spectral")
+    fin = st["layers"]["blocks.0.ffn.in"]          # 32 -> 64: rank 10 gives (10*96 + 10 + 64) / (32*64 + 64)
+    assert (fin["kind"], fin["rank"], fin["params"], fin["dense_params"]) == ("lowrank", 10, 1034, 2112)
+    assert fin["fraction"] == pytest.approx(1034 / 2112, abs=1e-6)
+    assert fin["lr_multipliers"] == {"down.weight": 0.5, "up.weight": pytest.approx(32 / 10 / 2)}
+    assert abs(st["fraction"] - 0.5) < 0.05
+    # an interrupted structured run resumes bitwise: the lr-multiplier groups survive the resume point
+    with pytest.raises(KeyboardInterrupt):
+        train(replace_out(cfg, tmp_path / "b"), progress=False, _interrupt_at_step=13)
+    resumed = train(replace_out(cfg, tmp_path / "b"), progress=False)
+    a, b = load_file(run / "state.safetensors"), load_file(resumed / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def replace_out(cfg, out):
+    from dataclasses import replace
+    return replace(cfg, out=str(out))
