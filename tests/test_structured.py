@@ -382,3 +382,15 @@ def test_run_records_the_budget_reached_and_the_multipliers_and_resumes_bitwise(
 def replace_out(cfg, out):
     from dataclasses import replace
     return replace(cfg, out=str(out))
+
+
+def test_runs_written_before_the_new_model_settings_still_match():
+    from trainers.config import TrainConfig
+    from trainers.train import settings
+    cfg = TrainConfig(model=ModelSpec(arch="vit-tiny", variant="lowrank", targets=["ffn"])).to_dict()
+    old = json.loads(json.dumps(cfg))
+    for k in ("keep", "param", "init", "monarch_blocks", "btt_rank"):
+        del old["model"][k]                      # as config.json looked before these settings existed
+    assert settings({"train": old}) == settings({"train": cfg})
+    old["model"]["scale"] = 0.25
+    assert settings({"train": old}) != settings({"train": cfg})

@@ -32,7 +32,7 @@ from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
 from laser_tool.evaluate import evaluate
 from laser_tool.fileio import atomic_write_json, atomic_write_text
-from laser_tool.models import build_model, count_params
+from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
@@ -59,8 +59,14 @@ def default_name(cfg: TrainConfig) -> str:
 
 
 def settings(d: dict) -> dict:
-    """The part of a config.json that identifies what is trained."""
-    return {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
+    """The part of a config.json that identifies what is trained.
+
+    The model entry goes through ModelSpec, so a run written before a model setting existed (and so
+    holding its default) still matches a command that leaves that setting at its default."""
+    out = {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
+    if isinstance(out.get("model"), dict):
+        out["model"] = ModelSpec.from_dict(out["model"]).to_dict()
+    return out
 
 
 def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
