@@ -1,6 +1,6 @@
 """Forward+backward time of every structured layer against a dense nn.Linear at the seed's shapes.
 
-    .venv/bin/python bench/layers.py [--reps 7] [--threads 1] [--device cpu|cuda|all] [--out bench/results/layers.json]
+    .venv/bin/python bench/layers.py [--reps 7] [--threads 1] [--device cpu|cuda|all] [--out FILE]
 
 Shapes: FFN 512->256 (ViT-tiny), FFN 256->1024 (xt-vit), attn-out 384->256 (xt-vit); rows = 256 images x
 65 tokens = 16,640. Every variant (low-rank, SKL, DYAD it/ot/dt, Monarch, BTT) is built at `--keep` 0.5 and
@@ -183,8 +183,8 @@ def print_table(device, name, rows):
     for k, r in rows.items():
         goal = f"<= {r['goal_time_ratio']}x {'met' if r['met'] else 'MISSED'}" if "met" in r else ""
         u = r.get("update_ratio")
-        upd = f"{u['sgd-standard']:>7.2f}/{u['sgd-structured']:<7.2f} {u['adam-standard']:>8.2f}/{u['adam-structured']:<7.2f}" \
-            if u else " " * 34
+        upd = (f"{u['sgd-standard']:>7.2f}/{u['sgd-structured']:<7.2f} "
+               f"{u['adam-standard']:>8.2f}/{u['adam-structured']:<7.2f}") if u else " " * 34
         setting = ",".join(f"{a}={b}" for a, b in r["setting"].items())
         print(f"{k:<13} {setting:<12} {r['ms']:>8.2f} {r['time_ratio']:>6.3f}x {r['param_ratio']:>6.3f}x "
               f"{r['flop_ratio']:>6.3f}x {upd}  {goal}")
