@@ -21,7 +21,7 @@ from statistics import mean, stdev
 from .errors import UserError
 
 RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl")
-STRUCTURED = ("lowrank", "skl", "dyad")
+STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")
 # Settings that change what a run measures besides the model: runs differing here are not seeds of
 # one experiment, so they never share a group.
 RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_epochs", "grad_clip",
@@ -253,8 +253,12 @@ def describe(config: dict) -> dict:
     reductions = _reduction_entries(config)
     h = config.get("heal")
     heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
-    model_part = (variant, targets, s.scale if variant in ("lowrank", "skl") else None, blocks, s.mlp_dim,
-                  (s.n_dyad, s.dyad_variant) if variant == "dyad" else None)
+    # With --keep the budget decides the structure, so the per-variant setting is not part of the key.
+    by_setting = s.keep is None
+    setting = {"lowrank": s.scale, "skl": s.scale, "dyad": s.n_dyad, "monarch": s.monarch_blocks,
+               "btt": s.btt_rank}.get(variant) if by_setting else None
+    model_part = (variant, targets, setting, blocks, s.mlp_dim, s.dyad_variant if variant == "dyad" else None,
+                  s.keep, s.param if structured else None, s.init if structured else None)
     # A run started from another (healing) is grouped by the recipe that trained the weights it started
     # from; its own few epochs are the `heal` part of the key.
     root = recipe_root(config)
@@ -287,8 +291,14 @@ def _label(d: dict, baseline_mlp) -> str:
         text = f"half-ffn (mlp {s.mlp_dim // 2})"
     else:
         text = f"{v} {'+'.join(s.targets)}"
-        text += f" n={s.n_dyad}" + (f" {s.dyad_variant}" if s.dyad_variant != "it" else "") if v == "dyad" \
-            else f" r={s.scale:g}"
+        if s.keep is not None:
+            text += f" keep={s.keep:g}" + (f" {s.dyad_variant}" if v == "dyad" and s.dyad_variant != "it" else "")
+        elif v in ("monarch", "btt"):
+            text += f" blocks={s.monarch_blocks}" if v == "monarch" else f" rank={s.btt_rank}"
+        else:
+            text += f" n={s.n_dyad}" + (f" {s.dyad_variant}" if s.dyad_variant != "it" else "") if v == "dyad" \
+                else f" r={s.scale:g}"
+        text += "".join(f" {x}" for x in (s.param, s.init) if x not in ("standard", "default"))
         if s.mlp_dim != baseline_mlp:
             text += f" mlp {s.mlp_dim}"
         if s.blocks is not None:

@@ -279,3 +279,22 @@ def test_cli_formats_and_plot(tmp_path):
     res = r.invoke(main, ["compare", str(tmp_path / "runs"), "--format", "csv", "--no-speed"])
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("section,label,family") and len(lines) == 3
+
+
+def test_parameterisation_and_new_variants_are_separate_groups(tmp_path):
+    """Runs that differ only in --param/--init (part of the model spec) are never seeds of one group."""
+    low = replace(TINY, variant="lowrank", targets=["ffn"])
+    specs = {"std": low, "str": replace(low, param="structured"), "spec": replace(low, param="structured",
+                                                                                 init="spectral"),
+             "keep": replace(low, keep=0.5), "mon": replace(TINY, variant="monarch", targets=["ffn"], keep=0.5),
+             "btt": replace(TINY, variant="btt", targets=["ffn"], btt_rank=2)}
+    make_run(tmp_path, "base", 0.86)
+    for name, spec in specs.items():
+        make_run(tmp_path, name, 0.84, spec=spec, params=8_000)
+    c = cmp.compare_runs([tmp_path], speed=False)
+    labels = {r["label"]: r["family"] for r in c.rows}
+    assert labels == {"baseline": "baseline", "lowrank ffn r=0.5": "train-time",
+                      "lowrank ffn r=0.5 structured": "train-time",
+                      "lowrank ffn r=0.5 structured spectral": "train-time", "lowrank ffn keep=0.5": "train-time",
+                      "monarch ffn keep=0.5": "train-time", "btt ffn rank=2": "train-time"}
+    assert all(r["n"] == 1 for r in c.rows)
