@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -41,8 +42,12 @@ def _rows(*specs):
 
 
 GRIDS = {
+    # D: the seed's own hypothesis (trainers/progressive.py): dense for a third of the epochs, then the
+    # FFN layers cut to C's ranks (params:0.5 is the seed's low-rank rank at r=0.5), trained on factored.
     "quick": _rows(("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
-                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)})),
+                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)}),
+                   ("D", "progressive-ffn", {"reduce_at_fraction": 1 / 3, "reduce_to": "params:0.5",
+                                             "reduce_layers": ("*.ffn.*",)})),
     "seed-xt": _rows(
         ("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
         ("C", "skl-ffn", {"variant": "skl", "targets": ("ffn",)}),
@@ -76,6 +81,8 @@ def _flag(k, v):
     f = "--" + k.replace("_", "-")
     if k == "targets":
         return " ".join(f"--target {t}" for t in v)
+    if k == "reduce_layers":
+        return " ".join(f"--reduce-layer {shlex.quote(t)}" for t in v)
     return f"{f} {v}"
 
 
@@ -113,6 +120,9 @@ def train_config(preset: str, opts: dict):
     p = dict(PRESETS[preset])
     model = ModelSpec(**p.pop("model"))
     given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in MODEL_OPTS}
+    if "reduce_at_fraction" in opts:  # a progressive row cuts at a fraction of the schedule, whatever its length
+        opts = dict(opts)
+        opts["reduce_at"] = f"{opts.pop('reduce_at_fraction') * opts.get('epochs', p['epochs']):.4g}"
     return replace(TrainConfig(), model=replace(model, **given), **p,
                    **{k: v for k, v in opts.items() if k not in MODEL_OPTS})
 
@@ -135,6 +145,9 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
         for row in GRIDS[preset]:
             opts = dict(row.opts, name=f"{row.id}-{row.slug}-s{seed}", **extra)
             cfg = train_config(preset, opts)
+            if "reduce_at_fraction" in opts:  # the command shows the epoch it resolved to
+                opts = {("reduce_at" if k == "reduce_at_fraction" else k): (cfg.reduce_at if k == "reduce_at_fraction"
+                                                                            else v) for k, v in opts.items()}
             info = DATASETS[canonical_name(cfg.dataset)]  # the trainer fits the model to the data the same way
             cfgs[row] = replace(cfg, model=replace(cfg.model, image_size=info.image_size, channels=info.channels,
                                                    num_classes=info.num_classes))
@@ -144,7 +157,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
         base_name = f"{base_row.id}-{base_row.slug}-s{seed}"
         made = set()
         for row in GRIDS[preset]:
-            if row.is_baseline:
+            if row.is_baseline or cfgs[row].reduce_at:  # a progressive row shares its twin with the low-rank row
                 continue
             if row not in sels:  # the same for every seed: build the models once
                 sels[row] = matched_selectors(cfgs[base_row].model, cfgs[row].model)
