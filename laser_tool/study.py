@@ -123,8 +123,8 @@ def train_config(preset: str, opts: dict):
     if "reduce_at_fraction" in opts:  # a progressive row cuts at a fraction of the schedule, whatever its length
         opts = dict(opts)
         opts["reduce_at"] = f"{opts.pop('reduce_at_fraction') * opts.get('epochs', p['epochs']):.4g}"
-    return replace(TrainConfig(), model=replace(model, **given), **p,
-                   **{k: v for k, v in opts.items() if k not in MODEL_OPTS})
+    return replace(TrainConfig(), model=replace(model, **given),  # opts override the preset (e.g. epochs)
+                   **{**p, **{k: v for k, v in opts.items() if k not in MODEL_OPTS}})
 
 
 def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None):

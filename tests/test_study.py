@@ -63,9 +63,9 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     lines = []
     kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", heal_epochs=1, log=lines.append)
     report = study.run_study("quick", **kw)
-    assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0"]
+    assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0", "D-progressive-ffn-s0"]
     assert len(calls["reduce"]) == 2 and len(calls["heal"]) == 2  # svd + whiten, each healed
-    assert len(lines) == 7 + 1 and all("done, test acc" in ln for ln in lines[:7])  # a line per run + report
+    assert len(lines) == 8 + 1 and all("done, test acc" in ln for ln in lines[:8])  # a line per run + report
     md = report.read_text()
     assert "| baseline | baseline | 1 |" in md and "↳ baseline -> svd ffn-in+ffn-out" in md
     assert "+ heal 1ep" in md and "laser-tool train --preset quick --variant lowrank --target ffn" in md
@@ -75,15 +75,17 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     svd = next(r for r in rows if r["label"].endswith("svd ffn-in+ffn-out r=5") and r["family"] == "post-hoc")
     assert svd["paired_with"] in ("half-ffn (mlp 16)", "lowrank ffn r=0.5")
     assert all(r["images_per_s"] for r in rows)
+    prog = [r["paired_with"] for r in rows if r["family"] == "progressive"]  # D sits beside C and its twins
+    assert "lowrank ffn r=0.5" in prog and "--reduce-at 0.3333" in md
 
     for k in calls:
         calls[k].clear()
     lines.clear()
     study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
-    assert sum("already complete" in ln for ln in lines) == 7
+    assert sum("already complete" in ln for ln in lines) == 8
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
-    assert [c["runs_made"] for c in calls_made] == [7, 0]
+    assert [c["runs_made"] for c in calls_made] == [8, 0]
     assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
     # An unfinished run (no final.json) is continued, and only it.
