@@ -297,6 +297,7 @@ class Progressive:
         spent = sum(o["rank"] * sum(self.shapes[n]) for n, o in p["layers"].items() if n in self.shapes)
         ranks = auto_ranks({n: hist[-1][n]["stable_rank"] for n in todo}, self.shapes, self.budget - spent)
         self._pending = ("deadline" if deadline else "stable", None, {n: ranks[n] for n in now})
+        self._stable = {n: hist[-1][n]["stable_rank"] for n in now}
         return True
 
     def cut(self, model, optimizer, counters, config, run_dir, is_main):
@@ -311,6 +312,9 @@ class Progressive:
             chosen = {n: (find_slot(model, n), parse_spec(str(r))) for n, r in ranks.items()}
         params_before = count_params(model)
         layers, overrides = self._truncate(model, chosen)
+        if ranks is not None:  # auto: the stable rank each rank was scaled from
+            for l in layers:
+                l["stable_rank"] = self._stable[l["name"]]
         optimizer = self._rebuild_optimizer(model, optimizer)
         p = counters["progressive"]
         p["layers"].update(overrides)
