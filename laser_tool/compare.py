@@ -247,8 +247,12 @@ def describe(config: dict) -> dict:
     h = config.get("heal")
     heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
     progressive = _progressive_entries(config)
+    p = config.get("progressive") or {}
+    # Seeds of one progressive plan share a group even where the ranks they reached differ (energy, auto).
+    plan = tuple(str(p.get(k)) for k in ("reduce_at", "reduce_to", "layers", "method", "tolerance", "window")) \
+        if progressive else None
     model_part = (variant, targets, s.scale if variant in ("lowrank", "skl") else None, blocks, s.mlp_dim,
-                  (s.n_dyad, s.dyad_variant) if variant == "dyad" else None, progressive)
+                  (s.n_dyad, s.dyad_variant) if variant == "dyad" else None, plan)
     recipe = tuple((k, config.get(k)) for k in RECIPE_KEYS)
     # Layers touched by the train-time change, as (block, role): what a post-hoc twin must reduce.
     # A narrower (or wider) dense FFN changes both FFN layers of every block.
@@ -301,7 +305,7 @@ def _label(d: dict, baseline_mlp) -> str:
 
 
 def _progressive_label(d: dict) -> str:
-    """'progressive ffn-in+ffn-out r=10 @1' (one cut) or '... r=32@1 r=16@2' (annealing); auto: '@auto'."""
+    """'progressive ffn-in+ffn-out r=10@1' (one cut), '... r=32@1 r=16@2' (annealing), 'progressive auto ...'."""
     roles = "+".join(sorted({layer_role(n)[1] for _, ranks in d["progressive"] for n, _ in ranks}))
     steps = []
     for epoch, ranks in d["progressive"]:
