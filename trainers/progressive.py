@@ -126,12 +126,12 @@ def auto_ranks(stable: dict, shapes: dict, budget: float) -> dict:
 
 
 def name_part(cfg) -> str:
-    """'cut1-params0.5-3f2a1c': the default run name's progressive part (selectors and method hashed)."""
+    """'cut1-to-params0.5-3f2a1c': the default run name's progressive part (selectors and method hashed)."""
     import hashlib
     import re
     h = hashlib.sha1(repr((cfg.reduce_layers, cfg.reduce_method, cfg.reduce_tolerance, cfg.reduce_window))
                      .encode()).hexdigest()[:6]
-    return re.sub(r"[^A-Za-z0-9.,_]+", "", f"cut{cfg.reduce_at}-{cfg.reduce_to or 'sel'}") + f"-{h}"
+    return re.sub(r"[^A-Za-z0-9.,_-]+", "", f"cut{cfg.reduce_at}-to-{cfg.reduce_to or 'layer'}") + f"-{h}"
 
 
 def plan_for(cfg, spec, steps_per_epoch=None, splits=None, device="cpu", fused=False):
