@@ -152,13 +152,22 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the table here instead of stdout.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also draw the spectra into FILE.png.")
-def spectrum_cmd(run, layers, ranks, fmt, out, plot):
+@click.option("--over-training", is_flag=True,
+              help="A progressive run's per-epoch statistics (from metrics.jsonl) instead; --plot draws them "
+                   "against epochs with the cuts marked.")
+def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
     """Per layer: singular values, stable rank, effective rank, energy kept at candidate ranks, and
     the count above a Marchenko-Pastur noise threshold (noise level from the median singular value).
 
     Reads the weights only; no data needed. CSV has one row per layer (singular values joined by
     spaces in the last column); JSON a list of objects.
+
+    With --over-training (runs trained with --reduce-at): one row per epoch and cut layer, epoch 0
+    being initialisation: structural rank, stable rank, effective rank, top singular value. JSON
+    also lists the cuts (step, epoch, ranks).
     """
+    if over_training:
+        return _over_training(run, layers, fmt, out, plot)
     from .checkpoint import load_run
     from .fileio import atomic_write_text, check_output_file
     from .layers import dense_weight, layer_kind
@@ -197,4 +206,34 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot):
         click.echo(text, nl=False)
     if plot:
         plot_spectra(rows, plot)
+        click.echo(f"wrote {plot}", err=True)
+
+
+def _over_training(run, layers, fmt, out, plot):
+    import fnmatch
+    from .errors import UserError
+    from .fileio import atomic_write_text
+    from .spectrum import plot_over_training, training_spectra
+    rows, cuts = training_spectra(run)
+    if layers:
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r["layer"], p) for p in layers)]
+        if not rows:
+            raise UserError(f"--layers {' '.join(layers)} matches none of the layers {run} recorded")
+    keys = ["epoch", "layer", "rank", "stable_rank", "effective_rank", "top_sv"]
+    if fmt == "json":
+        text = json.dumps(dict(rows=rows, cuts=cuts), indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(keys)
+        for r in rows:
+            w.writerow([f"{r[k]:.6g}" if isinstance(r[k], float) else r[k] for k in keys])
+        text = buf.getvalue()
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if plot:
+        plot_over_training(rows, cuts, plot, title=str(run))
         click.echo(f"wrote {plot}", err=True)

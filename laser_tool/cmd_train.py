@@ -8,7 +8,8 @@ from .errors import UserError
 
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",
               "lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "seed", "device", "amp",
-              "compile", "decay_all", "init_from", "eval_batch_size", "out", "name")
+              "compile", "decay_all", "init_from", "eval_batch_size", "out", "name", "reduce_at", "reduce_to",
+              "reduce_method", "reduce_tolerance", "reduce_window")
 
 
 class GradClip(click.ParamType):
@@ -40,6 +41,8 @@ def config_from_options(preset, opts):
     cfg = replace(cfg, model=spec_from_options(opts, base=cfg.model))
     cfg = replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
     cfg = replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
+    if opts.get("reduce_layers"):
+        cfg = replace(cfg, reduce_layers=list(opts["reduce_layers"]))
     if cfg.init_from:
         cfg = from_source(cfg, opts)
     return cfg
@@ -88,6 +91,19 @@ def from_source(cfg, opts):
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
 @click.option("--name", help="Run directory name, a plain name without '/' (default: from the settings).")
+@click.option("--reduce-at", metavar="E|E1,E2,...|auto",
+              help="Progressive: train dense, cut the --reduce-layer layers before optimizer step "
+                   "round(E * steps per epoch) (integer E: after E epochs); several epochs cut in steps; "
+                   "auto: Cuttlefish's rule, each layer once its stable rank stops moving.")
+@click.option("--reduce-to", metavar="SPEC|S1,S2,...",
+              help="Rank of each cut, as `reduce --rank` (int, rho:F, params:F, energy:F); one per "
+                   "--reduce-at epoch. With auto: the budget params:F.")
+@click.option("--reduce-layer", "reduce_layers", multiple=True, metavar="SELECTOR",
+              help="Layers to cut, as `reduce --layer` (e.g. '*.ffn.*', 3:fc_in, NAME=SPEC); repeatable.")
+@click.option("--reduce-method", type=click.Choice(["svd", "whiten"]),
+              help="Truncation at a cut (svd); whiten calibrates on the training split at that moment.")
+@click.option("--reduce-tolerance", type=float, help="auto: relative stable-rank change counted as stable (0.1).")
+@click.option("--reduce-window", type=int, help="auto: epochs over which the stable rank must hold still (2).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
               "settings given here are named and ignored); an error if there is no such run.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "

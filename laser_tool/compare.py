@@ -241,6 +241,14 @@ def recipe_root(config: dict) -> dict:
     return config
 
 
+def _progressive_entries(config) -> tuple:
+    """((epoch, ((layer, rank), ...)), ...) of the cuts a progressive run made while training."""
+    cuts = (config.get("progressive") or {}).get("cuts") or []
+    return tuple((round(float(c.get("epoch", 0)), 4), tuple(sorted((l["name"], int(l["rank_after"]))
+                                                                   for l in c.get("layers", []))))
+                 for c in cuts)
+
+
 def describe(config: dict) -> dict:
     """Section (dataset + base architecture), group key, and the parts a label is made of."""
     from .models import ModelSpec
@@ -253,12 +261,17 @@ def describe(config: dict) -> dict:
     reductions = _reduction_entries(config)
     h = config.get("heal")
     heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
+    progressive = _progressive_entries(config)
+    p = config.get("progressive") or {}
+    # Seeds of one progressive plan share a group even where the ranks they reached differ (energy, auto).
+    plan = tuple(str(p.get(k)) for k in ("reduce_at", "reduce_to", "layers", "method", "tolerance", "window")) \
+        if progressive else None
     # With --keep the budget decides the structure, so the per-variant setting is not part of the key.
     by_setting = s.keep is None
     setting = {"lowrank": s.scale, "skl": s.scale, "dyad": s.n_dyad, "monarch": s.monarch_blocks,
                "btt": s.btt_rank}.get(variant) if by_setting else None
     model_part = (variant, targets, setting, blocks, s.mlp_dim, s.dyad_variant if variant == "dyad" else None,
-                  s.keep, s.param if structured else None, s.init if structured else None)
+                  s.keep, s.param if structured else None, s.init if structured else None, plan)
     # A run started from another (healing) is grouped by the recipe that trained the weights it started
     # from; its own few epochs are the `heal` part of the key.
     root = recipe_root(config)
@@ -271,10 +284,14 @@ def describe(config: dict) -> dict:
     else:
         layer_set = frozenset((b, r) for b in range(s.depth) for r in ("ffn-in", "ffn-out"))
     reduced = frozenset(layer_role(name) for _, ranks, _ in reductions for name, _ in ranks)
+    if progressive:  # layers cut during training count as reduced, for pairing at equal parameters
+        reduced |= frozenset(layer_role(name) for _, ranks in progressive for name, _ in ranks)
+        layer_set = reduced
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 base_key=model_part + (recipe,), key=model_part + (recipe, tuple(reductions), heal),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
-                recipe=dict(recipe))
+                recipe=dict(recipe), progressive=progressive,
+                progressive_at=(config.get("progressive") or {}).get("reduce_at"))
 
 
 def section_title(section) -> str:
@@ -285,7 +302,9 @@ def section_title(section) -> str:
 def _label(d: dict, baseline_mlp) -> str:
     s = d["spec"]
     v = s.variant
-    if v is None:
+    if d["progressive"]:
+        text = _progressive_label(d)
+    elif v is None:
         text = "baseline" if s.mlp_dim == baseline_mlp else f"dense mlp {s.mlp_dim}"
     elif v == "half-ffn":
         text = f"half-ffn (mlp {s.mlp_dim // 2})"
@@ -313,11 +332,25 @@ def _label(d: dict, baseline_mlp) -> str:
     return text
 
 
+def _progressive_label(d: dict) -> str:
+    """'progressive ffn-in+ffn-out r=10@1' (one cut), '... r=32@1 r=16@2' (annealing), 'progressive auto ...'."""
+    roles = "+".join(sorted({layer_role(n)[1] for _, ranks in d["progressive"] for n, _ in ranks}))
+    steps = []
+    for epoch, ranks in d["progressive"]:
+        rs = sorted({r for _, r in ranks})
+        steps.append((f"r={rs[0]}" if len(rs) == 1 else f"r={rs[0]}-{rs[-1]}") + f"@{epoch:g}")
+    if d["progressive_at"] == "auto":
+        return f"progressive auto {roles} " + " ".join(steps)
+    return f"progressive {roles} " + " ".join(steps)
+
+
 def _family(d: dict, is_baseline: bool) -> str:
     if d["heal"]:
         return "healed"
     if d["reductions"]:
         return "post-hoc"
+    if d["progressive"]:
+        return "progressive"
     if is_baseline:
         return "baseline"
     return "train-time" if d["spec"].variant in STRUCTURED else "narrower-ffn"
@@ -364,7 +397,8 @@ def _pick_baseline(groups: list, want):
     hit = [g for g in groups if want and any(r.name == want or str(r.path) == str(want) for r in g.runs)]
     if hit:
         return hit[0]
-    cands = [g for g in groups if g.desc["spec"].variant is None and not g.desc["reductions"] and not g.desc["heal"]]
+    cands = [g for g in groups if g.desc["spec"].variant is None and not g.desc["reductions"] and not g.desc["heal"]
+             and not g.desc["progressive"]]
     if not cands:
         return None
     default = lambda g: g.desc["spec"].mlp_dim == ARCH_DEFAULTS[g.desc["spec"].arch]["mlp_dim"]
@@ -372,8 +406,8 @@ def _pick_baseline(groups: list, want):
 
 
 def _pairs(train: Group, candidates: list) -> list:
-    """Post-hoc groups reducing the same layers to within PAIR_TOLERANCE of `train`'s parameters:
-    the closest one per (method, heal)."""
+    """Post-hoc (and progressive) groups reducing the same layers to within PAIR_TOLERANCE of `train`'s
+    parameters: the closest one per (method, heal); every progressive plan, after the post-hoc rows."""
     best = {}
     for c in candidates:
         if c.desc["reduced_layers"] != train.desc["layer_set"] or c.params is None or train.params is None:
@@ -381,7 +415,7 @@ def _pairs(train: Group, candidates: list) -> list:
         gap = abs(c.params - train.params)
         if gap > PAIR_TOLERANCE * train.params:
             continue
-        k = (c.desc["heal"] or 0, c.desc["reductions"][-1][0])
+        k = (c.desc["heal"] or 0, c.desc["reductions"][-1][0]) if c.desc["reductions"] else (99, c.label)
         if k not in best or gap < abs(best[k].params - train.params):
             best[k] = c
     return [best[k] for k in sorted(best)]
@@ -480,13 +514,18 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
                         r.warnings.append(f"could not time inference: {str(e)[:120]}")
         posthoc = [g for g in groups if g.family in ("post-hoc", "healed") and base is not None
                    and g.desc["base_key"][:-1] == base.desc["base_key"][:-1]]
+        progressive = [g for g in groups if g.family == "progressive"]
         paired = set()
-        trained = [g for g in groups if g is not base and g.family not in ("post-hoc", "healed")]
-        for g in ([base] if base else []) + trained:
+        trained = [g for g in groups if g is not base and g.family not in ("post-hoc", "healed", "progressive")]
+        # Progressive rows sit under the train-time row of their parameter count, beside its post-hoc
+        # twins; one that no train-time row takes stands on its own, with its own post-hoc twins.
+        for g in ([base] if base else []) + trained + progressive:
+            if id(g) in paired:
+                continue
             rows.append(_row(g, title, base, speed_of))
             if g is base:
                 continue
-            for c in _pairs(g, posthoc):
+            for c in _pairs(g, posthoc + (progressive if g.family != "progressive" else [])):
                 paired.add(id(c))
                 row = _row(c, title, base, speed_of)
                 row.update(_versus(c, g, "paired"), paired_with=g.label, params_vs_paired=c.params - g.params)

@@ -13,6 +13,7 @@ FAMILY_STYLE = {  # one marker per family, so the plot reads without colour
     "narrower-ffn": dict(marker="^", markersize=8, color="tab:green"),
     "post-hoc": dict(marker="s", markersize=7, color="tab:blue"),
     "healed": dict(marker="D", markersize=7, color="tab:purple"),
+    "progressive": dict(marker="v", markersize=8, color="tab:orange"),
 }
 CSV_COLUMNS = ("section", "label", "family", "paired_with", "n", "seeds", "params", "acc_mean", "acc_std",
                "acc_ci_low", "acc_ci_high", "ci_kind", "diff_vs_baseline", "diff_vs_baseline_ci",
@@ -79,8 +80,8 @@ def markdown(comparison, commands=None) -> str:
                        f"{_pp(r, 'baseline')} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
                        f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |")
         out.append("")
-    out.append("↳ rows: the baseline reduced post hoc to the train-time row above it (same layers, parameters "
-               "within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the "
+    out.append("↳ rows: the baseline reduced post hoc (or a progressive run, cut while training) to the "
+               "train-time row above it (same layers, parameters within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the "
                "half-width of its 95% interval (Welch's, over seeds). p: two-sided Welch t-test, n/a where either "
                "side has fewer than 2 seeds. train s: training time of the weights a row holds (post-hoc rows "
                "inherit their baseline's; healed rows add the fine-tune). Post-hoc rows are cut from the "

@@ -321,3 +321,68 @@ def plot_spectra(rows, path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Over training (progressive runs: `laser-tool spectrum RUN --over-training`)
+
+
+def training_spectra(run):
+    """(rows, cuts) of a progressive run: one row per (epoch, layer) with its stable rank, effective
+    rank, top singular value and structural rank (epoch 0: at initialisation), and the cut records."""
+    import json
+    from pathlib import Path
+    run = Path(run)
+    cfg_file, metrics = run / "config.json", run / "metrics.jsonl"
+    if not run.is_dir() or not cfg_file.is_file():
+        raise UserError(f"{run} is not a run directory (no config.json); --over-training reads a run's "
+                        f"config.json and metrics.jsonl")
+    try:
+        prog = json.loads(cfg_file.read_text()).get("progressive") or {}
+        epochs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.is_file() else []
+    except ValueError as e:
+        raise UserError(f"{run}: config.json or metrics.jsonl does not parse ({e})") from None
+    per_epoch = [(0, prog.get("spectral_at_start"))] + [(r.get("epoch"), r.get("spectral")) for r in epochs]
+    rows = [dict(epoch=e, layer=name, **stats) for e, layer_stats in per_epoch if layer_stats
+            for name, stats in layer_stats.items()]
+    if not rows:
+        raise UserError(f"{run} has no per-epoch spectral statistics; `laser-tool train --reduce-at ... "
+                        f"--reduce-layer ...` records them for the layers it cuts")
+    return rows, prog.get("cuts") or []
+
+
+def plot_over_training(rows, cuts, path, title="") -> None:
+    """Stable rank, effective rank and top singular value of each layer against epochs; a dashed
+    vertical line at every cut (labelled with the ranks it set)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_write_bytes
+    keys = (("stable_rank", "stable rank"), ("effective_rank", "effective rank"), ("top_sv", "top singular value"))
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False)
+    for ax, (key, name) in zip(axes[0], keys):
+        for layer in layers:
+            pts = [(r["epoch"], r[key]) for r in rows if r["layer"] == layer]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=layer)
+        for c in cuts:
+            ax.axvline(c["epoch"], color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for c in cuts:
+        ranks = sorted({l["rank_after"] for l in c["layers"]})
+        rtext = f"r={ranks[0]}" if len(ranks) == 1 else f"r={ranks[0]}-{ranks[-1]}"
+        axes[0][0].annotate(f"cut {rtext}", (c["epoch"], 1), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7)
+    axes[0][-1].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

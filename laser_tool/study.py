@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,8 @@ def _flag(k, v):
         return " ".join(f"--target {t}" for t in v)
     if isinstance(v, bool):
         return f if v else f.replace("--", "--no-", 1)
+    if k == "reduce_layers":
+        return " ".join(f"--reduce-layer {shlex.quote(t)}" for t in v)
     return f"{f} {v}"
 
 
@@ -115,6 +118,9 @@ def train_config(preset: str, opts: dict):
     p = dict(PRESETS[preset])
     model = ModelSpec(**p.pop("model"))
     given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in model_keys}
+    if "reduce_at_fraction" in opts:  # a progressive row cuts at a fraction of the schedule, whatever its length
+        opts = dict(opts)
+        opts["reduce_at"] = f"{opts.pop('reduce_at_fraction') * opts.get('epochs', p['epochs']):.4g}"
     p.update({k: v for k, v in opts.items() if k not in model_keys})  # study settings override the preset's
     return replace(TrainConfig(), model=replace(model, **given), **p)
 
@@ -152,6 +158,9 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
         for row in GRIDS[preset]:
             opts = dict(row.opts, name=f"{row.id}-{row.slug}-s{seed}", **extra)
             cfg = train_config(preset, opts)
+            if "reduce_at_fraction" in opts:  # the command shows the epoch it resolved to
+                opts = {("reduce_at" if k == "reduce_at_fraction" else k): (cfg.reduce_at if k == "reduce_at_fraction"
+                                                                            else v) for k, v in opts.items()}
             info = DATASETS[canonical_name(cfg.dataset)]  # the trainer fits the model to the data the same way
             cfgs[row] = replace(cfg, model=replace(cfg.model, image_size=info.image_size, channels=info.channels,
                                                    num_classes=info.num_classes))
@@ -161,7 +170,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
         base_name = f"{base_row.id}-{base_row.slug}-s{seed}"
         made = set()
         for row in GRIDS[preset]:
-            if row.is_baseline:
+            if row.is_baseline or cfgs[row].reduce_at:  # a progressive row shares its twin with the low-rank row
                 continue
             if row not in sels:  # the same for every seed: build the models once
                 sels[row] = matched_selectors(cfgs[base_row].model, cfgs[row].model)

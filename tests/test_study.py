@@ -88,6 +88,8 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     svd = next(r for r in rows if r["label"].endswith("svd ffn-in+ffn-out r=5") and r["family"] == "post-hoc")
     assert svd["paired_with"] in ("half-ffn (mlp 16)", "lowrank ffn r=0.5", "lowrank ffn r=0.5 structured spectral")
     assert all(r["images_per_s"] for r in rows)
+    prog = [r["paired_with"] for r in rows if r["family"] == "progressive"]  # D sits beside C and its twins
+    assert "lowrank ffn r=0.5" in prog and "--reduce-at 0.3333" in md
 
     for k in calls:
         calls[k].clear()

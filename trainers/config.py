@@ -33,6 +33,23 @@ class TrainConfig:
     eval_batch_size: int = 1000
     out: str = "runs"
     name: Optional[str] = None
+    # Progressive rank reduction (trainers/progressive.py): train dense, cut the selected layers during
+    # training with the same code path as `laser-tool reduce`.
+    reduce_at: Optional[str] = None       # "E", "E1,E2,..." (epochs, may be fractional) or "auto"
+    reduce_to: Optional[str] = None       # "SPEC" or "S1,S2,..." (one per cut); auto: the budget params:F
+    reduce_layers: list = field(default_factory=list)   # selectors, as `laser-tool reduce --layer`
+    reduce_method: str = "svd"            # svd | whiten
+    reduce_tolerance: float = 0.1         # auto: a layer is stable once its stable rank moved less than this
+    reduce_window: int = 2                # ... relative amount over this many epochs
+
+    def __post_init__(self):
+        # One spelling per setting, so a config read back from JSON compares equal to the one written.
+        if self.reduce_at is not None and not isinstance(self.reduce_at, str):
+            at = self.reduce_at if isinstance(self.reduce_at, (list, tuple)) else [self.reduce_at]
+            self.reduce_at = ",".join(f"{a:g}" if isinstance(a, float) else str(a) for a in at)
+        if self.reduce_to is not None and not isinstance(self.reduce_to, str):
+            self.reduce_to = ",".join(map(str, self.reduce_to))
+        self.reduce_layers = [self.reduce_layers] if isinstance(self.reduce_layers, str) else list(self.reduce_layers)
 
     def validate(self) -> "TrainConfig":
         """Every number in its valid range, checked before any data is read; UserError names the option."""

@@ -7,6 +7,8 @@ train(cfg) makes or continues runs/NAME/:
   last.safetensors   the latest epoch's model
   metrics.jsonl      one line per epoch
   final.json         test accuracy of the best-by-val and of the last checkpoint, written at the end
+  cutK.safetensors   progressive runs (--reduce-at, trainers/progressive.py): the model right after cut K;
+                     model.safetensors is then the best epoch after the last cut
 Every file is written atomically. Resuming replays nothing: the data order and augmentation are pure
 functions of (seed, epoch, step), and the RNG that dropout uses is restored from the resume point, so
 on the CPU an interrupted and resumed run ends bitwise identical to an uninterrupted one.
@@ -36,6 +38,7 @@ from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
 from . import init_from as init_
+from . import progressive
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
@@ -58,18 +61,16 @@ def default_name(cfg: TrainConfig) -> str:
         parts += [x for x in (m.param, m.init) if x not in ("standard", "default")]
     if m.mlp_dim:
         parts.append(f"mlp{m.mlp_dim}")
+    if cfg.reduce_at is not None:
+        parts.append(progressive.name_part(cfg))
     return "-".join(parts + [f"seed{cfg.seed}"])
 
 
 def settings(d: dict) -> dict:
-    """The part of a config.json that identifies what is trained.
-
-    The model entry goes through ModelSpec, so a run written before a model setting existed (and so
-    holding its default) still matches a command that leaves that setting at its default."""
-    out = {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
-    if isinstance(out.get("model"), dict):
-        out["model"] = ModelSpec.from_dict(out["model"]).to_dict()
-    return out
+    """The part of a config.json that identifies what is trained. Settings added to TrainConfig after
+    the file was written take their defaults, so an older run still matches the command that made it."""
+    full = TrainConfig.from_dict(d.get("train", d)).to_dict()
+    return {k: v for k, v in full.items() if k not in VOLATILE}
 
 
 def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
@@ -148,6 +149,7 @@ class StopFlag:
 @guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
     """Train (or continue) the run `cfg` describes; returns its directory. A finished run returns at once."""
+    progressive.check(cfg)  # bad --reduce-* settings fail before anything is read or written
     device = resolve_device(cfg.device)
     d = dist_.setup(device.type)
     if d.enabled and device.type == "cuda":
@@ -187,6 +189,10 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
+    prog = progressive.plan_for(cfg, spec, steps_per_epoch, splits, device, fused=device.type == "cuda")
+    state_file = run_dir / "state.safetensors"
+    if prog is not None and state_file.exists():  # the resume point may hold factored layers: build those
+        spec = replace(spec, layers={**spec.layers, **prog.resumed_layers(state_file)})
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     init_info = init_.load_init_weights(model, cfg.init_from) if source else None
@@ -224,12 +230,13 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
 
     counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
                 "history": [], "partial": None}
-    state_file = run_dir / "state.safetensors"
     if state_file.exists():
         counters = load_state(state_file, model, optimizer, scaler, device)
         if d.is_main:
             print(f"{run_dir}: resuming at epoch {counters['epoch'] + 1}, step {counters['step_in_epoch']}",
                   file=sys.stderr)
+    if prog is not None:
+        prog.start(model, counters, config)
     if d.is_main:
         atomic_write_json(run_dir / "config.json", config)
         write_metrics(run_dir, counters["history"])
@@ -243,11 +250,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
             save_model(run_dir / "model.safetensors", model, config)
 
     raw_model = model
-    if cfg.compile and device.type == "cuda":
-        model = torch.compile(model)
-    if d.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    model = wrap_model(raw_model, cfg, device, d)
     show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
 
     with StopFlag() as stop:
@@ -266,6 +269,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                     break
                 last_micro = (i + 1) % cfg.grad_accum == 0
                 if i % cfg.grad_accum == 0:
+                    if prog is not None and prog.due(counters):  # trainers/progressive.py: cut rank now
+                        optimizer = prog.cut(raw_model, optimizer, counters, config, run_dir, d.is_main)
+                        model = wrap_model(raw_model, cfg, device, d)
                     set_lr(optimizer, lr_at(counters["global_step"], total_steps, warmup_steps, cfg.lr))
                 sync_ctx = model.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
                 with sync_ctx:
@@ -314,10 +320,12 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
             check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
+            extra = prog.end_epoch(raw_model, counters) if prog is not None else None  # every rank: auto reads it
             if d.is_main:
                 with deferred_commit():  # the epoch's files land together, or (disk full) none of them
                     end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
-                                 amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+                                 amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds,
+                                 extra=extra)
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
@@ -325,10 +333,21 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 interrupted(d, f"after epoch {epoch + 1}")
 
     if d.is_main:
-        finish(run_dir, raw_model, config, counters, splits, cfg, spec, device, amp_dtype, params)
+        finish(run_dir, raw_model, config, counters, splits, cfg, spec, device, amp_dtype, count_params(raw_model))
     dist_.barrier(d)
     dist_.cleanup(d)
     return run_dir
+
+
+def wrap_model(raw_model, cfg, device, d):
+    """The module the loop calls: compiled and/or DDP-wrapped; rebuilt after a progressive cut."""
+    model = raw_model
+    if cfg.compile and device.type == "cuda":
+        model = torch.compile(model)
+    if d.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    return model
 
 
 def _bar(show, total, initial, epoch, epochs):
@@ -339,11 +358,11 @@ def _bar(show, total, initial, epoch, epochs):
 
 
 def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cfg, device, amp_dtype, epoch,
-                 train_loss, train_acc, images, seconds):
+                 train_loss, train_acc, images, seconds, extra=None):
     val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
            "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-           "images_per_s": images / max(seconds, 1e-9)}
+           "images_per_s": images / max(seconds, 1e-9), **(extra or {})}
     counters["history"].append(row)
     if val_acc > counters["best_val_acc"]:
         counters["best_val_acc"], counters["best_epoch"] = val_acc, epoch + 1
