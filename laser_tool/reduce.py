@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from .checkpoint import checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import evaluate
-from .fileio import atomic_write_json
+from .evaluate import evaluate, evaluate_with_predictions
+from .fileio import atomic_write_bytes, atomic_write_json
 from .layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from .models import ModelSpec, count_params
+from .predictions import FILE as PRED_FILE, predictions_bytes
 from .spectrum import (Calib, Decomposition, break_even_rank, energy_kept, numerical_rank, parse_spec,
                        relative_error, resolve_rank, singular_values, truncate)  # noqa: F401 (re-exported)
 from .surgery import slots
@@ -243,8 +244,8 @@ def write_run(out: Path, files: dict, model, config: dict) -> None:
     try:
         save_model(tmp / "model.safetensors", model, config)
         atomic_write_json(tmp / "config.json", config)
-        for name, obj in files.items():
-            atomic_write_json(tmp / name, obj)
+        for name, obj in files.items():  # bytes are written as they are (predictions.safetensors)
+            atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -273,85 +274,122 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     """Reduce the selected layers of a run and write a new run directory; returns its path.
 
     `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run."""
+    return reduce_run_budgets(run, {0: selectors}, rank, method, store, {0: out}, calib_batches, device, data_dir,
+                              dataset, batch_size, splits, {0: extra or {}})[0]
+
+
+def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
+                       calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
+                       extra=None) -> dict:
+    """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
+    `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
+    and data are loaded once, the calibration pass runs once over the union of the selected layers,
+    each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
+    unreduced model is scored once. Only the cut, its scoring and the write are per budget."""
     t0 = time.time()
     run = Path(run)
     if store not in ("dense", "factored"):
         raise UserError(f"unknown store {store!r}; choose dense or factored")
     if method not in ("svd", "whiten", "asvd", "fisher"):
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
+    if not selectors_by_budget:
+        raise UserError("no budget given: pass at least one set of layer selectors")
+    outs, extra = outs or {}, extra or {}
     dev = resolve_device(device)
     src = checkpoint_path(run)
     model, config = load_run(run, dev)
-    chosen = select(model, selectors, rank)
-    args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
-                rank=None if rank is None else str(rank), method=method, store=store,
-                calib_batches=calib_batches if method != "svd" else 0)
-    out = check_out(out or default_out(run, "reduced", args), run)
+    jobs = {}
+    for budget, selectors in selectors_by_budget.items():
+        chosen = select(model, selectors, rank)
+        args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
+                    rank=None if rank is None else str(rank), method=method, store=store,
+                    calib_batches=calib_batches if method != "svd" else 0)
+        jobs[budget] = (chosen, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
+    if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
+        raise UserError("two budgets would write the same output directory; give each its own --out")
     splits = splits or run_data(config, data_dir, dataset)
 
     # Resolve every rank before calibration and evaluation, so bad SPECs fail fast. Plain SVD's
-    # decomposition is W's own spectrum, so it is computed once, here.
-    plan = []
-    for name, (slot, spec) in chosen.items():
-        W = dense_weight(slot.module).detach()
-        dec = Decomposition(W) if method == "svd" else None
-        s = dec.s if dec is not None else singular_values(W)
-        plan.append((name, slot, spec, W, s, dec, resolve_rank(spec, W.shape[0], W.shape[1], s, name)))
+    # decomposition is W's own spectrum, so it is computed once, here; one per layer for all budgets.
+    layer = {}  # name -> (slot, W, s, dec)
+    for chosen, _, _ in jobs.values():
+        for name, (slot, _) in chosen.items():
+            if name not in layer:
+                W = dense_weight(slot.module).detach()
+                dec = Decomposition(W) if method == "svd" else None
+                layer[name] = (slot, W, dec.s if dec is not None else singular_values(W), dec)
+    plans = {b: [(name, spec, resolve_rank(spec, *layer[name][1].shape, layer[name][2], name))
+                 for name, (_, spec) in chosen.items()] for b, (chosen, _, _) in jobs.items()}
 
     calib, calib_info = {}, None
     if method != "svd":
+        order = {s.name: i for i, s in enumerate(slots(model))}
         batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
-        calib = collect_calibration(model, [p[0] for p in plan], batches, method, dev)
+        calib = collect_calibration(model, sorted(layer, key=order.get), batches, method, dev)
         calib_info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,
                           images=sum(len(b[0]) for b in batches), seed=config.get("seed", 0) + 1)
 
     val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev)
     test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev)
     params_before = count_params(model)
-    spec = ModelSpec.from_dict(config["model"])
-    layers, warnings = [], []
-    for name, slot, rspec, W, s, dec, r in plan:
-        old = slot.module
-        d_out, d_in = W.shape
-        dec = dec or Decomposition(W, method, calib.get(name))
-        U, V = dec.factors(r)
-        new, override = reduced_module(old, U, V, store)
-        if store == "factored" and r >= break_even_rank(d_out, d_in):
-            warnings.append(f"{name}: factored rank {r} >= {d_out}*{d_in}/({d_out}+{d_in}) = "
-                            f"{break_even_rank(d_out, d_in):.1f}, so it saves no parameters")
-        k = numerical_rank(s, W.shape)
-        if r > k:
-            warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
-        slot.set(new)
-        if override is not None:
-            spec.layers[name] = override
-        layers.append(dict(name=name, shape=[d_out, d_in], kind_before=layer_kind(old), kind_after=layer_kind(new),
-                           method=method, spec=str(rspec), rank_before=k, rank_after=r, max_rank=min(d_out, d_in),
-                           params_before=n_params(old), params_after=n_params(new),
-                           rel_frobenius_error=relative_error(W, U, V), energy_kept=energy_kept(s, r),
-                           **({"decomposition": dec.info} if dec.info else {})))
-    for w in warnings:
-        warn(w)
-    val_after = evaluate(model, splits.val_x, splits.val_y, batch_size, dev)
-    test_after = evaluate(model, splits.test_x, splits.test_y, batch_size, dev)
+    shared_seconds = time.time() - t0
+    written = {}
+    for budget, (chosen, args, out) in jobs.items():
+        t1 = time.time()
+        reduced = copy.deepcopy(model) if len(jobs) > 1 else model
+        by_name = {s.name: s for s in slots(reduced)}
+        spec = ModelSpec.from_dict(config["model"])
+        layers, warnings = [], []
+        for name, rspec, r in plans[budget]:
+            _, W, s, dec = layer[name]
+            slot = by_name[name]
+            old = slot.module
+            d_out, d_in = W.shape
+            if dec is None:
+                dec = Decomposition(W, method, calib.get(name))
+                layer[name] = layer[name][:3] + (dec,)
+            U, V = dec.factors(r)
+            new, override = reduced_module(old, U, V, store)
+            if store == "factored" and r >= break_even_rank(d_out, d_in):
+                warnings.append(f"{name}: factored rank {r} >= {d_out}*{d_in}/({d_out}+{d_in}) = "
+                                f"{break_even_rank(d_out, d_in):.1f}, so it saves no parameters")
+            k = numerical_rank(s, W.shape)
+            if r > k:
+                warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
+            slot.set(new)
+            if override is not None:
+                spec.layers[name] = override
+            layers.append(dict(name=name, shape=[d_out, d_in], kind_before=layer_kind(old),
+                               kind_after=layer_kind(new), method=method, spec=str(rspec), rank_before=k,
+                               rank_after=r, max_rank=min(d_out, d_in), params_before=n_params(old),
+                               params_after=n_params(new), rel_frobenius_error=relative_error(W, U, V),
+                               energy_kept=energy_kept(s, r), **({"decomposition": dec.info} if dec.info else {})))
+        for w in warnings:
+            warn(w)
+        val_after = evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev)
+        test_after = evaluate_with_predictions(reduced, splits.test_x, splits.test_y, batch_size, dev)
 
-    step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
-                ranks={l["name"]: l["rank_after"] for l in layers})
-    new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run),
-                      reduction=list(config.get("reduction", [])) + [step])
-    params_after = count_params(model)
-    report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,
-                  params_before=params_before, params_after=params_after, warnings=warnings,
-                  val_acc_before=val_before[1], val_acc_after=val_after[1],
-                  test_acc_before=test_before[1], test_acc_after=test_after[1],
-                  val_loss_before=val_before[0], val_loss_after=val_after[0],
-                  test_loss_before=test_before[0], test_loss_after=test_after[0])
-    pf = parent_final(run)
-    final = dict(status="complete", kind="post-hoc", parent=str(run), test_acc=test_after[1],
-                 val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
-                 params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
-                 # training cost of the weights this run holds, so `compare` can put it beside trained runs
-                 train_seconds=pf.get("train_seconds"), reduce_seconds=round(time.time() - t0, 3),
-                 device=str(dev))
-    write_run(out, {"reduce.json": report, "final.json": final, **(extra or {})}, model, new_config)
-    return out
+        step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
+                    ranks={l["name"]: l["rank_after"] for l in layers})
+        new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run),
+                          reduction=list(config.get("reduction", [])) + [step])
+        params_after = count_params(reduced)
+        report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,
+                      params_before=params_before, params_after=params_after, warnings=warnings,
+                      val_acc_before=val_before[1], val_acc_after=val_after[1],
+                      test_acc_before=test_before[1], test_acc_after=test_after[1],
+                      val_loss_before=val_before[0], val_loss_after=val_after[0],
+                      test_loss_before=test_before[0], test_loss_after=test_after[0])
+        pf = parent_final(run)
+        final = dict(status="complete", kind="post-hoc", parent=str(run), test_acc=test_after[1],
+                     val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
+                     params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
+                     # training cost of the weights this run holds, so `compare` can put it beside trained runs
+                     train_seconds=pf.get("train_seconds"),
+                     reduce_seconds=round(shared_seconds + time.time() - t1, 3), device=str(dev))
+        preds = predictions_bytes(splits.name, test_after[2], splits.test_y, val_after[2], splits.val_y,
+                                  splits.val_indices)
+        write_run(out, {"reduce.json": report, "final.json": final, PRED_FILE: preds, **extra.get(budget, {})},
+                  reduced, new_config)
+        written[budget] = out
+    return written

@@ -188,6 +188,7 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     from .evaluate import evaluate
     from .fileio import atomic_write_text
     from .device import resolve_device
+    from .predictions import FILE as PRED_FILE, model_predictions
     from .reduce import write_run
     dev = resolve_device(device)
     model, config = load_run(reduced, dev)
@@ -224,7 +225,7 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
     final = dict(status="complete", kind="healed", parent=str(reduced), test_acc=test_acc, test_loss=test_loss,
                  val_acc=best, params=sum(p.numel() for p in model.parameters()), heal_seconds=seconds,
                  train_seconds=(prior.get("train_seconds") or 0) + seconds, device=str(dev))
-    write_run(out, {"final.json": final}, model, new_config)
+    write_run(out, {"final.json": final, PRED_FILE: model_predictions(model, splits, 1000, dev)}, model, new_config)
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     return out
 

@@ -32,6 +32,7 @@ from laser_tool.errors import UserError
 from laser_tool.evaluate import evaluate
 from laser_tool.fileio import atomic_write_json, atomic_write_text
 from laser_tool.models import build_model, count_params
+from laser_tool.predictions import save_model_predictions
 
 from . import distributed as dist_
 from .config import TrainConfig
@@ -319,6 +320,8 @@ def finish(run_dir, model, config, counters, splits, cfg, device, amp_dtype, par
     _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
     best, _ = load_model(run_dir / "model.safetensors", device)
     _, test_best = evaluate(best, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
+    # Per-image predictions of the selected model, so `compare` can pair runs image by image.
+    save_model_predictions(run_dir, best, splits, device, cfg.eval_batch_size, amp_dtype)
     hist = counters["history"]
     final = {
         "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
