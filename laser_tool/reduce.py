@@ -338,7 +338,7 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
         t1 = time.time()
         reduced = copy.deepcopy(model) if len(jobs) > 1 else model
         by_name = {s.name: s for s in slots(reduced)}
-        spec = ModelSpec.from_dict(config["model"])
+        spec = ModelSpec.from_dict(copy.deepcopy(config["model"]))  # its layers dict is filled per budget
         layers, warnings = [], []
         for name, rspec, r in plans[budget]:
             _, W, s, dec = layer[name]

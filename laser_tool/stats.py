@@ -92,7 +92,7 @@ def paired_t(a, b):
     if n < 2:
         return None, None
     sd = stdev(d)
-    if sd == 0:
+    if sd <= 1e-12:  # equal differences up to float rounding (accuracies are multiples of 1/N)
         return None, 0.0
     tstat = mean(d) / (sd / math.sqrt(n))
     p = float(2 * t.sf(abs(tstat), n - 1))
