@@ -203,8 +203,13 @@ def _panel(ax, rows, x: str, colours: dict) -> None:
         ax.plot([r[x] for r in front], [100 * r["acc_mean"] for r in front], ls=":", color="black", lw=1,
                 marker="o", ms=11, mfc="none", mec="black", label="Pareto frontier", gid="frontier")
     xs = [r[x] for r in cand]
-    if xs and min(xs) > 0 and max(xs) / min(xs) > 3:
+    if x == "keep":
+        ax.set_xlim(0, 1.05)  # budgets are fractions: a linear axis reads them directly
+    elif xs and min(xs) > 0 and max(xs) / min(xs) > 3:
         ax.set_xscale("log")
+    if not pts:
+        ax.text(0.5, 0.5, f"no row records its {'training FLOPs' if x != 'keep' else 'budget'}",
+                transform=ax.transAxes, ha="center", va="center", alpha=0.6)
     ax.set_xlabel(AXES[x])
     ax.set_ylabel("test accuracy %  (bands: 95% CI)")
     ax.grid(alpha=0.3)

@@ -464,3 +464,23 @@ def test_answer_names_the_best_family_per_budget_with_holm_adjusted_margins(tmp_
     assert [t["p_holm"] for i in items for t in (i["vs_runner_up"], i["vs_other"])] == pytest.approx(holm(raw))
     md = answer.markdown(c.rows)
     assert md.count("\n- At keep ≈") == 2 and "narrower" in md and "Holm p" in md
+
+
+def test_metric_val_and_json_rows_carry_both_metrics(tmp_path):
+    lowrank = replace(TINY, variant="lowrank", targets=["ffn"])
+    for s in range(3):
+        make_run(tmp_path, f"base-s{s}", 0.86 + s / 100, seed=s, val_acc=0.90 + s / 100)
+        make_run(tmp_path, f"low-s{s}", 0.84 + s / 200, seed=s, spec=lowrank, val_acc=0.85 + s / 50)
+    res = CliRunner().invoke(main, ["compare", str(tmp_path), "--format", "json", "--no-speed", "--metric", "val"])
+    assert res.exit_code == 0, res.output
+    low = next(r for r in json.loads(res.stdout)["rows"] if r["family"] == "train-time")
+    val_diff = (0.85 + 0.87 + 0.89) / 3 - (0.90 + 0.91 + 0.92) / 3
+    assert low["metric"] == "val" and low["diff_vs_baseline"] == pytest.approx(val_diff)
+    assert low["vs_baseline"]["val"]["diff"] == pytest.approx(val_diff)
+    assert low["vs_baseline"]["test"]["diff"] == pytest.approx((0.84 + 0.845 + 0.85) / 3 - 0.87)
+    assert low["val_acc_mean"] == pytest.approx(0.87) and low["acc_mean"] == pytest.approx(0.845)
+    for k in ("keep", "p_vs_baseline", "p_vs_baseline_holm", "p_kind"):
+        assert k in low
+    assert low["p_kind"] == "welch" and low["p_vs_baseline_holm"] == pytest.approx(low["p_vs_baseline"])
+    md = CliRunner().invoke(main, ["compare", str(tmp_path), "--no-speed", "--metric", "val"]).stdout
+    assert "Δ val vs baseline (pp)" in md and "val acc %" in md
