@@ -188,7 +188,7 @@ def _versus(row: dict, other: dict, name: str, metric: str) -> None:
     row.update({f"diff_vs_{name}": sel["diff"], f"diff_vs_{name}_ci": sel["ci"],
                 f"diff_vs_{name}_ci_kind": sel["ci_kind"], f"p_vs_{name}": sel["p"],
                 f"p_vs_{name}_kind": sel["p_kind"], f"vs_{name}": res})
-    if sel["note"] and sel["p_kind"] != "paired-t":
+    if sel["note"] and sel["p_kind"] != "paired-t" and "no predictions.safetensors" not in sel["note"]:
         row["warnings"].append(f"vs {other['label'] if name == 'paired' else 'baseline'}: {sel['note']}")
 
 
@@ -302,6 +302,15 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
                          and id(g) not in paired]
         _holm(sec_rows)
         rows += sec_rows
+    fell_back = [r for r in rows for n in ("baseline", "paired") if r[f"vs_{n}"] is not None
+                 and "no predictions.safetensors" in (r[f"vs_{n}"][metric]["note"] or "")]
+    if fell_back:  # one line for them all: typically runs made before predictions were stored
+        from .paired import predictions
+        missing = sorted({Path(run).name for r in rows for run in r["runs"] if predictions(run)[0] is None})
+        notes.append(f"unpaired test: no predictions.safetensors in {len(missing)} run(s) "
+                     f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}), so their one-seed "
+                     f"comparisons treat the two test scores as independent (ᶻ, conservative) instead of "
+                     f"pairing them image by image.")
     return Comparison(rows, problems, notes, metric)
 
 

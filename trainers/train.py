@@ -6,6 +6,7 @@ train(cfg) makes or continues runs/NAME/:
   model.safetensors  the best checkpoint by VALIDATION accuracy (never chosen on the test set)
   last.safetensors   the latest epoch's model
   metrics.jsonl      one line per epoch
+  predictions.safetensors  the best-by-val checkpoint's predicted class per test and validation image
   final.json         test accuracy of the best-by-val and of the last checkpoint, written at the end
 Every file is written atomically. Resuming replays nothing: the data order and augmentation are pure
 functions of (seed, epoch, step), and the RNG that dropout uses is restored from the resume point, so
