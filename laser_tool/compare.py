@@ -142,7 +142,8 @@ def _costs(g: Group) -> dict:
         total = budget.training_flops(trained, images, steps or 0) if images else None
         if total is not None and g.desc["heal"]:
             total += budget.training_flops(spec(r), g.desc["heal"] * (split.get("train") or 0))
-        out["train_flops"] = total
+        recorded = r.final.get("train_flops")  # a trainer that changes the model as it trains knows better
+        out["train_flops"] = float(recorded) if isinstance(recorded, (int, float)) else total
     except (UserError, TypeError, ValueError, KeyError, RuntimeError):
         pass  # an unbuildable spec leaves the costs unknown; the row itself still stands
     return out
