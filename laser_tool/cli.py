@@ -9,13 +9,19 @@ from .options import model_options, spec_from_options
 
 
 class Group(click.Group):
-    """Turns a UserError anywhere below into one line on stderr and exit code 2, no traceback."""
+    """Turns a UserError (or a bad option value) anywhere below into one line on stderr and exit code 2,
+    no traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except click.UsageError as e:  # a bad option value: one line too, with where to look
+            sub = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+            msg = " ".join(e.format_message().split())
+            click.echo(f"error: {msg} (see `laser-tool{sub} --help`)", err=True)
             sys.exit(2)
 
 

@@ -63,7 +63,8 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
     \b
     The input is never modified. The new run holds model.safetensors, config.json (model spec
     plus a "reduction" list of every step), reduce.json (per layer: shape, ranks, params,
-    relative Frobenius error, energy kept; val/test accuracy before and after), final.json and
+    relative Frobenius error, energy kept of W's own spectrum and of the spectrum the method truncates,
+    which differ for whiten/asvd/fisher; val/test accuracy before and after), final.json and
     predictions.safetensors (the predicted class of every test and validation image).
     Reduced runs can be reduced again.
     """
@@ -80,7 +81,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
         shape, ranks = f"{l['shape'][0]}x{l['shape'][1]}", f"{l['rank_before']}->{l['rank_after']}"
         params = f"{l['params_before']:,}->{l['params_after']:,}"
         click.echo(f"{l['name']:<22} {shape:>10} {ranks:>10} {params:>17} {l['rel_frobenius_error']:>8.4f} "
-                   f"{l['energy_kept']:>7.4f}")
+                   f"{l['energy_kept_truncated']:>7.4f}")
     click.echo(f"val acc {rep['val_acc_before']:.4f} -> {rep['val_acc_after']:.4f}   "
                f"test acc {rep['test_acc_before']:.4f} -> {rep['test_acc_after']:.4f}   "
                f"params {rep['params_before']:,} -> {rep['params_after']:,}")
@@ -116,6 +117,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     2. Allocation by threshold search: for a threshold t, every layer takes its cheapest grid
        rank whose accuracy drop (alone) is <= t; the smallest t whose allocation fits the budget
        wins. The budget counts the selected layers only, factored rank r costing r*(m+n)+bias.
+       It is an upper bound: the chosen ranks use at most it, and the output says how much.
     3. LASER's greedy compose done right: from the last layer to the first, try successively
        lower grid ranks with everything in place; accept a step only if validation accuracy is
        >= the best so far; a layer stops at its first rejected step.
@@ -137,6 +139,9 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     click.echo(f"compose: {accepted} of {len(rep['compose']['steps'])} steps accepted")
     click.echo(f"chosen: {json.dumps(c['ranks'])}")
     click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}")
+    click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
+               f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
+               f"the budget is an upper bound)")
     click.echo(f"wrote {rep['report']}" + (f" and {rep['applied']}" if rep.get("applied") else ""))
 
 
@@ -156,12 +161,15 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot):
     spaces in the last column); JSON a list of objects.
     """
     from .checkpoint import load_run
-    from .fileio import atomic_write_text
+    from .fileio import atomic_write_text, check_output_file
     from .layers import dense_weight, layer_kind
-    from .reduce import match_selector
+    from .reduce import match_selector, run_root
     from .spectrum import parse_spec, plot_spectra, spectrum_row
     from .surgery import slots
     specs = [parse_spec(s) for s in ranks.split(",") if s.strip()]
+    for path, what in ((out, "--out"), (plot, "--plot")):  # before the work: never the input, /dev/null, ...
+        if path is not None:
+            check_output_file(path, inputs=[run_root(run) or run], what=what)
     model, _ = load_run(run)
     all_slots = slots(model)
     chosen = []

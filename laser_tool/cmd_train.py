@@ -8,7 +8,22 @@ from .errors import UserError
 
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",
               "lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "seed", "device", "amp",
-              "compile", "eval_batch_size", "out", "name")
+              "compile", "decay_all", "init_from", "eval_batch_size", "out", "name")
+
+
+class GradClip(click.ParamType):
+    """A positive max gradient norm, or `off` for no clipping (0 is refused, not read as off)."""
+    name = "FLOAT|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "off":
+            return value
+        if str(value).strip().lower() in ("off", "none"):
+            return "off"
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--grad-clip {value!r}: give a positive max norm such as 1.0, or off") from None
 
 
 def config_from_options(preset, opts):
@@ -23,7 +38,25 @@ def config_from_options(preset, opts):
         p = dict(PRESETS[preset])
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     cfg = replace(cfg, model=spec_from_options(opts, base=cfg.model))
-    return replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    cfg = replace(cfg, **{k: opts[k] for k in TRAIN_KEYS if opts.get(k) is not None})
+    cfg = replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
+    if cfg.init_from:
+        cfg = from_source(cfg, opts)
+    return cfg
+
+
+def from_source(cfg, opts):
+    """--init-from: the model is the source run's; split settings not given come from it too."""
+    from trainers.init_from import source_config, split_of
+    from .models import ModelSpec
+    from .options import MODEL_KEYS
+    given = [k for k in MODEL_KEYS if opts.get(k) not in (None, ())]
+    if given:
+        raise UserError(f"--init-from takes the model from {cfg.init_from}; drop "
+                        f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    source = source_config(cfg.init_from)
+    split = {k: v for k, v in split_of(source).items() if opts.get(k) is None}
+    return replace(cfg, model=ModelSpec.from_dict(source["model"]), **split)
 
 
 @click.command()
@@ -41,17 +74,24 @@ def config_from_options(preset, opts):
 @click.option("--lr", type=float)
 @click.option("--weight-decay", type=float)
 @click.option("--warmup-epochs", type=float)
-@click.option("--grad-clip", type=float)
+@click.option("--grad-clip", type=GradClip(), help="Max gradient norm (> 0), or off for no clipping.")
 @click.option("--label-smoothing", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--amp", type=click.Choice(["auto", "off"]), help="bf16 autocast on CUDA (fp16 where bf16 is missing).")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).")
+@click.option("--decay-all/--no-decay-all", default=None,
+              help="Weight decay on every parameter, as the seed (seed presets), or on matrices only (default).")
+@click.option("--init-from", type=click.Path(exists=True),
+              help="Start from this run's weights and structure (factored layers kept): fresh optimizer, own "
+                   "schedule, the source's data split. The starting model is the epoch-0 candidate.")
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
-@click.option("--name", help="Run directory name (default: from the settings).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings.")
-@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh.")
+@click.option("--name", help="Run directory name, a plain name without '/' (default: from the settings).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
+              "settings given here are named and ignored); an error if there is no such run.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "
+              "directory laser-tool wrote, never through a symlink).")
 def train(preset, resume, overwrite, **opts):
     """Train a ViT (baseline or variant) and write runs/NAME/. Running it again resumes."""
     from trainers.train import train as run_training

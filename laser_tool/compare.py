@@ -105,12 +105,13 @@ def _pairs(train: Group, candidates: list) -> list:
 
 
 def _lineage(run: Run, by_path: dict) -> str:
-    """The trained run this run's weights descend from (following `parent`), as a path string; a
+    """The trained run this run's weights descend from (following `parent` and `init_source`), as a path string; a
     parent that is not among the runs read stands for itself (also tried beside the run, for studies
     moved as a whole)."""
     seen, cur = set(), run
     while True:
-        parent = cur.config.get("parent")
+        src = cur.config.get("init_source")  # `train --init-from` (healing) started from that run's weights
+        parent = cur.config.get("parent") or (src.get("run") if isinstance(src, dict) else None)
         if not parent:
             return str(cur.path.resolve())
         p = Path(parent)

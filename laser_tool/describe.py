@@ -69,13 +69,22 @@ def _requested(step: dict) -> dict:
     return out
 
 
+def recipe_root(config: dict) -> dict:
+    """The config whose training recipe made the weights a run started from (`train --init-from`
+    records its source's config under init_source): followed back to the run trained from scratch."""
+    while isinstance(config.get("init_source"), dict) and isinstance(config["init_source"].get("config"), dict):
+        config = config["init_source"]["config"]
+    return config
+
+
 def recipe_of(config: dict) -> dict:
     """The training settings that change what is trained (see NOT_RECIPE), plus the precision used."""
     train = config.get("train")
     if isinstance(train, dict):
         recipe = {k: v for k, v in train.items() if k not in NOT_RECIPE}
-        if "amp" in config:
-            recipe["amp_used"] = config["amp"]
+        resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
+        if resolved.get("amp"):  # the precision it ran at (bf16 on a GPU, fp32 on the CPU)
+            recipe["amp_used"] = resolved["amp"]
         return recipe
     return {k: config.get(k) for k in RECIPE_KEYS}
 
@@ -98,7 +107,10 @@ def describe(config: dict) -> dict:
     heal = h.get("epochs") if isinstance(h, dict) else config.get("heal_epochs")  # fine-tuned after a reduction
     heal_key = {k: v for k, v in h.items() if k != "from_run"} if isinstance(h, dict) else heal
     spec = {k: v for k, v in s.to_dict().items() if k != "layers"}  # layers: ranks realised per seed
-    recipe = recipe_of(config)
+    # A run started from another (healing) is grouped by the recipe that trained the weights it started
+    # from; its own recipe (a few epochs at a small lr) joins the `heal` part of the key.
+    recipe = recipe_of(recipe_root(config))
+    own = recipe_of(config) if config.get("init_source") else None
     requested = [_requested(e) for e in config.get("reduction") or []]
     # Layers touched by the train-time change, as (block, role): what a post-hoc twin must reduce.
     # A narrower (or wider) dense FFN changes both FFN layers of every block.
@@ -109,7 +121,7 @@ def describe(config: dict) -> dict:
         layer_set = frozenset((b, r) for b in range(s.depth) for r in ("ffn-in", "ffn-out"))
     reduced = frozenset(layer_role(name) for _, ranks, _ in reductions for name, _ in ranks)
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
-                key=_json([spec, recipe, requested, heal_key]), trained_key=_json([spec, recipe]),
+                key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
                 base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS}, recipe]),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
                 recipe=recipe, targets=targets)

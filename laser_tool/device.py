@@ -1,4 +1,6 @@
 """`--device auto|cpu|cuda` -> a torch.device, with one clear error when CUDA is asked for but absent."""
+import re
+
 import torch
 
 from .errors import UserError
@@ -7,9 +9,9 @@ from .errors import UserError
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", str(name)):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"CUDA was asked for (--device {name}) but no CUDA device is available; "
                         f"use --device cpu or --device auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)

@@ -1,6 +1,26 @@
-"""Accuracy, loss and predicted classes of a model on a uint8 image tensor, in large no-grad batches."""
+"""Accuracy, loss and predicted classes of a model on a uint8 image tensor, in large no-grad batches.
+
+Every row of a comparison (trained, reduced, healed) is scored through `evaluate` with the precision
+`eval_amp_dtype` picks from the device and the run's `amp` setting, so rows are comparable.
+"""
 import torch
 import torch.nn.functional as F
+
+
+def eval_amp_dtype(device, amp: str = "auto"):
+    """The autocast dtype a run with this `amp` setting uses on `device` (None: full fp32).
+
+    bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on the CPU or with amp "off": the same rule for
+    training and for every evaluation of the run and of what is derived from it."""
+    device = torch.device(device)
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(amp_dtype) -> str:
+    """'bf16', 'fp16' or 'fp32': what final.json records as eval_precision."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
 
 
 @torch.no_grad()

@@ -55,6 +55,15 @@ class ModelSpec:
 
     def resolved(self) -> "ModelSpec":
         """A copy with the arch defaults filled in and half-ffn applied to mlp_dim."""
+        spec = self.validated()
+        if spec.image_size % spec.patch_size:
+            raise UserError(f"image size {spec.image_size} is not divisible by patch size {spec.patch_size}; "
+                            f"pick a patch size that divides it")
+        return spec
+
+    def validated(self) -> "ModelSpec":
+        """A copy with the arch defaults filled in, every value checked; the image size is not yet
+        compared with the patch size (the trainer fits the image size to the dataset later)."""
         if self.arch not in ARCHS:
             raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.variant is not None and self.variant not in VARIANTS:
@@ -64,10 +73,33 @@ class ModelSpec:
                             f"{self.variant}); add --variant or drop --target")
         filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         spec = replace(self, **filled)
-        if spec.image_size % spec.patch_size:
-            raise UserError(f"image size {spec.image_size} is not divisible by patch size {spec.patch_size}; "
-                            f"pick a patch size that divides it")
+        spec.check_values()
         return spec
+
+    def check_values(self) -> None:
+        """Sizes are integers >= 1 and dropouts in [0, 1): a wrong value fails here, in one line, not
+        deep in torch (or, from a checkpoint's metadata, as a huge allocation)."""
+        def bad(flag, v, want):
+            raise UserError(f"model setting {flag} {v!r} is invalid: it must be {want}")
+        for k in ("image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head",
+                  "mlp_dim", "n_dyad"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad("--" + k.replace("_", "-"), v, "an integer >= 1")
+        for k in ("dropout", "emb_dropout", "attn_dropout"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                bad("--" + k.replace("_", "-"), v, "a number in [0, 1)")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
+            bad("--scale", self.scale, "a finite number > 0")
+        if not isinstance(self.targets, (list, tuple)) or not all(isinstance(t, str) for t in self.targets):
+            bad("targets", self.targets, "a list of layer groups")
+        if self.blocks is not None:
+            if not isinstance(self.blocks, (list, tuple)) or not all(
+                    isinstance(b, int) and not isinstance(b, bool) and 0 <= b < self.depth for b in self.blocks):
+                bad("--blocks", self.blocks, f"block indices in 0..{self.depth - 1}")
+        if not isinstance(self.layers, dict):
+            bad("layers", self.layers, "a mapping of layer names to replacements")
 
     def to_dict(self) -> dict:
         return asdict(self)

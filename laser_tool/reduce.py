@@ -11,6 +11,7 @@ Selectors (`--layer`), matched against the names `laser-tool info` prints:
 The input run is never written to. The output is a run directory the other commands read like a
 trained one, whose config records every reduction step, so reductions compose.
 """
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -26,11 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import checkpoint_path, load_run, save_model
+from .checkpoint import check_checkpoint, checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import evaluate, evaluate_with_predictions
-from .fileio import atomic_write_bytes, atomic_write_json
+from .evaluate import eval_amp_dtype, evaluate, evaluate_with_predictions, precision_name
+from .fileio import atomic_write_bytes, atomic_write_json, check_output_dir, dir_mode, remove_debris
+from .lock import output_lock
 from .layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from .models import ModelSpec, count_params
 from .predictions import FILE as PRED_FILE, predictions_bytes
@@ -242,23 +244,24 @@ def write_run(out: Path, files: dict, model, config: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; a run directory gets the user's umask
         save_model(tmp / "model.safetensors", model, config)
         atomic_write_json(tmp / "config.json", config)
         for name, obj in files.items():  # bytes are written as they are (predictions.safetensors)
             atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except OSError as e:
+            raise UserError(f"cannot move the new run into {out} ({e.strerror or e}); another command wrote "
+                            f"there meanwhile? pick another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def check_out(out: Path, run: Path) -> Path:
-    out, root = Path(out), run_root(run) or run
-    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out} is inside the input run; the input is never modified, pick another place")
-    if out.exists():
-        raise UserError(f"{out} already exists; pass another --out or remove it")
-    return out
+    """The new run's place: not inside the input, not existing yet, writable, not too long."""
+    return check_output_dir(out, inputs=[run_root(run) or run])
 
 
 def parent_final(run: Path) -> dict:
@@ -285,41 +288,63 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
     `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
     and data are loaded once, the calibration pass runs once over the union of the selected layers,
     each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
-    unreduced model is scored once. Only the cut, its scoring and the write are per budget."""
-    t0 = time.time()
+    unreduced model is scored once. Only the cut, its scoring and the write are per budget.
+    `outs` and `extra` ({file name: JSON object}) are keyed by budget like the selectors."""
     run = Path(run)
     if store not in ("dense", "factored"):
         raise UserError(f"unknown store {store!r}; choose dense or factored")
     if method not in ("svd", "whiten", "asvd", "fisher"):
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
+    check_batch_size(batch_size)
+    if method != "svd" and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1):
+        raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     if not selectors_by_budget:
         raise UserError("no budget given: pass at least one set of layer selectors")
     outs, extra = outs or {}, extra or {}
     dev = resolve_device(device)
     src = checkpoint_path(run)
-    model, config = load_run(run, dev)
+    check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
     jobs = {}
     for budget, selectors in selectors_by_budget.items():
-        chosen = select(model, selectors, rank)
         args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                     rank=None if rank is None else str(rank), method=method, store=store,
                     calib_batches=calib_batches if method != "svd" else 0)
-        jobs[budget] = (chosen, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
+        jobs[budget] = (selectors, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
     if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
         raise UserError("two budgets would write the same output directory; give each its own --out")
+    with contextlib.ExitStack() as stack:
+        for budget in sorted(jobs, key=lambda b: str(jobs[b][2])):  # one writer per output, in a fixed order
+            out = jobs[budget][2]
+            stack.enter_context(output_lock(out))
+            remove_debris(out.parent, {out.name})  # what a killed writer left is cleared first
+            check_out(out, run)  # again under the lock: another writer may have finished meanwhile
+        return _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size,
+                       splits, extra)
+
+
+def check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size {batch_size!r} must be an integer >= 1")
+
+
+def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size, splits,
+            extra) -> dict:
+    t0 = time.time()
+    model, config = load_run(run, dev)
+    chosen_by = {budget: select(model, selectors, rank) for budget, (selectors, _, _) in jobs.items()}
     splits = splits or run_data(config, data_dir, dataset)
 
     # Resolve every rank before calibration and evaluation, so bad SPECs fail fast. Plain SVD's
     # decomposition is W's own spectrum, so it is computed once, here; one per layer for all budgets.
-    layer = {}  # name -> (slot, W, s, dec)
-    for chosen, _, _ in jobs.values():
+    layer = {}  # name -> (W, s, dec)
+    for chosen in chosen_by.values():
         for name, (slot, _) in chosen.items():
             if name not in layer:
                 W = dense_weight(slot.module).detach()
                 dec = Decomposition(W) if method == "svd" else None
-                layer[name] = (slot, W, dec.s if dec is not None else singular_values(W), dec)
-    plans = {b: [(name, spec, resolve_rank(spec, *layer[name][1].shape, layer[name][2], name))
-                 for name, (_, spec) in chosen.items()] for b, (chosen, _, _) in jobs.items()}
+                layer[name] = (W, dec.s if dec is not None else singular_values(W), dec)
+    plans = {b: [(name, spec, resolve_rank(spec, *layer[name][0].shape, layer[name][1], name))
+                 for name, (_, spec) in chosen.items()] for b, chosen in chosen_by.items()}
 
     calib, calib_info = {}, None
     if method != "svd":
@@ -329,30 +354,32 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
         calib_info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,
                           images=sum(len(b[0]) for b in batches), seed=config.get("seed", 0) + 1)
 
-    val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev)
-    test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev)
+    amp = eval_amp_dtype(dev, config.get("amp", "auto"))  # as the parent was scored
+    val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp)
+    test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp)
     params_before = count_params(model)
     shared_seconds = time.time() - t0
     written = {}
-    for budget, (chosen, args, out) in jobs.items():
+    for budget, (_, args, out) in jobs.items():
         t1 = time.time()
         reduced = copy.deepcopy(model) if len(jobs) > 1 else model
         by_name = {s.name: s for s in slots(reduced)}
         spec = ModelSpec.from_dict(copy.deepcopy(config["model"]))  # its layers dict is filled per budget
         layers, warnings = [], []
         for name, rspec, r in plans[budget]:
-            _, W, s, dec = layer[name]
+            W, s, dec = layer[name]
             slot = by_name[name]
             old = slot.module
             d_out, d_in = W.shape
             if dec is None:
                 dec = Decomposition(W, method, calib.get(name))
-                layer[name] = layer[name][:3] + (dec,)
+                layer[name] = (W, s, dec)
             U, V = dec.factors(r)
             new, override = reduced_module(old, U, V, store)
-            if store == "factored" and r >= break_even_rank(d_out, d_in):
-                warnings.append(f"{name}: factored rank {r} >= {d_out}*{d_in}/({d_out}+{d_in}) = "
-                                f"{break_even_rank(d_out, d_in):.1f}, so it saves no parameters")
+            if n_params(new) >= n_params(old):  # against the layer replaced: a DYAD or low-rank layer can grow
+                warnings.append(f"{name}: the {store} rank-{r} layer holds {n_params(new):,} parameters, not "
+                                f"fewer than the {layer_kind(old)} layer it replaces ({n_params(old):,}): it "
+                                f"saves nothing")
             k = numerical_rank(s, W.shape)
             if r > k:
                 warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
@@ -363,15 +390,17 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
                                kind_after=layer_kind(new), method=method, spec=str(rspec), rank_before=k,
                                rank_after=r, max_rank=min(d_out, d_in), params_before=n_params(old),
                                params_after=n_params(new), rel_frobenius_error=relative_error(W, U, V),
-                               energy_kept=energy_kept(s, r), **({"decomposition": dec.info} if dec.info else {})))
+                               # W's own spectrum; for whiten/asvd/fisher also the weighted one they truncate
+                               energy_kept_weight=energy_kept(s, r), energy_kept_truncated=energy_kept(dec.s, r),
+                               **({"decomposition": dec.info} if dec.info else {})))
         for w in warnings:
             warn(w)
-        val_after = evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev)
-        test_after = evaluate_with_predictions(reduced, splits.test_x, splits.test_y, batch_size, dev)
+        val_after = evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp)
+        test_after = evaluate_with_predictions(reduced, splits.test_x, splits.test_y, batch_size, dev, amp)
 
         step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
                     ranks={l["name"]: l["rank_after"] for l in layers})
-        new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run),
+        new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run), written_by="laser-tool",
                           reduction=list(config.get("reduction", [])) + [step])
         params_after = count_params(reduced)
         report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,
@@ -386,7 +415,8 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
                      params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
                      # training cost of the weights this run holds, so `compare` can put it beside trained runs
                      train_seconds=pf.get("train_seconds"),
-                     reduce_seconds=round(shared_seconds + time.time() - t1, 3), device=str(dev))
+                     reduce_seconds=round(shared_seconds + time.time() - t1, 3), device=str(dev),
+                     eval_precision=precision_name(amp))
         preds = predictions_bytes(splits.name, test_after[2], splits.test_y, val_after[2], splits.val_y,
                                   splits.val_indices)
         write_run(out, {"reduce.json": report, "final.json": final, PRED_FILE: preds, **extra.get(budget, {})},

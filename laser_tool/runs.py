@@ -117,6 +117,13 @@ def read_run(path) -> Run:
     acc = final.get("test_acc")
     if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:
         return Run(path, "corrupt", f"final.json test_acc {acc!r} is not an accuracy in [0, 1]", config, final)
+    ckpt = path / "model.safetensors"
+    if ckpt.exists():  # header only: a corrupt or foreign checkpoint is a problem row, not a number
+        from .checkpoint import check_checkpoint
+        try:
+            check_checkpoint(ckpt)
+        except UserError as e:
+            return Run(path, "corrupt", f"model.safetensors: {str(e)[:160]}", config, final)
     run = Run(path, "complete", config=config, final=final)
     if metrics_problem:
         run.warnings.append(f"{metrics_problem}; accuracy taken from final.json")

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from .checkpoint import load_run
 from .errors import UserError
 from .evaluate import evaluate
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, check_output_file
 from .device import resolve_device
 from .layers import dense_weight
 from .vit_tiny import ViTTiny
-from .reduce import (calibration_batches, collect_calibration, match_selector, n_params,
-                     reduce_run, reduced_module, run_data, run_root, warn)
+from .reduce import (calibration_batches, check_batch_size, check_out, collect_calibration, match_selector,
+                     n_params, reduce_run, reduced_module, run_data, run_root, warn)
 from .spectrum import (Decomposition, energy_kept, factored_params, parse_spec, resolve_rank,
                        singular_values)
 from .surgery import slots
@@ -258,6 +258,11 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
     t0 = time.time()
     run, frac = Path(run), parse_budget(budget)
     specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
+    check_batch_size(batch_size)
+    if report is not None:  # checked before the work: never an input, a device or a directory
+        check_output_file(report, inputs=[run_root(run) or run], what="--report")
+    if apply and out is not None:
+        check_out(out, run)
     dev = resolve_device(device)
     model, config = load_run(run, dev)
     all_slots = slots(model)
@@ -298,8 +303,11 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
                table={n: [dict(c, layer_params=layer_params[n]) for c in rows] for n, rows in table.items()},
                allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
                compose=dict(enabled=do_compose, steps=steps),
+               # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
                chosen=dict(ranks=chosen, params=params_of(chosen), val_acc=chosen_acc, test_acc=test_acc,
-                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params),
+                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params,
+                           fraction_kept=params_of(chosen) / total, budget_fraction=frac,
+                           budget_unused=budget_params - params_of(chosen)),
                calib_batches=calib_batches if method != "svd" else 0, sweep_seconds=round(t_sweep, 3),
                seconds=round(time.time() - t0, 3), device=str(dev))
     if report is None:

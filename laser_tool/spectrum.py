@@ -191,10 +191,17 @@ class Decomposition:
         return len(self.s)
 
     def factors(self, r: int, dtype=torch.float32):
-        """(U (d_out, r), V (r, d_in)) with U @ V the rank-r approximation; singular values go to U."""
+        """(U (d_out, r), V (r, d_in)) with U @ V the rank-r approximation, balanced: column i of U and
+        row i of V have the same norm, sqrt(||u_i|| ||v_i||) (for plain SVD: sqrt(s_i) on each side).
+        Unbalanced factors (all of s in U; whitening's V carries S^-1, so |U| ~ 10 and |V| ~ 1e-3) have
+        the same product but make fine-tuning with AdamW, whose steps are the same size for every
+        weight, wreck the small side."""
         if not 1 <= r <= self.max_rank:
             raise UserError(f"rank {r} is outside 1..{self.max_rank} for a {self.shape[0]}x{self.shape[1]} matrix")
-        return (self.U[:, :r] * self.s[:r]).to(dtype), self.Vh[:r].to(dtype)
+        U, V = self.U[:, :r] * self.s[:r], self.Vh[:r]
+        nu, nv = U.norm(dim=0), V.norm(dim=1)
+        c = torch.where((nu > 0) & (nv > 0), (nv / nu.clamp_min(1e-300)).sqrt(), torch.ones_like(nu))
+        return (U * c).to(dtype), (V / c[:, None]).to(dtype)
 
 
 def truncate(W: torch.Tensor, rank, method: str = "svd", calib=None, alpha: float = 0.5):

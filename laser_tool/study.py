@@ -16,13 +16,13 @@ import copy
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
+from .lock import locked
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,6 @@ def _rows(*specs):
 
 
 GRIDS = {
-    "quick": _rows(("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
-                   ("C", "lowrank-ffn", {"variant": "lowrank", "targets": ("ffn",)})),
     "seed-xt": _rows(
         ("A", "baseline", {}), ("B", "half-ffn", {"variant": "half-ffn"}),
         ("C", "skl-ffn", {"variant": "skl", "targets": ("ffn",)}),
@@ -55,7 +53,7 @@ GRIDS = {
     "seed-vit-tiny": _rows(("T1", "baseline", {}),
                            ("T2", "dyad-ffn-mlp1024", {"variant": "dyad", "targets": ("ffn",), "mlp_dim": 1024})),
 }
-DEFAULT_SEEDS = {"quick": 1, "seed-xt": 4, "seed-vit-tiny": 4}  # the blog ran ViT-tiny 4 times
+DEFAULT_SEEDS = {"seed-xt": 4, "seed-vit-tiny": 4}  # the blog ran ViT-tiny 4 times
 METHODS = ("svd", "whiten")
 HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
 
@@ -70,12 +68,15 @@ class Step:
     selectors: list = field(default_factory=list)
     method: str = None
     epochs: int = 0
+    group: str = None              # reduce steps of one group (baseline, method) share one decomposition
 
 
 def _flag(k, v):
     f = "--" + k.replace("_", "-")
     if k == "targets":
         return " ".join(f"--target {t}" for t in v)
+    if isinstance(v, bool):
+        return f if v else f.replace("--", "--no-", 1)
     return f"{f} {v}"
 
 
@@ -113,20 +114,35 @@ def train_config(preset: str, opts: dict):
     p = dict(PRESETS[preset])
     model = ModelSpec(**p.pop("model"))
     given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in MODEL_OPTS}
-    return replace(TrainConfig(), model=replace(model, **given), **p,
-                   **{k: v for k, v in opts.items() if k not in MODEL_OPTS})
+    p.update({k: v for k, v in opts.items() if k not in MODEL_OPTS})  # study settings override the preset's
+    return replace(TrainConfig(), model=replace(model, **given), **p)
 
 
-def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None):
+def heal_config(base_cfg, reduced: Path, name: str, epochs: int):
+    """The trainer's config that heals a reduced run: the baseline's own recipe (batch size, augmentation,
+    label smoothing, weight decay, split) from the reduced weights, a tenth of its lr, no warmup."""
+    return replace(base_cfg, init_from=str(reduced), name=name, epochs=epochs, lr=base_cfg.lr * HEAL_LR_FACTOR,
+                   warmup_epochs=0.0)
+
+
+def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None,
+         train_opts=None, frontier_opts=None):
     """(steps, notes): every step of the study in order (per seed: train all rows, then reduce and
     heal), and sentences for the report about rows that get no post-hoc twin."""
     from .data import DATASETS, canonical_name
+    from . import frontier
+    if preset in frontier.FRONTIERS:
+        return frontier.plan(preset, seeds, out, epochs=epochs, heal_epochs=heal_epochs, device=device,
+                             data_dir=data_dir, train_opts=train_opts, **(frontier_opts or {}))
+    if frontier_opts:
+        raise UserError(f"--{next(iter(frontier_opts))} applies to the frontier presets "
+                        f"({', '.join(frontier.FRONTIERS)}), not to {preset}")
     if preset not in GRIDS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(GRIDS)}")
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*frontier.FRONTIERS, *GRIDS])}")
     runs = out / "runs"
     steps, notes, sels = [], [], {}
     for seed in range(seeds):
-        extra = {"seed": seed, "out": str(runs), "device": device}
+        extra = {**(train_opts or {}), "seed": seed, "out": str(runs), "device": device}
         if epochs:
             extra["epochs"] = epochs
         if data_dir:
@@ -162,10 +178,12 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device=
                 cmd = (f"laser-tool reduce {runs / base_name} " + " ".join(f"--layer {s}" for s in sel)
                        + f" --method {method} --store factored --out {runs / name}")
                 steps.append(Step("reduce", name, cmd, parent=base_name, selectors=sel, method=method))
-                if heal_epochs:
+                if heal_epochs or 0:
                     healed = f"{row.id}-posthoc-{method}-heal{heal_epochs}-s{seed}"
-                    cmd = f"laser-tool study --preset {preset} --out {out} --heal-epochs {heal_epochs}"
-                    steps.append(Step("heal", healed, cmd, parent=name, epochs=heal_epochs))
+                    hcfg = heal_config(cfgs[base_row], runs / name, healed, heal_epochs)
+                    cmd = (f"laser-tool train --init-from {runs / name} --out {runs} --name {healed} "
+                           f"--epochs {heal_epochs} --lr {hcfg.lr:g} --warmup-epochs 0")
+                    steps.append(Step("heal", healed, cmd, cfg=hcfg, parent=name, epochs=heal_epochs))
     return steps, notes
 
 
@@ -177,72 +195,49 @@ def _done(run: Path):
         return None
 
 
-def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
-    """Fine-tune a reduced run for `epochs` epochs (AdamW, a tenth of its training lr, cosine to 0),
-    keep the best epoch by validation accuracy, and write it as a new run recording `heal`."""
-    import torch
-    import torch.nn.functional as F
-    from trainers.optim import lr_at, make_optimizer, set_lr
-    from .checkpoint import load_run
-    from .data import BatchLoader, default_augment
-    from .evaluate import evaluate
-    from .fileio import atomic_write_text
-    from .device import resolve_device
-    from .predictions import FILE as PRED_FILE, model_predictions
-    from .reduce import write_run
-    dev = resolve_device(device)
-    model, config = load_run(reduced, dev)
-    seed, lr = config.get("seed", 0), config.get("lr", 1e-3) * HEAL_LR_FACTOR
-    torch.manual_seed(seed)
-    loader = BatchLoader(splits.train_x, splits.train_y, config.get("batch_size", 128), shuffle=True,
-                         drop_last=True, augment=default_augment(config["dataset"]), seed=seed + 7919, device=dev)
-    if len(loader) == 0:
-        raise UserError(f"{len(splits.train_x)} training images make no batch of {loader.batch_size}: "
-                        f"nothing to heal with")
-    opt = make_optimizer(model, lr, config.get("weight_decay", 0.0))
-    total, step, best, best_state, history, t0 = len(loader) * epochs, 0, -1.0, None, [], time.time()
-    for epoch in range(epochs):
-        model.train()
-        for x, y in loader.epoch(epoch):
-            set_lr(opt, lr_at(step, total, 0, lr))
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.get("grad_clip", 1.0))
-            opt.step()
-            step += 1
-        val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, 1000, dev)
-        history.append(dict(epoch=epoch + 1, train_loss=loss.item(), val_loss=val_loss, val_acc=val_acc,
-                            seconds=time.time() - t0))
-        if val_acc > best:
-            best, best_state = val_acc, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    test_loss, test_acc = evaluate(model, splits.test_x, splits.test_y, 1000, dev)
-    seconds = time.time() - t0
-    prior = json.loads((reduced / "final.json").read_text())
-    new_config = dict(config, name=out.name, parent=str(reduced),
-                      heal=dict(epochs=epochs, lr=lr, schedule="cosine to 0, no warmup", from_run=str(reduced)))
-    final = dict(status="complete", kind="healed", parent=str(reduced), test_acc=test_acc, test_loss=test_loss,
-                 val_acc=best, params=sum(p.numel() for p in model.parameters()), heal_seconds=seconds,
-                 train_seconds=(prior.get("train_seconds") or 0) + seconds, device=str(dev))
-    write_run(out, {"final.json": final, PRED_FILE: model_predictions(model, splits, 1000, dev)}, model, new_config)
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    return out
+def check_same_settings(runs: Path, steps: list) -> None:
+    """Refuse to reuse runs trained with other settings: a study's runs are found again by name, so a
+    second invocation with, say, other --epochs into the same --out would otherwise mix the two."""
+    from trainers.train import settings
+    for st in steps:
+        f = runs / st.name / "config.json"
+        if st.cfg is None or not f.exists():
+            continue
+        try:
+            old = settings(json.loads(f.read_text()))
+        except (OSError, ValueError, AttributeError):
+            raise UserError(f"{f} is unreadable; move {f.parent} away to retrain it") from None
+        new = settings(st.cfg.to_dict())
+        if st.kind == "heal":  # the trainer takes a healed run's model from its source
+            old.pop("model", None), new.pop("model", None)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise UserError(f"{runs.parent} holds runs made with other settings ({st.name}: "
+                            f"{', '.join(diff)} differ); use another --out for these settings")
 
 
-def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
-              log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
+@locked(lambda a: Path(a["out"] or f"studies/{a['preset']}"))  # one writer per study directory
+def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+              log=lambda s: print(s, file=sys.stderr, flush=True), train_opts=None, frontier_opts=None) -> Path:
     """Run (or continue) a study; returns the path of its report.md."""
     # Modules, not names: tests count calls by patching them.
     from trainers import train as trainer
+    from trainers.rundir import remove_run
+    from .fileio import remove_debris
     from . import reduce as reducer
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
-    seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
+    from .frontier import FRONTIERS
+    default_seeds = FRONTIERS[preset].seeds if preset in FRONTIERS else DEFAULT_SEEDS.get(preset, 1)
+    seeds = default_seeds if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
-    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
+    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    for st in steps:  # every setting in range before any data is read or any run starts
+        if st.kind in ("train", "heal"):
+            st.cfg.validate()
     runs = out / "runs"
+    check_same_settings(runs, steps)
     splits_cache, failed, work = {}, [], 0
     todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
     if todo:  # a missing dataset is one clear error up front, not one per run
@@ -262,28 +257,32 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
             continue
         t0 = time.time()
         try:
-            if st.kind == "train":
+            if st.kind in ("train", "heal"):  # healing is training from the reduced run (--init-from)
                 trainer.train(st.cfg)
             else:
                 parent = runs / st.parent
                 key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
                 if key not in splits_cache:  # one load of the data per seed, shared by its reductions
                     splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
-                if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
-                    shutil.rmtree(run)
-                if st.kind == "reduce":
-                    reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
-                                       device=device, splits=splits_cache[key])
-                else:
-                    heal(parent, run, st.epochs, splits_cache[key], device)
+                # One decomposition per layer and method for every budget of the group still to do.
+                group = [g for g in steps if g.kind == "reduce" and (g is st or (
+                    st.group and g.group == st.group and _done(runs / g.name) is None))]
+                for g in group:
+                    if (runs / g.name).exists() or (runs / g.name).is_symlink():  # outputs appear whole or not
+                        remove_run(runs / g.name, what="study")  # at all; only a directory laser-tool wrote
+                remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
+                reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=st.method,
+                                           store="factored", outs={g.name: runs / g.name for g in group},
+                                           device=device, splits=splits_cache[key])
         except UserError as e:
             log(f"{tag}: FAILED: {e}")
             failed.append(st.name)
             continue
         work += 1
-        log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
+        acc = _done(run)
+        log(f"{tag}: done, " + (f"test acc {acc:.4f}" if acc is not None else "final.json unreadable")
+            + f" ({time.time() - t0:.0f} s)")
     report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
-    log(f"report: {report}")
     if failed:
         more = "..." if len(failed) > 4 else ""
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "

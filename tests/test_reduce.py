@@ -255,10 +255,12 @@ def test_factored_equals_dense_with_fewer_params(base, tmp_path):
     fd, ff = (json.loads((p / "final.json").read_text()) for p in (dense, fact))
     assert ff["params"] < fd["params"] == json.loads((base / "final.json").read_text())["params"]
     assert ff["kind"] == "post-hoc" and ff["status"] == "complete" and ff["parent"] == str(base)
+    assert ff["eval_precision"] == "fp32"  # scored as its parent was (autocast only on CUDA)
     rep = json.loads((fact / "reduce.json").read_text())
     layer = next(l for l in rep["layers"] if l["name"] == "blocks.0.ffn.in")
     assert layer["rank_after"] == int(0.3 * 64 * 32 / 96) and layer["params_after"] == layer["rank_after"] * 96 + 64
-    assert {"shape", "method", "rank_before", "params_before", "rel_frobenius_error", "energy_kept"} <= set(layer)
+    assert {"shape", "method", "rank_before", "params_before", "rel_frobenius_error", "energy_kept_weight",
+            "energy_kept_truncated"} <= set(layer)
     cfg = json.loads((fact / "config.json").read_text())
     assert cfg["model"]["layers"]["blocks.0.ffn.in"] == {"kind": "factored", "rank": 6, "bias": True}
     _, meta_cfg = load_run(fact)
@@ -290,6 +292,16 @@ def test_structured_layer_reduces_to_linear(tmp_path):
     assert torch.linalg.matrix_rank(model.blocks[0]["ffn"].fc_in.weight) == 3
 
 
+def test_saves_nothing_warning_compares_with_the_replaced_layer(tmp_path, capsys):
+    """A low-rank layer stored dense grows even at a rank far below the dense break-even rank."""
+    run = make_run(tmp_path, steps=0, variant="lowrank", targets=["ffn-in"], scale=0.5)
+    reduce_run(run, ["0:fc_in=4"], store="dense", out=tmp_path / "dense")
+    err = capsys.readouterr().err
+    assert "blocks.0.ffn.in" in err and "saves nothing" in err and "lowrank layer it replaces" in err
+    reduce_run(run, ["0:fc_in=4"], store="factored", out=tmp_path / "fact")   # smaller than the low-rank layer
+    assert "saves nothing" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ the command and its errors
 
 def cli(*args):
@@ -299,7 +311,7 @@ def cli(*args):
 def test_cli_reduce_and_warning(base, tmp_path):
     res = cli("reduce", base, "--layer", "0:fc_in", "--rank", "30", "--store", "factored", "--out", tmp_path / "w")
     assert res.exit_code == 0, res.output
-    assert "saves no parameters" in res.stderr
+    assert "saves nothing" in res.stderr
     assert json.loads((tmp_path / "w" / "reduce.json").read_text())["warnings"]
     res = cli("reduce", base, "--layer", "head", "--rank", "rho:0.5")      # default sibling directory
     assert res.exit_code == 0, res.output

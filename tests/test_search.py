@@ -59,6 +59,10 @@ def test_search_meets_budget_and_applies(base, tmp_path):
     chosen = rep["chosen"]
     assert chosen["params"] <= rep["budget_params"] and chosen["meets_budget"]
     assert rep["allocation"]["params"] <= rep["budget_params"]
+    # the parameters used are reported against the budget (an upper bound)
+    assert chosen["fraction_kept"] == pytest.approx(chosen["params"] / rep["selected_params"])
+    assert chosen["fraction_kept"] <= chosen["budget_fraction"] == 0.5
+    assert chosen["budget_unused"] == pytest.approx(rep["budget_params"] - chosen["params"])
     # LASER's compose done right: a step is accepted exactly when it is at least the best so far.
     best = rep["allocation"]["val_acc"]
     for s in rep["compose"]["steps"]:

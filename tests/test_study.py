@@ -45,27 +45,38 @@ def tiny_study(tmp_path, monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
     write_fashion(tmp_path / "data" / "fashion-mnist")
     calls = {"train": [], "reduce": [], "heal": []}
-    real_train, real_reduce, real_heal = trainer.train, reducer.reduce_run, study.heal
+    real_train, real_reduce = trainer.train, reducer.reduce_run
 
-    def count(kind, fn):
-        def wrapped(*a, **k):
-            calls[kind].append(a[0] if kind != "train" else a[0].name)
-            return fn(*a, **k)
-        return wrapped
-    monkeypatch.setattr(trainer, "train", count("train", real_train))
-    monkeypatch.setattr(reducer, "reduce_run", count("reduce", real_reduce))
-    monkeypatch.setattr(study, "heal", count("heal", real_heal))
+    def train(cfg, *a, **k):  # healing is a trainer run started from the reduced run (--init-from)
+        calls["heal" if cfg.init_from else "train"].append(cfg.name)
+        return real_train(cfg, *a, **k)
+
+    def reduce(*a, **k):
+        calls["reduce"].append(a[0])
+        return real_reduce(*a, **k)
+    monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(reducer, "reduce_run", reduce)
     return tmp_path, calls
 
 
 def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     tmp, calls = tiny_study
     lines = []
-    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", heal_epochs=1, log=lines.append)
+    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", heal_epochs=1, log=lines.append,
+              train_opts={"augment": False, "label_smoothing": 0.1})
     report = study.run_study("quick", **kw)
     assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0"]
     assert len(calls["reduce"]) == 2 and len(calls["heal"]) == 2  # svd + whiten, each healed
-    assert len(lines) == 7 + 1 and all("done, test acc" in ln for ln in lines[:7])  # a line per run + report
+    assert len(lines) == 7 and all("done, test acc" in ln for ln in lines)  # a line per run
+    # Healing trains with the run's own recipe (here: no augmentation, label smoothing 0.1, its batch size)
+    base_cfg = json.loads((tmp / "st" / "runs" / "A-baseline-s0" / "config.json").read_text())
+    healed = json.loads((tmp / "st" / "runs" / "B-posthoc-svd-heal1-s0" / "config.json").read_text())
+    for k in ("augment", "label_smoothing", "batch_size", "weight_decay", "seed", "val_size", "dataset"):
+        assert healed["train"][k] == base_cfg["train"][k], k
+    assert healed["train"]["augment"] is False and healed["resolved"]["augment"] == base_cfg["resolved"]["augment"]
+    assert healed["lr"] == pytest.approx(base_cfg["lr"] * study.HEAL_LR_FACTOR) and healed["epochs"] == 1
+    assert healed["init_source"]["run"].endswith("B-posthoc-svd-s0") and healed["heal"]["epochs"] == 1
+    assert healed["model"]["layers"] and healed["reduction"]  # the factored layers were kept
     md = report.read_text()
     assert "| baseline | baseline | 1 |" in md and "↳ baseline -> svd ffn-in+ffn-out" in md
     assert "+ heal 1ep" in md and "laser-tool train --preset quick --variant lowrank --target ffn" in md
@@ -93,6 +104,24 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     (tmp / "st" / "runs" / "C-lowrank-ffn-s0" / "final.json").unlink()
     study.run_study("quick", **kw)
     assert calls == {"train": ["C-lowrank-ffn-s0"], "reduce": [], "heal": []}
+
+
+def test_study_takes_train_settings_and_refuses_to_mix_them(tiny_study):
+    """`--epochs` (once a TypeError) and any train setting reach every run and are part of its identity:
+    a second invocation with other settings into the same --out is refused, nothing is reused."""
+    tmp, calls = tiny_study
+    cli = CliRunner()
+    common = ["study", "--preset", "quick", "--out", str(tmp / "st"), "--device", "cpu",
+              "--data-dir", str(tmp / "data")]
+    res = cli.invoke(main, common + ["--epochs", "1", "--lr", "0.002", "--batch-size", "25"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines() == [str(tmp / "st" / "report.md")]  # the path, once
+    cfg = json.loads((tmp / "st" / "runs" / "B-half-ffn-s0" / "config.json").read_text())
+    assert (cfg["epochs"], cfg["lr"], cfg["batch_size"]) == (1, 0.002, 25)
+    made = sum(len(v) for v in calls.values())
+    res = cli.invoke(main, common + ["--epochs", "2", "--lr", "0.002", "--batch-size", "25"])
+    assert res.exit_code == 2 and "holds runs made with other settings" in res.output and "epochs" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and sum(len(v) for v in calls.values()) == made
 
 
 def test_plan_rows_and_shared_post_hoc_twins(tmp_path):

@@ -200,3 +200,54 @@ def test_quick_preset_reaches_85_percent(tmp_path):
     final = json.loads((tmp_path / "quick" / "final.json").read_text())
     print(f"quick preset: test acc {final['test_acc']:.4f}, {final['train_seconds']:.0f} s, {final['params']} params")
     assert final["test_acc"] >= 0.85
+
+
+# ------------------------------------------------------------------ --init-from, recorded settings
+
+def test_init_from_keeps_factored_layers_trains_and_never_ends_worse(data_dir, tmp_path):
+    from laser_tool.reduce import reduce_run
+    base = train(tiny_cfg(data_dir, tmp_path, epochs=2, name="base"), progress=False)
+    cut = reduce_run(base, ["blocks.0.ffn.*=2"], method="svd", store="factored", out=tmp_path / "cut",
+                     device="cpu", data_dir=data_dir)
+    res = CliRunner().invoke(main, ["train", "--init-from", str(cut), "--out", str(tmp_path), "--name", "healed",
+                                    "--epochs", "1", "--lr", "3e-4", "--warmup-epochs", "0", "--batch-size", "50",
+                                    "--no-augment", "--device", "cpu", "--data-dir", str(data_dir)])
+    assert res.exit_code == 0, res.output
+    healed = tmp_path / "healed"
+    cfg, final = (json.loads((healed / f).read_text()) for f in ("config.json", "final.json"))
+    # the source's structure and split; its reductions carried, so compare files it as healed
+    assert cfg["model"]["layers"]["blocks.0.ffn.in"] == {"kind": "factored", "rank": 2, "bias": True}
+    assert (cfg["dataset"], cfg["val_size"], cfg["seed"]) == ("mnist", 200, 0)
+    assert cfg["split"]["val_indices"] == json.loads((base / "config.json").read_text())["split"]["val_indices"]
+    assert cfg["reduction"] and cfg["heal"]["epochs"] == 1 and cfg["init_source"]["run"] == str(cut)
+    model, _ = load_run(healed)
+    assert type(model.blocks[0]["ffn"].fc_in).__name__ == "FactoredLinear"
+    # it trained (the last weights moved) and the starting model was the epoch-0 candidate
+    start = load_file(str(cut / "model.safetensors"))
+    last = load_file(str(healed / "last.safetensors"))
+    assert not torch.equal(start["blocks.0.ffn.fc_in.U"], last["blocks.0.ffn.fc_in.U"])
+    hist = [json.loads(line) for line in (healed / "metrics.jsonl").read_text().splitlines()]
+    assert final["init_val_acc"] == json.loads((cut / "final.json").read_text())["val_acc"]
+    assert final["val_acc"] == max(final["init_val_acc"], *(h["val_acc"] for h in hist))
+    assert final["best_epoch"] == (0 if final["val_acc"] == final["init_val_acc"] else 1)
+
+
+def test_init_from_refuses_another_split_and_model_options(data_dir, tmp_path):
+    base = train(tiny_cfg(data_dir, tmp_path, epochs=1, name="base"), progress=False)
+    with pytest.raises(UserError, match="data split differs from the source's .*seed 1 vs 0"):
+        train(tiny_cfg(data_dir, tmp_path, init_from=str(base), seed=1, name="other"), progress=False)
+    res = CliRunner().invoke(main, ["train", "--init-from", str(base), "--dim", "64", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.strip() == (f"error: --init-from takes the model from {base}; "
+                                                         f"drop --dim")
+    assert not (tmp_path / "other").exists()
+
+
+def test_config_records_request_and_resolved_values_apart(data_dir, tmp_path):
+    run = train(tiny_cfg(data_dir, tmp_path, epochs=1, augment=True, decay_all=True), progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    final = json.loads((run / "final.json").read_text())
+    assert cfg["augment"] is True and cfg["train"]["augment"] is True            # the request
+    assert cfg["resolved"]["augment"]["crop_padding"] > 0                          # what ran (MNIST: shifts)
+    assert cfg["amp"] == "auto" and cfg["resolved"]["amp"] == "fp32"             # CPU: autocast off
+    assert cfg["decay_all"] is True and cfg["resolved"]["weight_decay_on"] == "every parameter"
+    assert final["eval_precision"] == cfg["resolved"]["eval_precision"] == "fp32"

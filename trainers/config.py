@@ -1,7 +1,9 @@
 """Every setting of a training run, as one dataclass; stored in config.json and in each checkpoint."""
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec
 
 
@@ -20,15 +22,50 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    grad_clip: float = 5.0
+    grad_clip: Optional[float] = 5.0      # max gradient norm; None = no clipping (`--grad-clip off`)
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda
     amp: str = "auto"                     # auto (bf16 on CUDA, fp16+scaler without bf16, off on CPU) | off
     compile: bool = False
+    decay_all: bool = False               # weight decay on every parameter (the seed's AdamW) or on matrices only
+    init_from: Optional[str] = None       # start from this run's weights and structure (fine-tuning, healing)
     eval_batch_size: int = 1000
     out: str = "runs"
     name: Optional[str] = None
+
+    def validate(self) -> "TrainConfig":
+        """Every number in its valid range, checked before any data is read; UserError names the option."""
+        def num(name, value, lo, hi=math.inf, lo_open=False, hi_open=False, integer=False):
+            flag = "--" + name.replace("_", "-")
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+                raise UserError(f"{flag} {value!r} is not a{'n integer' if integer else ' finite number'}")
+            if value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi):
+                rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or hi == math.inf else ']'}"
+                raise UserError(f"{flag} {value!r} is outside its valid range {rng}")
+        num("epochs", self.epochs, 1, integer=True)
+        num("batch_size", self.batch_size, 1, integer=True)
+        num("eval_batch_size", self.eval_batch_size, 1, integer=True)
+        num("grad_accum", self.grad_accum, 1, integer=True)
+        num("lr", self.lr, 0, lo_open=True)
+        num("weight_decay", self.weight_decay, 0)
+        num("warmup_epochs", self.warmup_epochs, 0)
+        if self.grad_clip is not None:
+            num("grad_clip", self.grad_clip, 0, lo_open=True)
+        num("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+        num("seed", self.seed, 0, integer=True)
+        if self.val_size is not None:
+            if isinstance(self.val_size, int) and self.val_size == 0:
+                raise UserError("--val-size 0 leaves no validation images, but model.safetensors is the best "
+                                "epoch by validation accuracy; hold out at least 1 image (default 5000)")
+            num("val_size", self.val_size, 1, integer=True)
+        if self.train_subset is not None:
+            num("train_subset", self.train_subset, 1, integer=True)
+        if self.amp not in ("auto", "off"):
+            raise UserError(f"--amp {self.amp!r}: choose auto or off")
+        self.model.validated()  # model sizes and dropouts (patch vs image size: once the data is known)
+        return self
 
     def to_dict(self) -> dict:
         d = asdict(self)

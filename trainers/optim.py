@@ -10,10 +10,11 @@ import math
 import torch
 
 
-def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False):
-    """AdamW; no weight decay on biases, norms and scalars. fused=True (CUDA) runs one kernel per step."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False, decay_all: bool = False):
+    """AdamW. By default no weight decay on biases, norms and scalars (1-D tensors); decay_all=True decays
+    every parameter, as the seed's AdamW(model.parameters()) did. fused=True (CUDA) runs one kernel per step."""
+    decay = [p for p in model.parameters() if p.requires_grad and (decay_all or p.ndim >= 2)]
+    no_decay = [p for p in model.parameters() if p.requires_grad and not decay_all and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 

@@ -41,17 +41,24 @@ def load_state(path, model, optimizer, scaler, device) -> dict:
         meta = json.loads(data[8:8 + header_len])["__metadata__"]
     except Exception as e:  # any unreadable file is the same problem to the user
         raise UserError(f"cannot read the resume point {path} ({e}); start afresh with --overwrite") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v.to(device) if name != "step" else v
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    scaler_state = json.loads(meta["scaler"])
-    if scaler is not None and scaler_state:
-        scaler.load_state_dict(scaler_state)
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return json.loads(meta["counters"])
+    try:  # a resume point from another model or a hand-edited file: one line, not a traceback
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v.to(device) if name != "step" else v
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        scaler_state = json.loads(meta["scaler"])
+        if scaler is not None and scaler_state:
+            scaler.load_state_dict(scaler_state)
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        counters = json.loads(meta["counters"])
+        for key in ("epoch", "step_in_epoch", "global_step", "best_val_acc", "best_epoch", "history"):
+            counters[key]
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise UserError(f"the resume point {path} does not belong to this run ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:100] if str(e) else ''}); start afresh with --overwrite") from None
+    return counters

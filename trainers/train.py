@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -30,15 +29,17 @@ from laser_tool.checkpoint import load_model, save_model
 from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
-from laser_tool.evaluate import evaluate
-from laser_tool.fileio import atomic_write_json, atomic_write_text
-from laser_tool.models import build_model, count_params
+from laser_tool.evaluate import eval_amp_dtype, evaluate, precision_name
+from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
+from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.predictions import save_model_predictions
 
 from . import distributed as dist_
+from . import init_from as init_
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
+from .rundir import WRITER, finished, guarded, remove_run
 from .state import load_state, save_state
 
 # Settings that do not change what is trained: a run may be continued with these changed.
@@ -46,6 +47,8 @@ VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "
 
 
 def default_name(cfg: TrainConfig) -> str:
+    if cfg.init_from:
+        return f"{Path(cfg.init_from).name}-ft{cfg.epochs}-seed{cfg.seed}"
     m = cfg.model
     parts = [m.arch, cfg.dataset, m.variant or "baseline"]
     if m.variant in ("lowrank", "skl", "dyad"):
@@ -70,16 +73,21 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
         return cfg
     try:
         old = json.loads(cfg_file.read_text())
-    except ValueError:
-        raise UserError(f"{cfg_file} is corrupt; use --overwrite to start this run afresh") from None
+        if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
+            raise ValueError("not a training run's config")
+        kept = TrainConfig.from_dict(old["train"]).validate()
+    except (ValueError, UnicodeDecodeError, TypeError, UserError) as e:
+        raise UserError(f"{cfg_file} is corrupt or not a laser-tool training config ({str(e)[:80]}); "
+                        f"use --overwrite to start this run afresh") from None
     new = settings(cfg.to_dict())
     if settings(old) == new:
         return cfg
+    diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
     if resume:
         # --resume continues the run as it was configured; only volatile settings come from the command.
-        kept = TrainConfig.from_dict(old["train"])
+        print(f"note: --resume continues {run_dir} with its saved settings; ignoring this command's "
+              + ", ".join(f"{k}={new.get(k)!r} (saved {settings(old).get(k)!r})" for k in diff), file=sys.stderr)
         return replace(kept, **{k: getattr(cfg, k) for k in VOLATILE})
-    diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
     raise UserError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
                     f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
 
@@ -128,25 +136,33 @@ class StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+@guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
     """Train (or continue) the run `cfg` describes; returns its directory. A finished run returns at once."""
     device = resolve_device(cfg.device)
     d = dist_.setup(device.type)
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
+    source = None
+    if cfg.init_from:  # the model is the source's, exactly: its train-time variant and factored layers
+        source = init_.source_config(cfg.init_from)
+        cfg = replace(cfg, model=ModelSpec.from_dict(source["model"]))
     run_dir = Path(cfg.out) / (cfg.name or default_name(cfg))
     cfg = settle_run_dir(run_dir, cfg, resume, overwrite)
     dist_.barrier(d)  # every rank has read the old config before rank 0 may delete it
     if overwrite and d.is_main and run_dir.exists():
-        shutil.rmtree(run_dir)
+        remove_run(run_dir)
     dist_.barrier(d)
-    if (run_dir / "final.json").exists() and not overwrite:
+    if finished(run_dir) and not overwrite:
         if d.is_main:
             print(f"{run_dir}: already complete", file=sys.stderr)
         return run_dir
 
+    if source:  # the source's split, or its training images could sit in our validation set
+        init_.check_split(cfg, source, cfg.init_from)
     splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset)
-    spec = fit_spec_to_data(cfg.model, splits)  # config["train"] keeps what was asked, for comparisons
+    # config["train"] keeps what was asked, for comparisons; "model" what was built
+    spec = ModelSpec.from_dict(source["model"]) if source else fit_spec_to_data(cfg.model, splits)
 
     micro, rem = divmod(cfg.batch_size, d.world_size * cfg.grad_accum)
     if rem or micro < 1:
@@ -163,28 +179,36 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(spec).to(device)
+    model = build_model(spec)
+    init_info = init_.load_init_weights(model, cfg.init_from) if source else None
+    model = model.to(device)
     params = count_params(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
-    amp_dtype = None
-    if device.type == "cuda" and cfg.amp != "off":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda",
+                               decay_all=cfg.decay_all)
+    amp_dtype = eval_amp_dtype(device, cfg.amp)  # training and every evaluation use the same precision
+    if amp_dtype is not None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     config = {
-        "kind": "train", "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
+        "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
         "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step",
                      "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "total_steps": total_steps},
         "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
         "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
                   "val_indices": splits.val_indices, "source": splits.source},
-        "augment": dataclasses.asdict(augment),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        # What the requests (train.augment, train.amp, train.decay_all) resolved to.
+        "resolved": {"augment": dataclasses.asdict(augment), "amp": precision_name(amp_dtype),
+                     "eval_precision": precision_name(amp_dtype),
+                     "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
         "versions": versions(), "git_commit": git_commit(),
     }
-    # Flattened for readers who just want the usual keys (compare, reduce).
+    if source:
+        config["init_source"] = init_info  # "init_from" is the request (a path)
+        config.update(init_.inherited(source, cfg))
+    # The request's keys, flattened for readers who just want the usual keys (compare, reduce); no
+    # resolved value shares a name with them.
     config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
 
     counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
@@ -198,6 +222,14 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     if d.is_main:
         atomic_write_json(run_dir / "config.json", config)
         write_metrics(run_dir, counters["history"])
+
+    if source and not counters["history"] and counters["best_epoch"] < 0:
+        # The starting model is the epoch-0 candidate of the validation selection: a fine-tune
+        # (e.g. healing) that never beats it on validation keeps it, so it can never end up worse.
+        _, val0 = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
+        counters.update(best_val_acc=val0, best_epoch=0, init_val_acc=val0)
+        if d.is_main:
+            save_model(run_dir / "model.safetensors", model, config)
 
     raw_model = model
     if cfg.compile and device.type == "cuda":
@@ -236,7 +268,8 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 if not last_micro:
                     continue
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip is not None:  # None: --grad-clip off
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -271,8 +304,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
             check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
             if d.is_main:
-                end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
-                             amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+                with deferred_commit():  # the epoch's files land together, or (disk full) none of them
+                    end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
+                                 amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
@@ -280,7 +314,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                 interrupted(d, f"after epoch {epoch + 1}")
 
     if d.is_main:
-        finish(run_dir, raw_model, config, counters, splits, cfg, device, amp_dtype, params)
+        finish(run_dir, raw_model, config, counters, splits, cfg, spec, device, amp_dtype, params)
     dist_.barrier(d)
     dist_.cleanup(d)
     return run_dir
@@ -316,21 +350,23 @@ def write_metrics(run_dir, history):
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
-def finish(run_dir, model, config, counters, splits, cfg, device, amp_dtype, params):
+def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtype, params):
     """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
     _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
     best, _ = load_model(run_dir / "model.safetensors", device)
     _, test_best = evaluate(best, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
-    # Per-image predictions of the selected model, so `compare` can pair runs image by image.
-    save_model_predictions(run_dir, best, splits, device, cfg.eval_batch_size, amp_dtype)
     hist = counters["history"]
     final = {
         "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
         "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
         "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
         "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
-        "dataset": cfg.dataset, "arch": cfg.model.arch, "seed": cfg.seed,
+        "dataset": cfg.dataset, "arch": spec.arch, "seed": cfg.seed, "eval_precision": precision_name(amp_dtype),
     }
-    atomic_write_json(run_dir / "final.json", final)
+    if "init_val_acc" in counters:
+        final["init_val_acc"] = counters["init_val_acc"]
+    with deferred_commit():  # per-image predictions (compare pairs runs image by image) land with final.json
+        save_model_predictions(run_dir, best, splits, device, cfg.eval_batch_size, amp_dtype)
+        atomic_write_json(run_dir / "final.json", final)
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
           f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)
