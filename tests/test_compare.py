@@ -484,3 +484,13 @@ def test_metric_val_and_json_rows_carry_both_metrics(tmp_path):
     assert low["p_kind"] == "welch" and low["p_vs_baseline_holm"] == pytest.approx(low["p_vs_baseline"])
     md = CliRunner().invoke(main, ["compare", str(tmp_path), "--no-speed", "--metric", "val"]).stdout
     assert "Δ val vs baseline (pp)" in md and "val acc %" in md
+
+
+def test_study_report_opens_with_the_answer(tmp_path):
+    import time
+    from laser_tool import study
+    _frontier(tmp_path / "st" / "runs")
+    md = study.write_report(tmp_path / "st", "quick", 1, [], [], "cpu", time.time()).read_text()
+    assert md.index("## The answer") < md.index("(plot.png)") < md.index("## All rows")
+    assert md.count("\n- At keep ≈") == 2 and "| lowrank ffn | 89.50 |" in md
+    assert (tmp_path / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
