@@ -19,7 +19,7 @@ from pathlib import Path
 from statistics import mean
 
 from .describe import (NOT_RECIPE, RECIPE_KEYS, SECTION_KEYS, STEP_PER_RUN, STRUCTURED,  # noqa: F401
-                       VARIANT_FIELDS, _curve, _family, _label, describe, layer_role, recipe_of, roles_text,
+                       VARIANT_FIELDS, VARIANT_TRAIN_KEYS, _curve, _family, _label, describe, layer_role, recipe_of, roles_text,
                        section_title)
 from .errors import UserError
 from .runs import RUN_FILES, Run, find_run_dirs, read_run  # noqa: F401 (re-exported)
@@ -74,17 +74,24 @@ class Comparison:
 
 def _pick_baselines(groups: list, want) -> dict:
     """{base_match: reference group} of a section: per recipe, the group holding run `want` if it has
-    that recipe, else a dense unreduced group (the arch's default FFN width first, then the most
-    parameters)."""
+    that recipe, else a dense unreduced group (the arch's default FFN width first, then the widest)."""
+    from .budget import layer_table
     from .models import ARCH_DEFAULTS
     default = lambda g: g.desc["spec"].mlp_dim == ARCH_DEFAULTS[g.desc["spec"].arch]["mlp_dim"]
+
+    def width(g):  # the unslimmed model is the widest: its Linear layers hold the most parameters
+        try:
+            return sum(p for p, *_ in layer_table(g.runs[0].config["model"]).values())
+        except (UserError, TypeError, ValueError, KeyError, RuntimeError):
+            return 0
     out = {}
     for g in groups:
         if want and any(r.name == want or str(r.path) == str(want) for r in g.runs):
             out[g.desc["base_match"]] = g
-    for g in sorted(groups, key=lambda g: (default(g), g.params or 0, len(g.runs)), reverse=True):
-        if g.desc["spec"].variant is None and not g.desc["reductions"] and not g.desc["heal"]:
-            out.setdefault(g.desc["base_match"], g)
+    for g in sorted(groups, key=lambda g: (default(g), width(g), g.params or 0, len(g.runs)), reverse=True):
+        d = g.desc
+        if d["spec"].variant is None and not d["reductions"] and not d["heal"] and not d["slims_in_training"]:
+            out.setdefault(d["base_match"], g)
     return out
 
 
@@ -270,7 +277,7 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
         for g in groups:
             g.base = bases.get(g.desc["base_match"])
             g.family = _family(g.desc, g is g.base)
-            g.label = _label(g.desc, g.base.desc["spec"].mlp_dim if g.base else None)
+            g.label = _label(g.desc, g.base.desc["spec"] if g.base else None)
         _disambiguate(groups)
         speed_of = {}
         if speed:

@@ -15,11 +15,15 @@ NOT_RECIPE = {"model", "seed", "device", "out", "name", "eval_batch_size", "comp
               "dataset", "init_from", "resume", "overwrite"}
 # ModelSpec fields that say how a row is slimmed. Every other field (dropout, attn_dropout, ...) is
 # recipe: a row is only tested against a baseline that agrees on it.
-VARIANT_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "mlp_dim", "layers")
+VARIANT_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "mlp_dim", "dim_head", "layers",
+                  "keep", "param", "init", "monarch_blocks", "btt_rank")
+# Training settings that slim the model while it trains (progressive reduction): part of a row's
+# group key, but not of the recipe its baseline must share.
+VARIANT_TRAIN_KEYS = ("reduce_at", "reduce_to", "reduce_layers", "reduce_method", "reduce_tolerance", "reduce_window")
 # Parts of a recorded reduction step that differ between the seeds of one request.
 STEP_PER_RUN = ("parent", "parent_checkpoint", "ranks", "calib", "layers")
 # Runs are only tested against a baseline of the same dataset and base architecture.
-SECTION_KEYS = ("arch", "image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head")
+SECTION_KEYS = ("arch", "image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads")
 
 
 def layer_role(name: str):
@@ -122,21 +126,28 @@ def describe(config: dict) -> dict:
     reduced = frozenset(layer_role(name) for _, ranks, _ in reductions for name, _ in ranks)
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
-                base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS}, recipe]),
+                base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
+                                  {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS}]),
+                slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
                 recipe=recipe, targets=targets)
 
 
 def section_title(section) -> str:
-    dataset, arch, image, channels, classes, patch, dim, depth, heads, dim_head = section
+    dataset, arch, image, channels, classes, patch, dim, depth, heads = section
     return f"{dataset} / {arch} (dim {dim}, depth {depth}, heads {heads}, patch {patch}, {image}px)"
 
 
-def _label(d: dict, baseline_mlp) -> str:
+def _label(d: dict, base_spec) -> str:
     s = d["spec"]
     v = s.variant
+    baseline_mlp = base_spec.mlp_dim if base_spec is not None else None
     if v is None:
-        text = "baseline" if s.mlp_dim == baseline_mlp or baseline_mlp is None else f"dense mlp {s.mlp_dim}"
+        narrowed = [f"{k.replace('_', ' ')} {getattr(s, k)}" for k in ("mlp_dim", "dim_head")
+                    if base_spec is not None and getattr(s, k) != getattr(base_spec, k)]
+        text = "dense " + " ".join(narrowed).replace("mlp dim", "mlp") if narrowed else "baseline"
+        if d.get("slims_in_training"):
+            text = "progressive" if text == "baseline" else f"progressive {text}"
     elif v == "half-ffn":
         text = f"half-ffn (mlp {s.mlp_dim // 2})"
     else:
@@ -164,6 +175,8 @@ def _family(d: dict, is_baseline: bool) -> str:
         return "post-hoc"
     if is_baseline:
         return "baseline"
+    if d.get("slims_in_training"):
+        return "progressive"
     return "narrower-ffn" if d["spec"].variant in (None, "half-ffn") else "train-time"
 
 
@@ -172,5 +185,10 @@ def _curve(d: dict, family: str) -> str:
     if family in ("post-hoc", "healed"):
         return f"{family} {d['reductions'][-1][0]} {roles_text(r for _, r in d['reduced_layers'])}"
     if family == "train-time":
-        return f"{d['spec'].variant} {roles_text(r for _, r in d['layer_set'])}"
+        s = d["spec"]
+        extra = "".join(f" {x}" for x in (getattr(s, "param", "standard"), getattr(s, "init", "default"))
+                        if x not in ("standard", "default"))
+        return f"{s.variant}{extra} {roles_text(r for _, r in d['layer_set'])}"
+    if family == "progressive":
+        return f"progressive {d['recipe'].get('reduce_method') or 'svd'}"
     return "narrower" if family == "narrower-ffn" else family

@@ -494,3 +494,21 @@ def test_study_report_opens_with_the_answer(tmp_path):
     assert md.index("## The answer") < md.index("(plot.png)") < md.index("## All rows")
     assert md.count("\n- At keep ≈") == 2 and "| lowrank ffn | 89.50 |" in md
     assert (tmp_path / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progressive_and_attention_narrowed_rows_find_the_dense_baseline(tmp_path):
+    recipe = {"epochs": 2, "lr": 1e-3, "seed": 0, "reduce_at": None, "reduce_to": None, "reduce_layers": []}
+    prog = dict(recipe, reduce_at="1", reduce_to="params:0.5", reduce_layers=["*:mlp"])
+    for s in range(2):
+        make_run(tmp_path, f"base-s{s}", 0.86, seed=s, train=dict(recipe, seed=s))
+        make_run(tmp_path, f"prog-s{s}", 0.85, seed=s, train=dict(prog, seed=s),
+                 spec=replace(TINY, layers={**factored("ffn.in", 10 + s), **factored("ffn.out", 10 + s)}))
+        make_run(tmp_path, f"attn-s{s}", 0.84, seed=s, train=dict(recipe, seed=s), spec=replace(TINY, dim_head=8))
+    c = cmp.compare_runs([tmp_path], speed=False)
+    assert len({r["section"] for r in c.rows}) == 1
+    by = {r["family"]: r for r in c.rows}
+    assert set(by) == {"baseline", "progressive", "narrower-ffn"} and by["baseline"]["n"] == 2
+    assert by["progressive"]["n"] == 2 and by["progressive"]["baseline"] == "baseline"  # one plan, ranks by seed
+    assert by["progressive"]["curve"] == "progressive svd" and 0 < by["progressive"]["keep"] < 1
+    assert by["narrower-ffn"]["label"] == "dense dim head 8" and by["narrower-ffn"]["baseline"] == "baseline"
+    assert by["narrower-ffn"]["targeted_layers"] == "attn" and by["narrower-ffn"]["keep"] == pytest.approx(0.5, abs=0.02)
