@@ -19,8 +19,8 @@ from pathlib import Path
 from statistics import mean
 
 from .describe import (NOT_RECIPE, RECIPE_KEYS, SECTION_KEYS, STEP_PER_RUN, STRUCTURED,  # noqa: F401
-                       VARIANT_FIELDS, VARIANT_TRAIN_KEYS, _curve, _family, _label, describe, layer_role, recipe_of, roles_text,
-                       section_title)
+                       VARIANT_FIELDS, VARIANT_TRAIN_KEYS, _curve, _family, _label, describe, layer_role,
+                       recipe_of, roles_text, section_title)
 from .errors import UserError
 from .runs import RUN_FILES, Run, find_run_dirs, read_run  # noqa: F401 (re-exported)
 from .stats import Z95, diff_halfwidth, holm, summarize, welch_p  # noqa: F401 (re-exported)

@@ -27,7 +27,8 @@ def _sha(t) -> str:
 
 def predictions_bytes(dataset: str, test, test_labels, val=None, val_labels=None, val_indices=None) -> bytes:
     """The file's bytes (for a run directory built in a temp folder and renamed into place)."""
-    tensors = {"test": torch.as_tensor(test).to(torch.int16), "test_labels": torch.as_tensor(test_labels).to(torch.int16)}
+    tensors = {"test": torch.as_tensor(test).to(torch.int16),
+               "test_labels": torch.as_tensor(test_labels).to(torch.int16)}
     meta = dict(dataset=str(dataset), test_size=len(tensors["test"]), test_labels_sha=_sha(test_labels))
     if len(tensors["test"]) != len(tensors["test_labels"]):
         raise ValueError("test predictions and labels differ in length")

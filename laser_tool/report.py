@@ -95,7 +95,8 @@ def markdown(comparison, commands=None) -> str:
                 base_d, base_p = _pp(r, "baseline"), _p_holm(r, "baseline")
             paired_p = "" if r["paired_with"] is None else _p_holm(r, "paired")
             keep = "" if r.get("keep") is None else f"{r['keep']:.3f}"
-            val = _pct(r.get("val_acc_mean")) + ("" if r.get("val_acc_std") is None else f" ± {_pct(r['val_acc_std'])}")
+            val = _pct(r.get("val_acc_mean"))
+            val += "" if r.get("val_acc_std") is None else f" ± {_pct(r['val_acc_std'])}"
             out.append(f"| {label} | {r['family']} | {r['n']} | {_num(r['params'])} | {keep} | {_acc(r)} | {_ci(r)} | "
                        f"{val} | {base_d} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
                        f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |")
@@ -177,7 +178,8 @@ def pareto(points) -> list:
     return sorted(out, key=lambda i: points[i][0])
 
 
-AXES = {"keep": "fraction of the targeted layers' parameters kept", "train_flops": "training FLOPs (≈ 3 × forward × images seen)"}
+AXES = {"keep": "fraction of the targeted layers' parameters kept",
+        "train_flops": "training FLOPs (≈ 3 × forward × images seen)"}
 
 
 def _panel(ax, rows, x: str, colours: dict) -> None:

@@ -372,7 +372,8 @@ def test_recipes_are_kept_apart_and_rows_use_their_own_baseline(tmp_path):
     md = report.markdown(c)
     assert md.count("| no same-recipe baseline |") == 2
     # the two baselines are never compared with each other, nor with the other's variants
-    assert by["baseline [epochs=2]"]["diff_vs_baseline"] is None and by["baseline [epochs=5]"]["diff_vs_baseline"] is None
+    assert by["baseline [epochs=2]"]["diff_vs_baseline"] is None
+    assert by["baseline [epochs=5]"]["diff_vs_baseline"] is None
     # a setting the hand-written list never named still splits groups (derived from the train entry)
     d = tmp_path / "new"
     make_run(d, "a", 0.8, train={"epochs": 2, "lr": 1e-3, "future_knob": 1, "seed": 0, "device": "cpu"})
@@ -423,7 +424,8 @@ def _frontier(root, seeds=1):
         for i, (mlp, scale, r) in enumerate(((32, 0.5, 10), (16, 0.25, 5))):
             make_run(root, f"narrow{i}-s{s}", 0, seed=s, spec=replace(TINY, mlp_dim=mlp),
                      correct=correct_vector(wrong=range(24 + 6 * i)))
-            make_run(root, f"low{i}-s{s}", 0, seed=s, spec=replace(TINY, variant="lowrank", targets=["ffn"], scale=scale),
+            low = replace(TINY, variant="lowrank", targets=["ffn"], scale=scale)
+            make_run(root, f"low{i}-s{s}", 0, seed=s, spec=low,
                      correct=correct_vector(wrong=range(21 + 20 * i)))
             layers = {**factored("ffn.in", r), **factored("ffn.out", r)}
             step = [{"method": "svd", "selectors": ["*:mlp"], "rank": f"params:{scale}", "store": "factored",
