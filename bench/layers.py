@@ -1,16 +1,23 @@
-"""Forward+backward time of each structured layer against a dense nn.Linear at the seed's shapes.
+"""Forward+backward time of every structured layer against a dense nn.Linear at the seed's shapes.
 
-    .venv/bin/python bench/layers.py [--reps 9] [--device cpu|cuda|all] [--out bench/results/layers.json]
+    .venv/bin/python bench/layers.py [--reps 7] [--threads 1] [--device cpu|cuda|all] [--out FILE]
 
 Shapes: FFN 512->256 (ViT-tiny), FFN 256->1024 (xt-vit), attn-out 384->256 (xt-vit); rows = 256 images x
-65 tokens = 16,640. One step = forward on x (which requires grad, as inside a network) and backward of a
+65 tokens = 16,640. Every variant (low-rank, SKL, DYAD it/ot/dt, Monarch, BTT) is built at `--keep` 0.5 and
+0.25 (laser_tool/budget.py picks its rank / n_dyad / blocks); the row name is KIND@KEEP. At these shapes
+keep 0.5 gives the seed's own low-rank and SKL ranks and keep 0.25 the seed's n_dyad 8.
+One step = forward on x (which requires grad, as inside a network) and backward of a
 fixed upstream gradient, so dX, dW and db are all computed. The kinds are timed in interleaved rounds (the
 order rotates each round) so that load from other processes on a shared machine hits all of them alike;
 each kind's time is the median over rounds, and every ratio is to dense measured in the same run.
 
 FLOP ratios are analytic (forward; backward scales all kinds alike, 2x the forward):
 dense 2*N*d_in*d_out; low-rank 2*N*r*(d_in+d_out); DYAD 2*N*2*d_in*d_out/n_dyad; SKL the dense product
-with S plus building S, 2*k*r*k.
+with S plus building S, 2*k*r*k; Monarch and BTT 2*N*(their weight count), Monarch's padding included.
+
+Each row also gets the update-size ratio of tests/test_structured.py: RMS of the change of the layer's
+output on a fixed batch (64 x d_in, N(0,1)) after one step (SGD, and Adam's first step), over the dense
+layer's, under `--param standard` and `--param structured` (CPU only; it does not depend on the device).
 
 The results file keeps one entry per device, so a CUDA run elsewhere can be merged into the CPU one:
 running with --out on an existing file replaces only the devices measured.
@@ -29,26 +36,33 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from laser_tool.fileio import atomic_write_json  # noqa: E402
-from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear  # noqa: E402
+from laser_tool.budget import layer_setting  # noqa: E402
+from laser_tool.parametrize import make_structured  # noqa: E402
+from laser_tool.surgery import make_layer  # noqa: E402
 
 ROWS = 256 * 65
 SHAPES = {"ffn-512x256": (512, 256), "ffn-256x1024": (256, 1024), "attn-out-384x256": (384, 256)}
-N_DYAD, SCALE = 8, 0.5
-GOALS = {"lowrank": 0.75, "skl": 1.3, "dyad-it": 0.6, "dyad-ot": 0.6, "dyad-dt": 0.6}
+KEEPS = (0.5, 0.25)
+VARIANTS = ("lowrank", "skl", "dyad-it", "dyad-ot", "dyad-dt", "monarch", "btt")
+# Speed goals set for the seed's settings (scale 0.5, n_dyad 8), i.e. these keep levels at these shapes.
+GOALS = {"lowrank@0.5": 0.75, "skl@0.5": 1.3, "dyad-it@0.25": 0.6, "dyad-ot@0.25": 0.6, "dyad-dt@0.25": 0.6}
+
+
+def build(name, d_in, d_out):
+    """`dense` or VARIANT@KEEP, with the seed's (standard) init."""
+    if name == "dense":
+        return nn.Linear(d_in, d_out)
+    variant, keep = name.split("@")
+    kind, _, dyad_variant = variant.partition("-")
+    return make_layer(kind, d_in, d_out, True, 0.5, dyad_variant=dyad_variant or "it", keep=float(keep))
 
 
 def make_layers(d_in, d_out):
-    return {
-        "dense": nn.Linear(d_in, d_out),
-        "lowrank": LowRankLinear(d_in, d_out, r=SCALE),
-        "skl": SKLinear(d_in, d_out, scale=SCALE),
-        "dyad-it": DyadLinear(d_in, d_out, n_dyad=N_DYAD, variant="it"),
-        "dyad-ot": DyadLinear(d_in, d_out, n_dyad=N_DYAD, variant="ot"),
-        "dyad-dt": DyadLinear(d_in, d_out, n_dyad=N_DYAD, variant="dt"),
-    }
+    return {name: build(name, d_in, d_out) for name in ["dense"] + [f"{v}@{k:g}" for k in KEEPS for v in VARIANTS]}
 
 
 def flops(kind, layer, n, d_in, d_out):
+    kind = kind.split("@")[0]
     if kind == "dense":
         return 2 * n * d_in * d_out
     if kind == "lowrank":
@@ -58,7 +72,32 @@ def flops(kind, layer, n, d_in, d_out):
         return 2 * n * d_in * d_out + 2 * k * layer.rank * k
     if kind.startswith("dyad"):
         return 2 * n * 2 * d_in * d_out // layer.n_dyad
+    if kind in ("monarch", "btt"):
+        return 2 * n * sum(p.numel() for p in layer.parameters() if p.ndim > 1)
     raise ValueError(kind)
+
+
+def update_ratio(name, d_in, d_out, param, opt, seed=0):
+    """RMS change of the layer's output after one step on a fixed batch, over the dense layer's."""
+    g = torch.Generator().manual_seed(seed)
+    x, up = torch.randn(64, d_in, generator=g), torch.randn(64, d_out, generator=g)
+
+    def step(layer):
+        mult = getattr(layer, "lr_mult", {})
+        groups = [{"params": [p], "lr": 1e-3 * mult.get(n, 1.0)} for n, p in layer.named_parameters()]
+        o = torch.optim.SGD(groups) if opt == "sgd" else torch.optim.Adam(groups)
+        y0 = layer(x).detach()
+        (layer(x) * up).sum().div(len(x)).backward()
+        o.step()
+        with torch.no_grad():
+            return (layer(x) - y0).pow(2).mean().sqrt().item()
+    torch.manual_seed(seed)
+    dense = step(nn.Linear(d_in, d_out))
+    torch.manual_seed(seed)
+    layer = build(name, d_in, d_out)
+    if param == "structured":
+        make_structured(layer)
+    return round(step(layer) / dense, 3)
 
 
 def n_params(layer):
@@ -101,8 +140,11 @@ def bench_shape(d_in, d_out, reps, warmup, device, dtype=torch.float32):
         row = dict(ms=round(ms, 3), time_ratio=round(ms / dense_ms, 3),
                    param_ratio=round(n_params(layers[k]) / dense_params, 4),
                    flop_ratio=round(flops(k, layers[k], ROWS, d_in, d_out) / dense_flops, 4),
-                   params=n_params(layers[k]),
+                   params=n_params(layers[k]), setting=layer_setting(layers[k]),
                    ms_min=round(min(times[k]) * 1e3, 3), ms_max=round(max(times[k]) * 1e3, 3))
+        if k != "dense" and device.type == "cpu":
+            row["update_ratio"] = {f"{opt}-{param}": update_ratio(k, d_in, d_out, param, opt)
+                                   for opt in ("sgd", "adam") for param in ("standard", "structured")}
         if k in GOALS:
             row["goal_time_ratio"] = GOALS[k]
             row["met"] = row["time_ratio"] <= GOALS[k]
@@ -122,7 +164,7 @@ def machine_info(device):
 
 
 def run_device(device, reps, warmup, dtype=torch.float32):
-    result = dict(machine=machine_info(device), rows=ROWS, n_dyad=N_DYAD, scale=SCALE, reps=reps,
+    result = dict(machine=machine_info(device), rows=ROWS, keeps=list(KEEPS), reps=reps,
                   warmup=warmup, dtype=str(dtype).replace("torch.", ""), shapes={})
     t0 = time.time()
     for name, (d_in, d_out) in SHAPES.items():
@@ -136,17 +178,24 @@ def run_device(device, reps, warmup, dtype=torch.float32):
 
 def print_table(device, name, rows):
     print(f"\n[{device}] {name}  (rows {ROWS})")
-    print(f"{'kind':<9} {'ms':>9} {'time':>7} {'params':>7} {'flops':>7}  goal")
+    print(f"{'kind':<13} {'setting':<12} {'ms':>8} {'time':>7} {'params':>7} {'flops':>7} "
+          f"{'upd sgd std/str':>16} {'upd adam std/str':>17}  goal")
     for k, r in rows.items():
         goal = f"<= {r['goal_time_ratio']}x {'met' if r['met'] else 'MISSED'}" if "met" in r else ""
-        print(f"{k:<9} {r['ms']:>9.2f} {r['time_ratio']:>6.3f}x {r['param_ratio']:>6.3f}x "
-              f"{r['flop_ratio']:>6.3f}x  {goal}")
+        u = r.get("update_ratio")
+        upd = (f"{u['sgd-standard']:>7.2f}/{u['sgd-structured']:<7.2f} "
+               f"{u['adam-standard']:>8.2f}/{u['adam-structured']:<7.2f}") if u else " " * 34
+        setting = ",".join(f"{a}={b}" for a, b in r["setting"].items())
+        print(f"{k:<13} {setting:<12} {r['ms']:>8.2f} {r['time_ratio']:>6.3f}x {r['param_ratio']:>6.3f}x "
+              f"{r['flop_ratio']:>6.3f}x {upd}  {goal}")
     sys.stdout.flush()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=9, help="timed rounds per shape (median is reported)")
+    ap.add_argument("--reps", type=int, default=7, help="timed rounds per shape (median is reported)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (1: on a shared 2-core machine more threads only add noise)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                     help="all = cpu, plus cuda when available")
@@ -160,6 +209,7 @@ def main(argv=None):
     if not devices:
         sys.exit("error: --device cuda asked for but torch sees no CUDA device")
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     doc = {}

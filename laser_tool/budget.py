@@ -1,84 +1,113 @@
-"""What a row costs: the fraction of the targeted layers' parameters it keeps (`keep`, the budget
-axis of the frontier) and the multiply-adds of a forward pass and of its training (the FLOPs axis).
+"""One budget knob, `--keep F`: each variant's structure setting from the fraction of a dense layer it keeps.
 
-Both are computed from model specs (the architecture a run's config records), never from a
-checkpoint, so they are the same for every seed of a spec and need no weights.
+The fraction is of the dense layer's own parameters, d_in*d_out (+ d_out with a bias), against the
+structured layer's actual parameter count (every weight and bias it holds). Each variant has its own
+granularity: low-rank, SKL and BTT step by one rank, DYAD by the divisors of both widths, Monarch by its
+block count. The setting whose fraction is nearest the request wins (never one above 1: a "slimmer"
+layer larger than the dense one is not offered). A request more than KEEP_SLACK (relative) below the
+smallest or above the largest fraction a variant can make on a layer is refused, naming the layer and
+the nearest fraction it can reach, instead of being moved silently.
 """
-import json
-from functools import lru_cache
+import math
 
-import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
+from .errors import UserError
+from .layers import DyadLinear, LowRankLinear, SKLinear, round_up_sqrt
+from .structured import BTTLinear, MonarchLinear, btt_params, btt_shape, monarch_params
 
-def _key(spec) -> str:
-    d = spec if isinstance(spec, dict) else spec.to_dict()
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-@lru_cache(maxsize=256)
-def _layers(key: str) -> dict:
-    from .models import ModelSpec, build_model
-    from .surgery import named_linears
-    model = build_model(ModelSpec.from_dict(json.loads(key)))
-    return {r["name"]: (r["params"], r["kind"], r["in_features"], r["out_features"]) for r in named_linears(model)}
+KEEP_SLACK = 0.1
 
 
-def layer_table(spec) -> dict:
-    """{layer name: (params, kind, d_in, d_out)} of the model a spec builds (cached per spec)."""
-    return _layers(_key(spec))
+def dense_params(d_in: int, d_out: int, bias: bool) -> int:
+    return d_in * d_out + (d_out if bias else 0)
 
 
-def keep(spec, base_spec):
-    """(fraction kept, names of the targeted layers): the parameters of the layers that differ from the
-    baseline's layers of the same name (in count or kind) over the baseline's parameters in those layers.
-    1.0 and () when nothing differs."""
-    mine, base = layer_table(spec), layer_table(base_spec)
-    changed = [n for n in base if n in mine and mine[n][:2] != base[n][:2]]
-    if not changed:
-        return 1.0, ()
-    return sum(mine[n][0] for n in changed) / sum(base[n][0] for n in changed), tuple(changed)
+def lowrank_params(d_in, d_out, rank):
+    return rank * (d_in + d_out) + rank + d_out       # the seed's layer: two nn.Linear with bias
 
 
-@lru_cache(maxsize=256)
-def _forward_flops(key: str):
-    from torch.utils.flop_counter import FlopCounterMode
-    from .models import ModelSpec, build_model
-    s = ModelSpec.from_dict(json.loads(key)).resolved()
-    model = build_model(s).eval()
-    counts, fused = [], F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _sdpa_math  # the fused CPU kernel is invisible to the counter
-    try:
-        for n in (1, 2):
-            x = torch.rand(n, s.channels, s.image_size, s.image_size)
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                model(x)
-            counts.append(fc.get_total_flops())
-    finally:
-        F.scaled_dot_product_attention = fused
-    return counts[1] - counts[0], 2 * counts[0] - counts[1]
+def skl_params(d_in, d_out, rank):
+    return 2 * rank * round_up_sqrt(d_in) * round_up_sqrt(d_out)   # no bias (the seed's layer has none)
 
 
-def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
-    """Attention as two visible matmuls (same result as the fused kernel, for counting only)."""
-    dots = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if is_causal:
-        n = q.shape[-2]
-        attn_mask = torch.ones(n, k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if attn_mask is not None:
-        dots = dots.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else dots + attn_mask
-    return dots.softmax(-1) @ v
+def dyad_params(d_in, d_out, n_dyad, bias):
+    return 2 * d_in * d_out // n_dyad + (d_out if bias else 0)
 
 
-def forward_flops(spec):
-    """(FLOPs per image, FLOPs per batch independent of its size) of one forward pass, counted by
-    torch's FlopCounterMode (matmuls, attention, convolutions; 2 FLOPs per multiply-add) on batches of
-    one and two images. The per-batch part is work like an SKL layer building its matrix once."""
-    return _forward_flops(_key(spec))
+def settings(kind: str, d_in: int, d_out: int, bias: bool) -> list:
+    """[(setting, params)] for every setting of `kind` on a d_in -> d_out layer, in increasing size order
+    roughly; settings whose layer would hold more parameters than the dense one are left out."""
+    limit = dense_params(d_in, d_out, bias)
+    if kind == "lowrank":
+        cands = [({"rank": r}, lowrank_params(d_in, d_out, r)) for r in range(1, min(d_in, d_out) + 1)]
+    elif kind == "skl":
+        k = round_up_sqrt(d_in) * round_up_sqrt(d_out)
+        cands = [({"rank": r}, skl_params(d_in, d_out, r)) for r in range(1, limit // (2 * k) + 2)]
+    elif kind == "dyad":
+        g = math.gcd(d_in, d_out)
+        cands = [({"n_dyad": n}, dyad_params(d_in, d_out, n, bias)) for n in range(g, 0, -1) if g % n == 0]
+    elif kind == "monarch":
+        cands = [({"blocks": b}, monarch_params(d_in, d_out, b, bias)) for b in range(min(d_in, d_out), 0, -1)]
+    elif kind == "btt":
+        m0, m1, n0, n1 = btt_shape(d_in, d_out)
+        cands = [({"rank": r}, btt_params(d_in, d_out, r, bias)) for r in range(1, min(m0, n1) + 1)]
+    else:
+        raise UserError(f"--keep does not apply to {kind!r}")
+    return [(s, p) for s, p in cands if p <= limit]
 
 
-def training_flops(spec, images: int, steps: int = 0) -> float:
-    """About 3x the forward FLOPs (forward + backward for activations and weights) per image seen,
-    plus the per-batch part per step."""
-    per_image, per_batch = forward_flops(spec)
-    return 3.0 * (per_image * images + per_batch * steps)
+def choose(kind: str, d_in: int, d_out: int, bias: bool, keep: float) -> dict:
+    """The setting of `kind` nearest to `keep` on this layer: {setting..., "params", "fraction"}."""
+    if not 0 < keep <= 1:
+        raise UserError(f"--keep {keep:g} is outside (0, 1]; give the fraction of each dense layer to keep, "
+                        f"e.g. --keep 0.5")
+    dense = dense_params(d_in, d_out, bias)
+    cands = settings(kind, d_in, d_out, bias)
+    if not cands:
+        raise UserError(f"{kind} cannot make a {d_in}->{d_out} layer smaller than the dense one; "
+                        f"use another variant for it")
+    fracs = [p / dense for _, p in cands]
+    lo, hi = min(fracs), max(fracs)
+    if keep < lo * (1 - KEEP_SLACK) or keep > hi * (1 + KEEP_SLACK):
+        near = lo if keep < lo else hi
+        raise UserError(f"{kind} cannot reach --keep {keep:g} on a {d_in}->{d_out} layer; the nearest "
+                        f"reachable fraction is {near:.4g}")
+    i = min(range(len(cands)), key=lambda j: (abs(fracs[j] - keep), cands[j][1]))
+    setting, params = cands[i]
+    return {**setting, "params": params, "fraction": params / dense}
+
+
+# ---------------------------------------------------------------------------------------------
+# what a run reached
+
+
+def layer_setting(module: nn.Module) -> dict:
+    """The structure parameter a layer was built with, by kind."""
+    if isinstance(module, (LowRankLinear, SKLinear, BTTLinear)):
+        return {"rank": module.rank}
+    if isinstance(module, DyadLinear):
+        return {"n_dyad": module.n_dyad}
+    if isinstance(module, MonarchLinear):
+        return {"blocks": module.blocks}
+    return {}
+
+
+def structure_record(model: nn.Module, spec) -> dict:
+    """What config.json records under "structure": the request (keep, param, init) and, per replaced
+    layer, the setting, its parameters, the dense layer's, the fraction reached and the lr multipliers."""
+    from .layers import layer_kind
+    from .surgery import slots
+    layers = {}
+    for s in slots(model):
+        m = s.module
+        dense = getattr(m, "replaced_dense_params", None)
+        if dense is None:
+            continue  # not replaced by the train-time variant
+        params = sum(p.numel() for p in m.parameters())
+        layers[s.name] = {"kind": layer_kind(m), **layer_setting(m), "params": params, "dense_params": dense,
+                          "fraction": round(params / dense, 6),
+                          "lr_multipliers": {k: round(v, 6) for k, v in getattr(m, "lr_mult", {}).items()}}
+    total, dense = sum(v["params"] for v in layers.values()), sum(v["dense_params"] for v in layers.values())
+    return {"keep": spec.keep, "param": spec.param, "init": spec.init,
+            "fraction": round(total / dense, 6) if dense else None, "layers": layers}

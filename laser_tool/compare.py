@@ -75,7 +75,7 @@ class Comparison:
 def _pick_baselines(groups: list, want) -> dict:
     """{base_match: reference group} of a section: per recipe, the group holding run `want` if it has
     that recipe, else a dense unreduced group (the arch's default FFN width first, then the widest)."""
-    from .budget import layer_table
+    from .costs import layer_table
     from .models import ARCH_DEFAULTS
     default = lambda g: g.desc["spec"].mlp_dim == ARCH_DEFAULTS[g.desc["spec"].arch]["mlp_dim"]
 
@@ -132,24 +132,24 @@ def _lineage(run: Run, by_path: dict) -> str:
 def _costs(g: Group) -> dict:
     """keep (mean over seeds) and targeted layers against the group's baseline; FLOPs of a forward pass
     and of training the weights it holds (a post-hoc row: its baseline's training, plus any healing)."""
-    from . import budget
+    from . import costs
     out = dict(keep=None, targeted_layers=None, forward_flops=None, train_flops=None)
     try:
         spec = lambda r: r.config["model"]
         if g.base is not None:
-            keeps = [budget.keep(spec(r), spec(g.base.runs[0])) for r in g.runs]
+            keeps = [costs.keep(spec(r), spec(g.base.runs[0])) for r in g.runs]
             out.update(keep=mean(k for k, _ in keeps), targeted_layers=roles_text(layer_role(n)[1] for n in keeps[0][1])
                        if keeps[0][1] else None)
         r = g.runs[0]
-        out["forward_flops"] = budget.forward_flops(spec(r))[0]
+        out["forward_flops"] = costs.forward_flops(spec(r))[0]
         sched, split = r.config.get("schedule") or {}, r.config.get("split") or {}
         steps = sched.get("total_steps")
         images = steps * r.config["batch_size"] if steps and r.config.get("batch_size") else \
             (r.config.get("epochs") or 0) * (split.get("train") or 0)
         trained = dict(spec(r), layers={}) if g.desc["reductions"] else spec(r)
-        total = budget.training_flops(trained, images, steps or 0) if images else None
+        total = costs.training_flops(trained, images, steps or 0) if images else None
         if total is not None and g.desc["heal"]:
-            total += budget.training_flops(spec(r), g.desc["heal"] * (split.get("train") or 0))
+            total += costs.training_flops(spec(r), g.desc["heal"] * (split.get("train") or 0))
         recorded = r.final.get("train_flops")  # a trainer that changes the model as it trains knows better
         out["train_flops"] = float(recorded) if isinstance(recorded, (int, float)) else total
     except (UserError, TypeError, ValueError, KeyError, RuntimeError):

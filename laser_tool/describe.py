@@ -5,7 +5,7 @@ import json
 import re
 
 
-STRUCTURED = ("lowrank", "skl", "dyad")
+STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")
 # Recipe of configs written before config.json had a "train" entry (flattened keys only).
 RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_epochs", "grad_clip",
                "train_subset", "val_size", "label_smoothing", "augment")
@@ -152,8 +152,15 @@ def _label(d: dict, base_spec) -> str:
         text = f"half-ffn (mlp {s.mlp_dim // 2})"
     else:
         text = f"{v} {'+'.join(s.targets)}"
-        text += f" n={s.n_dyad}" + (f" {s.dyad_variant}" if s.dyad_variant != "it" else "") if v == "dyad" \
-            else f" r={s.scale:g}"
+        if getattr(s, "keep", None) is not None:
+            text += f" keep={s.keep:g}" + (f" {s.dyad_variant}" if v == "dyad" and s.dyad_variant != "it" else "")
+        elif v in ("monarch", "btt"):
+            text += f" blocks={s.monarch_blocks}" if v == "monarch" else f" rank={s.btt_rank}"
+        else:
+            text += f" n={s.n_dyad}" + (f" {s.dyad_variant}" if s.dyad_variant != "it" else "") if v == "dyad" \
+                else f" r={s.scale:g}"
+        text += "".join(f" {x}" for x in (getattr(s, "param", "standard"), getattr(s, "init", "default"))
+                        if x not in ("standard", "default"))
         if s.mlp_dim != baseline_mlp and baseline_mlp is not None:
             text += f" mlp {s.mlp_dim}"
         if s.blocks is not None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
+from .structured import BTTLinear, MonarchLinear
 
 
 def lowrank_rank(d_in: int, d_out: int, r: float) -> int:
@@ -22,9 +23,9 @@ def lowrank_rank(d_in: int, d_out: int, r: float) -> int:
 class LowRankLinear(nn.Module):
     """The seed's RankReductionLayer: up(down(x)), two nn.Linear with bias."""
 
-    def __init__(self, d_in: int, d_out: int, r: float = 0.5):
+    def __init__(self, d_in: int, d_out: int, r: float = 0.5, rank: int = None):
         super().__init__()
-        rank = lowrank_rank(d_in, d_out, r)
+        rank = lowrank_rank(d_in, d_out, r) if rank is None else rank  # an explicit rank comes from --keep
         if rank < 1:
             raise UserError(f"low-rank layer {d_in}->{d_out} at r={r} has rank {rank}; use a larger --scale")
         self.in_features, self.out_features, self.rank = d_in, d_out, rank
@@ -62,13 +63,13 @@ class SKLinear(nn.Module):
     super().__init__(); this one calls it.
     """
 
-    def __init__(self, d_in: int, d_out: int, scale: float = 0.5):
+    def __init__(self, d_in: int, d_out: int, scale: float = 0.5, rank: int = None):
         super().__init__()
         n, m = d_in, d_out
         self.in_features, self.out_features = n, m
         self.sn, self.sm = round_up_sqrt(n), round_up_sqrt(m)
         k = self.sn * self.sm
-        r = skl_rank(n, m, scale)
+        r = skl_rank(n, m, scale) if rank is None else rank  # an explicit rank comes from --keep
         if r < 1:
             raise UserError(f"SKL layer {n}->{m} at scale={scale} has rank {r}; use a larger --scale")
         self.rank = r
@@ -242,13 +243,14 @@ class SNLinear(nn.Linear):
         self.sigma.copy_(s[:1])
 
 
-LINEAR_TYPES = (nn.Linear, LowRankLinear, SKLinear, DyadLinear, FactoredLinear)
+LINEAR_TYPES = (nn.Linear, LowRankLinear, SKLinear, DyadLinear, MonarchLinear, BTTLinear, FactoredLinear)
 
 
 def layer_kind(module: nn.Module) -> str:
     """Short name of a Linear-like layer's type, as `info` prints it."""
     for cls, name in ((SNLinear, "sn-linear"), (LowRankLinear, "lowrank"), (SKLinear, "skl"),
-                      (DyadLinear, "dyad"), (FactoredLinear, "factored"), (nn.Linear, "linear")):
+                      (DyadLinear, "dyad"), (MonarchLinear, "monarch"), (BTTLinear, "btt"),
+                      (FactoredLinear, "factored"), (nn.Linear, "linear")):
         if isinstance(module, cls):
             return name
     raise TypeError(f"{type(module).__name__} is not a Linear-like layer")

@@ -14,12 +14,14 @@ from typing import Optional
 import torch.nn as nn
 
 from .errors import UserError
-from .surgery import apply_layer_overrides, apply_variant
+from .surgery import KINDS, apply_layer_overrides, apply_variant
 from .vit_tiny import ViTTiny
 from .xt_vit import build_xt_vit
 
 ARCHS = ("vit-tiny", "xt-vit")
-VARIANTS = ("lowrank", "skl", "dyad", "half-ffn")
+VARIANTS = ("lowrank", "skl", "dyad", "monarch", "btt", "half-ffn")
+PARAMS = ("standard", "structured")   # how structured factors start and learn (parametrize.py)
+INITS = ("default", "spectral")
 
 # Arch defaults are the seed's settings (ANCHORS.md).
 ARCH_DEFAULTS = {
@@ -43,12 +45,19 @@ class ModelSpec:
     dropout: Optional[float] = None
     attn_dropout: float = 0.0             # on attention probabilities; the seed's models have none
     emb_dropout: Optional[float] = None
-    variant: Optional[str] = None         # lowrank | skl | dyad | half-ffn | None (baseline)
+    variant: Optional[str] = None         # lowrank | skl | dyad | monarch | btt | half-ffn | None (baseline)
     targets: list = field(default_factory=list)   # ffn-in, ffn-out, ffn, attn-out, attn-qkv, attn
     scale: float = 0.5                    # lowrank r / SKL scale
     blocks: Optional[list] = None         # restrict the variant to these block indices
     n_dyad: int = 8
     dyad_variant: str = "it"
+    monarch_blocks: int = 4               # Qiu et al.'s default
+    btt_rank: int = 1                     # Qiu et al.'s default
+    keep: Optional[float] = None          # requested fraction of each targeted layer's parameters; when set it
+                                          # decides rank / n_dyad / blocks (budget.py); what is reached is in
+                                          # config.json "structure"
+    param: str = "standard"               # standard (the seed's) | structured (Qiu et al.'s init and lr rule)
+    init: str = "default"                 # default | spectral (low-rank factors from the SVD of a dense init)
     # Per-layer replacements made after training (post-hoc reduction), applied last:
     # {layer name: {"kind": "factored", "rank": r, "bias": bool} or {"kind": "linear", "bias": bool}}
     layers: dict = field(default_factory=dict)
@@ -68,9 +77,10 @@ class ModelSpec:
             raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.targets and self.variant not in ("lowrank", "skl", "dyad"):
-            raise UserError(f"--target applies only to the lowrank, skl and dyad variants (got variant "
+        if self.targets and self.variant not in KINDS:
+            raise UserError(f"--target applies only to the {', '.join(KINDS)} variants (got variant "
                             f"{self.variant}); add --variant or drop --target")
+        self._check_structure()
         filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         spec = replace(self, **filled)
         spec.check_values()
@@ -101,6 +111,23 @@ class ModelSpec:
         if not isinstance(self.layers, dict):
             bad("layers", self.layers, "a mapping of layer names to replacements")
 
+    def _check_structure(self):
+        """--keep, --param and --init only make sense with a structured variant."""
+        if self.param not in PARAMS:
+            raise UserError(f"unknown --param {self.param!r}; choose one of {', '.join(PARAMS)}")
+        if self.init not in INITS:
+            raise UserError(f"unknown --init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise UserError(f"--keep {self.keep:g} is outside (0, 1]; give the fraction of each dense layer "
+                            f"to keep, e.g. --keep 0.5")
+        for flag, given in (("--keep", self.keep is not None), ("--param structured", self.param != "standard"),
+                            ("--init spectral", self.init != "default")):
+            if given and self.variant not in KINDS:
+                raise UserError(f"{flag} needs a structured variant (--variant {'|'.join(KINDS)}), got "
+                                f"{self.variant or 'the baseline'}")
+        if self.init == "spectral" and self.variant != "lowrank":
+            raise UserError(f"--init spectral applies only to --variant lowrank (got {self.variant}); drop it")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -116,11 +143,12 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if s.variant == "half-ffn":
         s = replace(s, mlp_dim=s.mlp_dim // 2)
     model = ViTTiny(s) if s.arch == "vit-tiny" else build_xt_vit(s)
-    if s.variant in ("lowrank", "skl", "dyad"):
+    if s.variant in KINDS:
         if not s.targets:
             raise UserError(f"variant {s.variant!r} needs at least one --target")
         apply_variant(model, s.variant, s.targets, s.scale, s.blocks, n_dyad=s.n_dyad,
-                      dyad_variant=s.dyad_variant)
+                      dyad_variant=s.dyad_variant, keep=s.keep, param=s.param, init=s.init,
+                      monarch_blocks=s.monarch_blocks, btt_rank=s.btt_rank)
     if s.layers:
         apply_layer_overrides(model, s.layers)
     return model

@@ -9,7 +9,7 @@ from .errors import UserError
 
 def model_options(f):
     """Options that describe a model: shared by `info` and `train`."""
-    from .models import ARCHS, VARIANTS
+    from .models import ARCHS, INITS, PARAMS, VARIANTS
     from .surgery import TARGETS
     opts = [
         click.option("--arch", type=click.Choice(ARCHS), help="Architecture."),
@@ -20,6 +20,13 @@ def model_options(f):
         click.option("--blocks", help="Comma-separated block indices the variant applies to (default all)."),
         click.option("--n-dyad", type=int, help="DYAD blocks (default 8)."),
         click.option("--dyad-variant", type=click.Choice(["it", "ot", "dt"]), help="DYAD permutation side."),
+        click.option("--monarch-blocks", type=int, help="Monarch blocks (default 4)."),
+        click.option("--btt-rank", type=int, help="BTT rank (default 1)."),
+        click.option("--keep", type=float, help="Fraction of each targeted layer's parameters to keep, in (0, 1]; "
+                                                "sets the variant's rank / blocks (replaces --scale etc.)."),
+        click.option("--param", type=click.Choice(PARAMS),
+                     help="standard (the seed's) or structured: per-factor init and lr multipliers (Qiu et al.)."),
+        click.option("--init", type=click.Choice(INITS), help="spectral: low-rank factors from a dense init's SVD."),
         click.option("--dim", type=int), click.option("--depth", type=int), click.option("--heads", type=int),
         click.option("--dim-head", type=int), click.option("--mlp-dim", type=int, help="FFN hidden width."),
         click.option("--patch-size", type=int), click.option("--image-size", type=int),
@@ -32,7 +39,8 @@ def model_options(f):
     return f
 
 
-MODEL_KEYS = ("arch", "variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "dim", "depth", "heads",
+MODEL_KEYS = ("arch", "variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "monarch_blocks", "btt_rank",
+              "keep", "param", "init", "dim", "depth", "heads",
               "dim_head", "mlp_dim", "patch_size", "image_size", "channels", "num_classes", "dropout",
               "emb_dropout", "attn_dropout")
 
@@ -42,6 +50,9 @@ def spec_from_options(opts: dict, base=None):
     from dataclasses import replace
     from .models import ModelSpec
     given = {k: opts[k] for k in MODEL_KEYS if opts.get(k) not in (None, ())}
+    setting = [f"--{k.replace('_', '-')}" for k in ("scale", "n_dyad", "monarch_blocks", "btt_rank") if k in given]
+    if "keep" in given and setting:
+        raise UserError(f"give --keep or {setting[0]}, not both: --keep sets the structure from the budget")
     if "targets" in given:
         given["targets"] = list(given["targets"])
     if "blocks" in given:

@@ -103,7 +103,6 @@ def matched_selectors(base_spec, variant_spec) -> list:
     return out
 
 
-MODEL_OPTS = ("variant", "targets", "mlp_dim", "scale", "n_dyad")
 
 
 def train_config(preset: str, opts: dict):
@@ -111,10 +110,12 @@ def train_config(preset: str, opts: dict):
     from trainers.config import TrainConfig
     from trainers.presets import PRESETS
     from .models import ModelSpec
+    from dataclasses import fields
+    model_keys = {f.name for f in fields(ModelSpec)}
     p = dict(PRESETS[preset])
     model = ModelSpec(**p.pop("model"))
-    given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in MODEL_OPTS}
-    p.update({k: v for k, v in opts.items() if k not in MODEL_OPTS})  # study settings override the preset's
+    given = {k: (list(v) if k == "targets" else v) for k, v in opts.items() if k in model_keys}
+    p.update({k: v for k, v in opts.items() if k not in model_keys})  # study settings override the preset's
     return replace(TrainConfig(), model=replace(model, **given), **p)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from .errors import UserError
-from .layers import DyadLinear, FactoredLinear, LowRankLinear, SKLinear, layer_kind
+from .layers import DyadLinear, FactoredLinear, LowRankLinear, SKLinear, dense_weight, layer_kind
+from .structured import BTTLinear, MonarchLinear
 from .vit_tiny import LSA, FeedForward, ViTTiny
 from .xt_vit import import_x_transformers
 
@@ -23,7 +24,7 @@ TARGETS = {
     "attn-qkv": {"attn-q", "attn-k", "attn-v", "attn-qkv"},
     "attn": {"attn-q", "attn-k", "attn-v", "attn-qkv", "attn-out"},
 }
-KINDS = ("lowrank", "skl", "dyad")
+KINDS = ("lowrank", "skl", "dyad", "monarch", "btt")
 
 
 @dataclass
@@ -109,24 +110,40 @@ def find_slot(model: nn.Module, name: str) -> Slot:
 
 
 def make_layer(kind: str, d_in: int, d_out: int, bias: bool, scale: float, n_dyad: int = 8,
-               dyad_variant: str = "it") -> nn.Module:
+               dyad_variant: str = "it", keep: float = None, monarch_blocks: int = 4,
+               btt_rank: int = 1) -> nn.Module:
+    """A `kind` layer for a d_in -> d_out slot; with `keep`, its structure setting comes from the budget."""
+    if kind not in KINDS:
+        raise UserError(f"unknown layer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    setting = {}
+    if keep is not None:
+        from .budget import choose
+        setting = choose(kind, d_in, d_out, bias, keep)
     if kind == "lowrank":
-        return LowRankLinear(d_in, d_out, r=scale)
+        return LowRankLinear(d_in, d_out, r=scale, rank=setting.get("rank"))
     if kind == "skl":
-        return SKLinear(d_in, d_out, scale=scale)
+        return SKLinear(d_in, d_out, scale=scale, rank=setting.get("rank"))
     if kind == "dyad":
-        return DyadLinear(d_in, d_out, n_dyad=n_dyad, bias=bias, variant=dyad_variant)
-    raise UserError(f"unknown layer kind {kind!r}; choose one of {', '.join(KINDS)}")
+        return DyadLinear(d_in, d_out, n_dyad=setting.get("n_dyad", n_dyad), bias=bias, variant=dyad_variant)
+    if kind == "monarch":
+        return MonarchLinear(d_in, d_out, blocks=setting.get("blocks", monarch_blocks), bias=bias)
+    return BTTLinear(d_in, d_out, rank=setting.get("rank", btt_rank), bias=bias)
 
 
 def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, blocks=None,
-                  n_dyad: int = 8, dyad_variant: str = "it") -> list:
+                  n_dyad: int = 8, dyad_variant: str = "it", keep: float = None, param: str = "standard",
+                  init: str = "default", monarch_blocks: int = 4, btt_rank: int = 1) -> list:
     """Replace the targeted Linear layers by `kind`; returns the names replaced.
 
     vit-tiny's attention has one fused spectral-norm qkv projection (512 -> 1152): `attn-qkv` replaces
     that fused layer by one structured layer of the same shape (the structured layer's own
     parametrisation takes the place of the spectral reparametrisation).
+    `keep` sets each layer's structure from its budget (budget.py); `param` and `init` choose how the
+    factors start and learn (parametrize.py). Each new layer remembers the dense layer's parameter count
+    (`replaced_dense_params`) so a run can record the fraction it reached.
     """
+    from .budget import dense_params
+    from .parametrize import make_structured, spectral_init
     if kind not in KINDS:
         raise UserError(f"unknown variant kind {kind!r}; choose one of {', '.join(KINDS)}")
     targets = [targets] if isinstance(targets, str) else list(targets)
@@ -142,9 +159,14 @@ def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, bloc
         old = s.module
         try:
             new = make_layer(kind, old.in_features, old.out_features, old.bias is not None, scale,
-                             n_dyad, dyad_variant)
+                             n_dyad, dyad_variant, keep, monarch_blocks, btt_rank)
+            if param == "structured":
+                make_structured(new, init=init != "spectral")
+            if init == "spectral":
+                spectral_init(new, dense_weight(old), old.bias)
         except UserError as e:
             raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
+        new.replaced_dense_params = dense_params(old.in_features, old.out_features, old.bias is not None)
         s.set(new)
     return [s.name for s in chosen]
 

@@ -51,7 +51,9 @@ def test_info_table_small_with_variant():
 
 @pytest.mark.parametrize("option,value,choices", [
     ("--arch", "resnet", ["vit-tiny", "xt-vit"]),
-    ("--variant", "sparse", ["lowrank", "skl", "dyad", "half-ffn"]),
+    ("--variant", "sparse", ["lowrank", "skl", "dyad", "monarch", "btt", "half-ffn"]),
+    ("--param", "mup", ["standard", "structured"]),
+    ("--init", "xavier", ["default", "spectral"]),
     ("--target", "mlp", ["ffn-in", "ffn-out", "ffn", "attn-out", "attn-qkv", "attn"]),
     ("--dyad-variant", "xx", ["it", "ot", "dt"]),
 ])

@@ -402,18 +402,18 @@ def test_one_requested_spec_is_one_group_although_ranks_differ_by_seed(tmp_path)
 
 
 def test_forward_and_training_flops_match_the_closed_form():
-    from laser_tool import budget
+    from laser_tool import costs
     s = ModelSpec(arch="vit-tiny", image_size=28, channels=1, patch_size=7, dim=128, depth=3, heads=4, dim_head=32,
                   mlp_dim=256, dropout=0.0, emb_dropout=0.0)
     T, inner, patch_dim = 17, 128, 7 * 7 * 5  # 16 patches + CLS; SPT stacks 5 shifted copies
     block = T * 128 * 3 * inner + 2 * 4 * T * T * 32 + T * inner * 128 + 2 * T * 128 * 256
     macs = 16 * patch_dim * 128 + 3 * block + 128 * 10  # embed, blocks, head on the CLS token
-    per_image, per_batch = budget.forward_flops(s)
+    per_image, per_batch = costs.forward_flops(s)
     assert per_image == 2 * macs
     low = replace(s, variant="lowrank", targets=["ffn"])
     r = 256 * 128 // (256 + 128) // 2  # the seed's rank rule at r=0.5: int(0.5 * m n / (m + n)) = 42
-    assert budget.forward_flops(low)[0] == 2 * (macs - 3 * 2 * T * 128 * 256 + 3 * 2 * T * r * (128 + 256))
-    assert budget.training_flops(s, 1000, 10) == 3 * (per_image * 1000 + per_batch * 10)
+    assert costs.forward_flops(low)[0] == 2 * (macs - 3 * 2 * T * 128 * 256 + 3 * 2 * T * r * (128 + 256))
+    assert costs.training_flops(s, 1000, 10) == 3 * (per_image * 1000 + per_batch * 10)
 
 
 def _frontier(root, seeds=1):
@@ -514,3 +514,22 @@ def test_progressive_and_attention_narrowed_rows_find_the_dense_baseline(tmp_pat
     assert by["progressive"]["curve"] == "progressive svd" and 0 < by["progressive"]["keep"] < 1
     assert by["narrower-ffn"]["label"] == "dense dim head 8" and by["narrower-ffn"]["baseline"] == "baseline"
     assert by["narrower-ffn"]["targeted_layers"] == "attn" and by["narrower-ffn"]["keep"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_parameterisation_and_new_variants_are_separate_groups(tmp_path):
+    """Runs that differ only in --param/--init (part of the model spec) are never seeds of one group."""
+    low = replace(TINY, variant="lowrank", targets=["ffn"])
+    specs = {"std": low, "str": replace(low, param="structured"), "spec": replace(low, param="structured",
+                                                                                 init="spectral"),
+             "keep": replace(low, keep=0.5), "mon": replace(TINY, variant="monarch", targets=["ffn"], keep=0.5),
+             "btt": replace(TINY, variant="btt", targets=["ffn"], btt_rank=2)}
+    make_run(tmp_path, "base", 0.86)
+    for name, spec in specs.items():
+        make_run(tmp_path, name, 0.84, spec=spec, params=8_000)
+    c = cmp.compare_runs([tmp_path], speed=False)
+    labels = {r["label"]: r["family"] for r in c.rows}
+    assert labels == {"baseline": "baseline", "lowrank ffn r=0.5": "train-time",
+                      "lowrank ffn r=0.5 structured": "train-time",
+                      "lowrank ffn r=0.5 structured spectral": "train-time", "lowrank ffn keep=0.5": "train-time",
+                      "monarch ffn keep=0.5": "train-time", "btt ffn rank=2": "train-time"}
+    assert all(r["n"] == 1 for r in c.rows)

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from laser_tool.errors import UserError
 from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear
+from laser_tool.structured import BTTLinear, MonarchLinear
 from laser_tool.models import ARCHS, ModelSpec, build_model, count_params
 from laser_tool.surgery import KINDS, TARGETS, apply_variant, find_slot, named_linears
 
@@ -106,7 +107,8 @@ EXPECTED = {
         "attn": ["attn.q", "attn.k", "attn.v", "attn.out"],
     },
 }
-LAYER_CLASS = {"lowrank": LowRankLinear, "skl": SKLinear, "dyad": DyadLinear}
+LAYER_CLASS = {"lowrank": LowRankLinear, "skl": SKLinear, "dyad": DyadLinear, "monarch": MonarchLinear,
+               "btt": BTTLinear}
 
 
 def test_expected_table_covers_all_targets():
@@ -125,7 +127,7 @@ def forward_backward(model, image_size=16, channels=3):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("kind", ["lowrank", "skl", "dyad"])
+@pytest.mark.parametrize("kind", ["lowrank", "skl", "dyad", "monarch", "btt"])
 @pytest.mark.parametrize("target", list(EXPECTED["vit-tiny"]))
 def test_surgery_changes_exactly_the_intended_layers(arch, kind, target, small):
     model = build_model(ModelSpec(arch=arch, **small))

@@ -403,3 +403,19 @@ def test_multi_budget_reduction_equals_one_reduce_per_budget(base, tmp_path, met
         assert pa.correct("val").float().mean().item() == pytest.approx(fa["val_acc"])
     with pytest.raises(UserError, match="same output directory"):
         reduce_run_budgets(base, budgets, method="svd", outs={b: tmp_path / "same" for b in budgets})
+
+
+@pytest.mark.parametrize("kind", ["monarch", "btt"])
+def test_monarch_and_btt_layers_are_cut_post_hoc_via_their_dense_weight(tmp_path, kind):
+    run = make_run(tmp_path, steps=5, variant=kind, targets=["ffn-in"], keep=0.5)
+    model, _ = load_run(run)
+    W = model.blocks[0]["ffn"].fc_in.dense_weight().detach()
+    out = reduce_run(run, ["0:fc_in=4"], out=tmp_path / "r", store="factored")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["layers"] == {"blocks.0.ffn.in": {"kind": "factored", "rank": 4, "bias": True}}
+    cut, _ = load_run(out)
+    layer = cut.blocks[0]["ffn"].fc_in
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    best = (U[:, :4] * S[:4]) @ Vh[:4]       # the truncated SVD of the structured layer's own matrix
+    assert ((layer.dense_weight().detach() - best).norm() / best.norm()).item() < 1e-4
+    assert type(cut.blocks[1]["ffn"].fc_in).__name__ == ("MonarchLinear" if kind == "monarch" else "BTTLinear")

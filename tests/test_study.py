@@ -65,7 +65,9 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", heal_epochs=1, log=lines.append,
               train_opts={"augment": False, "label_smoothing": 0.1})
     report = study.run_study("quick", **kw)
-    assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0"]
+    assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0",
+                                      "D-lowrank-ffn-structured-s0"]
+    # C and D hold the same budget (D only starts and learns differently): one post-hoc twin serves both
     assert len(calls["reduce"]) == 2 and len(calls["heal"]) == 2  # svd + whiten, each healed
     assert len(lines) == 7 and all("done, test acc" in ln for ln in lines)  # a line per run
     # Healing trains with the run's own recipe (here: no augmentation, label smoothing 0.1, its batch size)
@@ -87,7 +89,7 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     assert (tmp / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
     svd = next(r for r in rows if r["label"].endswith("svd ffn-in+ffn-out r=5") and r["family"] == "post-hoc")
-    assert svd["paired_with"] in ("half-ffn (mlp 16)", "lowrank ffn r=0.5")
+    assert svd["paired_with"] in ("half-ffn (mlp 16)", "lowrank ffn r=0.5", "lowrank ffn r=0.5 structured spectral")
     assert all(r["images_per_s"] for r in rows)
 
     for k in calls:
@@ -95,9 +97,9 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     lines.clear()
     study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
-    assert sum("already complete" in ln for ln in lines) == 7
+    assert sum("already complete" in ln for ln in lines) == 8
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
-    assert [c["runs_made"] for c in calls_made] == [7, 0]
+    assert [c["runs_made"] for c in calls_made] == [8, 0]
     assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
     # An unfinished run (no final.json) is continued, and only it.

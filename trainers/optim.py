@@ -10,12 +10,40 @@ import math
 import torch
 
 
+def lr_multiplier_of(model) -> dict:
+    """{id(parameter): multiplier} from modules that carry an `lr_mult` dict (structured layers under
+    --param structured, laser_tool/parametrize.py); every other parameter learns at the base rate."""
+    out = {}
+    for m in model.modules():
+        for name, mult in getattr(m, "lr_mult", {}).items():
+            out[id(m.get_parameter(name))] = float(mult)
+    return out
+
+
 def make_optimizer(model, lr: float, weight_decay: float, fused: bool = False, decay_all: bool = False):
     """AdamW. By default no weight decay on biases, norms and scalars (1-D tensors); decay_all=True decays
-    every parameter, as the seed's AdamW(model.parameters()) did. fused=True (CUDA) runs one kernel per step."""
-    decay = [p for p in model.parameters() if p.requires_grad and (decay_all or p.ndim >= 2)]
-    no_decay = [p for p in model.parameters() if p.requires_grad and not decay_all and p.ndim < 2]
+    every parameter, as the seed's AdamW(model.parameters()) did. fused=True (CUDA) runs one kernel per step.
+
+    Parameters with a learning-rate multiplier other than 1 get their own groups (after the two usual
+    ones, so a model without multipliers has exactly those two) whose "lr_mult" set_lr applies.
+    """
+    mults = lr_multiplier_of(model)
+    def decays(p):
+        return decay_all or p.ndim >= 2
+
+    decay = [p for p in model.parameters() if p.requires_grad and decays(p) and mults.get(id(p), 1.0) == 1.0]
+    no_decay = [p for p in model.parameters() if p.requires_grad and not decays(p) and mults.get(id(p), 1.0) == 1.0]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scaled = {}
+    for p in model.parameters():
+        mult = mults.get(id(p), 1.0)
+        if p.requires_grad and mult != 1.0:
+            key = (mult, decays(p))
+            if key not in scaled:
+                scaled[key] = {"params": [], "weight_decay": weight_decay if decays(p) else 0.0,
+                               "lr_mult": mult, "lr": lr * mult}
+            scaled[key]["params"].append(p)
+    groups += list(scaled.values())
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
@@ -29,4 +57,4 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from laser_tool.budget import structure_record
 from laser_tool.checkpoint import load_model, save_model
 from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
 from laser_tool.device import resolve_device
@@ -33,6 +34,7 @@ from laser_tool.evaluate import eval_amp_dtype, evaluate, precision_name
 from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.predictions import save_model_predictions
+from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
 from . import init_from as init_
@@ -51,16 +53,25 @@ def default_name(cfg: TrainConfig) -> str:
         return f"{Path(cfg.init_from).name}-ft{cfg.epochs}-seed{cfg.seed}"
     m = cfg.model
     parts = [m.arch, cfg.dataset, m.variant or "baseline"]
-    if m.variant in ("lowrank", "skl", "dyad"):
-        parts += ["+".join(m.targets), f"s{m.scale:g}" if m.variant != "dyad" else f"n{m.n_dyad}"]
+    if m.variant in KINDS:
+        setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
+        budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
+        parts += ["+".join(m.targets), budget]
+        parts += [x for x in (m.param, m.init) if x not in ("standard", "default")]
     if m.mlp_dim:
         parts.append(f"mlp{m.mlp_dim}")
     return "-".join(parts + [f"seed{cfg.seed}"])
 
 
 def settings(d: dict) -> dict:
-    """The part of a config.json that identifies what is trained."""
-    return {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
+    """The part of a config.json that identifies what is trained.
+
+    The model entry goes through ModelSpec, so a run written before a model setting existed (and so
+    holding its default) still matches a command that leaves that setting at its default."""
+    out = {k: v for k, v in d.get("train", d).items() if k not in VOLATILE}
+    if isinstance(out.get("model"), dict):
+        out["model"] = ModelSpec.from_dict(out["model"]).to_dict()
+    return out
 
 
 def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
@@ -204,6 +215,8 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                      "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
         "versions": versions(), "git_commit": git_commit(),
     }
+    if spec.variant in KINDS:  # the budget asked for and reached, per layer, with any lr multipliers
+        config["structure"] = structure_record(model, spec)
     if source:
         config["init_source"] = init_info  # "init_from" is the request (a path)
         config.update(init_.inherited(source, cfg))
