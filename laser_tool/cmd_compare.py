@@ -12,9 +12,13 @@ import click
                                 "(default: the dense, unreduced group).")
 @click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on: auto, cpu, cuda or cuda:N.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
+@click.option("--metric", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Accuracy the differences and p-values use (both are in the table and in json).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
-def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
-    """Group runs by spec across seeds: accuracy mean, sd, 95% CI, Welch p vs baseline, speed.
+def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path):
+    """Group runs by spec and recipe across seeds: test and validation accuracy, 95% CI, the difference
+    to the same-recipe baseline with a paired test where runs are paired (McNemar on the test images for
+    one seed, paired t over shared seeds, else Welch), Holm-adjusted p, speed.
 
     PATHS are run directories or folders holding them (searched two levels deep). Each train-time
     variant is followed by the baseline reduced post hoc to its parameter count on the same layers.
@@ -27,7 +31,7 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, out_path):
     for path, what in ((out_path, "--out"), (plot_path, "--plot")):  # before the work, never into a run
         if path is not None:
             check_output_file(path, inputs=inputs, what=what)
-    result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device)
+    result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device, metric=metric)
     text = report.render(result, fmt)
     if out_path:
         atomic_write_text(out_path, text)

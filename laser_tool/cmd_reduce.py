@@ -64,7 +64,8 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
     The input is never modified. The new run holds model.safetensors, config.json (model spec
     plus a "reduction" list of every step), reduce.json (per layer: shape, ranks, params,
     relative Frobenius error, energy kept of W's own spectrum and of the spectrum the method truncates,
-    which differ for whiten/asvd/fisher; val/test accuracy before and after) and final.json.
+    which differ for whiten/asvd/fisher; val/test accuracy before and after), final.json and
+    predictions.safetensors (the predicted class of every test and validation image).
     Reduced runs can be reduced again.
     """
     from .reduce import reduce_run

@@ -11,6 +11,7 @@ Selectors (`--layer`), matched against the names `laser-tool info` prints:
 The input run is never written to. The output is a run directory the other commands read like a
 trained one, whose config records every reduction step, so reductions compose.
 """
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -29,11 +30,12 @@ import torch.nn.functional as F
 from .checkpoint import check_checkpoint, checkpoint_path, load_run, save_model
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import eval_amp_dtype, evaluate, precision_name
-from .fileio import atomic_write_json, check_output_dir, dir_mode, remove_debris
+from .evaluate import eval_amp_dtype, evaluate, evaluate_with_predictions, precision_name
+from .fileio import atomic_write_bytes, atomic_write_json, check_output_dir, dir_mode, remove_debris
 from .lock import output_lock
 from .layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from .models import ModelSpec, count_params
+from .predictions import FILE as PRED_FILE, predictions_bytes
 from .spectrum import (Calib, Decomposition, break_even_rank, energy_kept, numerical_rank, parse_spec,
                        relative_error, resolve_rank, singular_values, truncate)  # noqa: F401 (re-exported)
 from .surgery import slots
@@ -245,8 +247,8 @@ def write_run(out: Path, files: dict, model, config: dict) -> None:
         os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; a run directory gets the user's umask
         save_model(tmp / "model.safetensors", model, config)
         atomic_write_json(tmp / "config.json", config)
-        for name, obj in files.items():
-            atomic_write_json(tmp / name, obj)
+        for name, obj in files.items():  # bytes are written as they are (predictions.safetensors)
+            atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
         try:
             os.rename(tmp, out)
         except OSError as e:
@@ -275,6 +277,19 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     """Reduce the selected layers of a run and write a new run directory; returns its path.
 
     `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run."""
+    return reduce_run_budgets(run, {0: selectors}, rank, method, store, {0: out}, calib_batches, device, data_dir,
+                              dataset, batch_size, splits, {0: extra or {}})[0]
+
+
+def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
+                       calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
+                       extra=None) -> dict:
+    """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
+    `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
+    and data are loaded once, the calibration pass runs once over the union of the selected layers,
+    each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
+    unreduced model is scored once. Only the cut, its scoring and the write are per budget.
+    `outs` and `extra` ({file name: JSON object}) are keyed by budget like the selectors."""
     run = Path(run)
     if store not in ("dense", "factored"):
         raise UserError(f"unknown store {store!r}; choose dense or factored")
@@ -283,18 +298,28 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
     check_batch_size(batch_size)
     if method != "svd" and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1):
         raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
+    if not selectors_by_budget:
+        raise UserError("no budget given: pass at least one set of layer selectors")
+    outs, extra = outs or {}, extra or {}
     dev = resolve_device(device)
     src = checkpoint_path(run)
     check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
-    args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
-                rank=None if rank is None else str(rank), method=method, store=store,
-                calib_batches=calib_batches if method != "svd" else 0)
-    out = check_out(out or default_out(run, "reduced", args), run)
-    with output_lock(out):  # one writer per output; what a killed one left is cleared first
-        remove_debris(out.parent, {out.name})
-        check_out(out, run)  # again under the lock: another writer may have finished meanwhile
-        return _reduce(run, src, out, args, selectors, rank, method, store, calib_batches, dev, data_dir,
-                       dataset, batch_size, splits, extra)
+    jobs = {}
+    for budget, selectors in selectors_by_budget.items():
+        args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
+                    rank=None if rank is None else str(rank), method=method, store=store,
+                    calib_batches=calib_batches if method != "svd" else 0)
+        jobs[budget] = (selectors, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
+    if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
+        raise UserError("two budgets would write the same output directory; give each its own --out")
+    with contextlib.ExitStack() as stack:
+        for budget in sorted(jobs, key=lambda b: str(jobs[b][2])):  # one writer per output, in a fixed order
+            out = jobs[budget][2]
+            stack.enter_context(output_lock(out))
+            remove_debris(out.parent, {out.name})  # what a killed writer left is cleared first
+            check_out(out, run)  # again under the lock: another writer may have finished meanwhile
+        return _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size,
+                       splits, extra)
 
 
 def check_batch_size(batch_size) -> None:
@@ -302,26 +327,30 @@ def check_batch_size(batch_size) -> None:
         raise UserError(f"--batch-size {batch_size!r} must be an integer >= 1")
 
 
-def _reduce(run, src, out, args, selectors, rank, method, store, calib_batches, dev, data_dir, dataset,
-            batch_size, splits, extra) -> Path:
+def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size, splits,
+            extra) -> dict:
     t0 = time.time()
     model, config = load_run(run, dev)
-    chosen = select(model, selectors, rank)
+    chosen_by = {budget: select(model, selectors, rank) for budget, (selectors, _, _) in jobs.items()}
     splits = splits or run_data(config, data_dir, dataset)
 
     # Resolve every rank before calibration and evaluation, so bad SPECs fail fast. Plain SVD's
-    # decomposition is W's own spectrum, so it is computed once, here.
-    plan = []
-    for name, (slot, spec) in chosen.items():
-        W = dense_weight(slot.module).detach()
-        dec = Decomposition(W) if method == "svd" else None
-        s = dec.s if dec is not None else singular_values(W)
-        plan.append((name, slot, spec, W, s, dec, resolve_rank(spec, W.shape[0], W.shape[1], s, name)))
+    # decomposition is W's own spectrum, so it is computed once, here; one per layer for all budgets.
+    layer = {}  # name -> (W, s, dec)
+    for chosen in chosen_by.values():
+        for name, (slot, _) in chosen.items():
+            if name not in layer:
+                W = dense_weight(slot.module).detach()
+                dec = Decomposition(W) if method == "svd" else None
+                layer[name] = (W, dec.s if dec is not None else singular_values(W), dec)
+    plans = {b: [(name, spec, resolve_rank(spec, *layer[name][0].shape, layer[name][1], name))
+                 for name, (_, spec) in chosen.items()] for b, chosen in chosen_by.items()}
 
     calib, calib_info = {}, None
     if method != "svd":
+        order = {s.name: i for i, s in enumerate(slots(model))}
         batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
-        calib = collect_calibration(model, [p[0] for p in plan], batches, method, dev)
+        calib = collect_calibration(model, sorted(layer, key=order.get), batches, method, dev)
         calib_info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,
                           images=sum(len(b[0]) for b in batches), seed=config.get("seed", 0) + 1)
 
@@ -329,53 +358,68 @@ def _reduce(run, src, out, args, selectors, rank, method, store, calib_batches, 
     val_before = evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp)
     test_before = evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp)
     params_before = count_params(model)
-    spec = ModelSpec.from_dict(config["model"])
-    layers, warnings = [], []
-    for name, slot, rspec, W, s, dec, r in plan:
-        old = slot.module
-        d_out, d_in = W.shape
-        dec = dec or Decomposition(W, method, calib.get(name))
-        U, V = dec.factors(r)
-        new, override = reduced_module(old, U, V, store)
-        if n_params(new) >= n_params(old):  # against the layer replaced: a DYAD or low-rank layer can grow
-            warnings.append(f"{name}: the {store} rank-{r} layer holds {n_params(new):,} parameters, not fewer "
-                            f"than the {layer_kind(old)} layer it replaces ({n_params(old):,}): it saves nothing")
-        k = numerical_rank(s, W.shape)
-        if r > k:
-            warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
-        slot.set(new)
-        if override is not None:
-            spec.layers[name] = override
-        layers.append(dict(name=name, shape=[d_out, d_in], kind_before=layer_kind(old), kind_after=layer_kind(new),
-                           method=method, spec=str(rspec), rank_before=k, rank_after=r, max_rank=min(d_out, d_in),
-                           params_before=n_params(old), params_after=n_params(new),
-                           rel_frobenius_error=relative_error(W, U, V),
-                           # W's own spectrum; for whiten/asvd/fisher also the weighted one they truncate
-                           energy_kept_weight=energy_kept(s, r),
-                           energy_kept_truncated=energy_kept(dec.s, r),
-                           **({"decomposition": dec.info} if dec.info else {})))
-    for w in warnings:
-        warn(w)
-    val_after = evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp)
-    test_after = evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp)
+    shared_seconds = time.time() - t0
+    written = {}
+    for budget, (_, args, out) in jobs.items():
+        t1 = time.time()
+        reduced = copy.deepcopy(model) if len(jobs) > 1 else model
+        by_name = {s.name: s for s in slots(reduced)}
+        spec = ModelSpec.from_dict(copy.deepcopy(config["model"]))  # its layers dict is filled per budget
+        layers, warnings = [], []
+        for name, rspec, r in plans[budget]:
+            W, s, dec = layer[name]
+            slot = by_name[name]
+            old = slot.module
+            d_out, d_in = W.shape
+            if dec is None:
+                dec = Decomposition(W, method, calib.get(name))
+                layer[name] = (W, s, dec)
+            U, V = dec.factors(r)
+            new, override = reduced_module(old, U, V, store)
+            if n_params(new) >= n_params(old):  # against the layer replaced: a DYAD or low-rank layer can grow
+                warnings.append(f"{name}: the {store} rank-{r} layer holds {n_params(new):,} parameters, not "
+                                f"fewer than the {layer_kind(old)} layer it replaces ({n_params(old):,}): it "
+                                f"saves nothing")
+            k = numerical_rank(s, W.shape)
+            if r > k:
+                warnings.append(f"{name}: rank {r} is above the layer's numerical rank {k}; nothing is cut")
+            slot.set(new)
+            if override is not None:
+                spec.layers[name] = override
+            layers.append(dict(name=name, shape=[d_out, d_in], kind_before=layer_kind(old),
+                               kind_after=layer_kind(new), method=method, spec=str(rspec), rank_before=k,
+                               rank_after=r, max_rank=min(d_out, d_in), params_before=n_params(old),
+                               params_after=n_params(new), rel_frobenius_error=relative_error(W, U, V),
+                               # W's own spectrum; for whiten/asvd/fisher also the weighted one they truncate
+                               energy_kept_weight=energy_kept(s, r), energy_kept_truncated=energy_kept(dec.s, r),
+                               **({"decomposition": dec.info} if dec.info else {})))
+        for w in warnings:
+            warn(w)
+        val_after = evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp)
+        test_after = evaluate_with_predictions(reduced, splits.test_x, splits.test_y, batch_size, dev, amp)
 
-    step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
-                ranks={l["name"]: l["rank_after"] for l in layers})
-    new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run), written_by="laser-tool",
-                      reduction=list(config.get("reduction", [])) + [step])
-    params_after = count_params(model)
-    report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,
-                  params_before=params_before, params_after=params_after, warnings=warnings,
-                  val_acc_before=val_before[1], val_acc_after=val_after[1],
-                  test_acc_before=test_before[1], test_acc_after=test_after[1],
-                  val_loss_before=val_before[0], val_loss_after=val_after[0],
-                  test_loss_before=test_before[0], test_loss_after=test_after[0])
-    pf = parent_final(run)
-    final = dict(status="complete", kind="post-hoc", parent=str(run), test_acc=test_after[1],
-                 val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
-                 params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
-                 # training cost of the weights this run holds, so `compare` can put it beside trained runs
-                 train_seconds=pf.get("train_seconds"), reduce_seconds=round(time.time() - t0, 3),
-                 device=str(dev), eval_precision=precision_name(amp))
-    write_run(out, {"reduce.json": report, "final.json": final, **(extra or {})}, model, new_config)
-    return out
+        step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,
+                    ranks={l["name"]: l["rank_after"] for l in layers})
+        new_config = dict(config, model=spec.to_dict(), name=out.name, parent=str(run), written_by="laser-tool",
+                          reduction=list(config.get("reduction", [])) + [step])
+        params_after = count_params(reduced)
+        report = dict(parent=str(run), method=method, store=store, calib=calib_info, layers=layers,
+                      params_before=params_before, params_after=params_after, warnings=warnings,
+                      val_acc_before=val_before[1], val_acc_after=val_after[1],
+                      test_acc_before=test_before[1], test_acc_after=test_after[1],
+                      val_loss_before=val_before[0], val_loss_after=val_after[0],
+                      test_loss_before=test_before[0], test_loss_after=test_after[0])
+        pf = parent_final(run)
+        final = dict(status="complete", kind="post-hoc", parent=str(run), test_acc=test_after[1],
+                     val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
+                     params_before=params_before, test_acc_before=test_before[1], val_acc_before=val_before[1],
+                     # training cost of the weights this run holds, so `compare` can put it beside trained runs
+                     train_seconds=pf.get("train_seconds"),
+                     reduce_seconds=round(shared_seconds + time.time() - t1, 3), device=str(dev),
+                     eval_precision=precision_name(amp))
+        preds = predictions_bytes(splits.name, test_after[2], splits.test_y, val_after[2], splits.val_y,
+                                  splits.val_indices)
+        write_run(out, {"reduce.json": report, "final.json": final, PRED_FILE: preds, **extra.get(budget, {})},
+                  reduced, new_config)
+        written[budget] = out
+    return written

@@ -15,11 +15,15 @@ FAMILY_STYLE = {  # one marker per family, so the plot reads without colour
     "healed": dict(marker="D", markersize=7, color="tab:purple"),
     "progressive": dict(marker="v", markersize=8, color="tab:orange"),
 }
-CSV_COLUMNS = ("section", "label", "family", "paired_with", "n", "seeds", "params", "acc_mean", "acc_std",
-               "acc_ci_low", "acc_ci_high", "ci_kind", "diff_vs_baseline", "diff_vs_baseline_ci",
-               "diff_vs_baseline_ci_kind", "p_vs_baseline", "diff_vs_paired", "diff_vs_paired_ci",
-               "diff_vs_paired_ci_kind", "p_vs_paired", "params_vs_paired", "train_seconds", "images_per_s",
-               "heal_epochs", "test_size", "accs", "runs", "warnings")
+CSV_COLUMNS = ("section", "label", "family", "curve", "baseline", "paired_with", "n", "seeds", "params", "keep",
+               "targeted_layers", "acc_mean", "acc_std", "acc_ci_low", "acc_ci_high", "ci_kind", "val_acc_mean",
+               "val_acc_std", "metric", "diff_vs_baseline", "diff_vs_baseline_ci", "diff_vs_baseline_ci_kind",
+               "p_vs_baseline", "p_vs_baseline_holm", "p_vs_baseline_kind", "diff_vs_paired", "diff_vs_paired_ci",
+               "diff_vs_paired_ci_kind", "p_vs_paired", "p_vs_paired_holm", "p_vs_paired_kind", "params_vs_paired",
+               "forward_flops", "train_flops", "train_seconds", "images_per_s", "heal_epochs", "test_size",
+               "accs", "val_accs", "runs", "warnings")
+P_MARK = {"mcnemar": "ᴹ", "paired-t": "ᵗ", "welch": "ᵂ", "z-unpaired": "ᶻ"}
+CI_MARK = {"test-set": "†", "paired-images": "‡"}
 
 
 def _pct(x, digits=2):
@@ -33,13 +37,21 @@ def _pp(r, name):
         return ""
     if half is None:
         return f"{100 * d:+.2f}"
-    return f"{100 * d:+.2f} ± {100 * half:.2f}" + ("†" if r[f"diff_vs_{name}_ci_kind"] == "test-set" else "")
+    return f"{100 * d:+.2f} ± {100 * half:.2f}" + CI_MARK.get(r[f"diff_vs_{name}_ci_kind"], "")
 
 
 def _p(p):
     if p is None:
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_holm(r, name):
+    """'0.004ᴹ (0.012)': raw p marked with the test that made it, Holm-adjusted p in brackets."""
+    p = r[f"p_vs_{name}"]
+    if p is None:
+        return "n/a"
+    return f"{_p(p)}{P_MARK.get(r[f'p_vs_{name}_kind'], '')} ({_p(r.get(f'p_vs_{name}_holm'))})"
 
 
 def _num(x, fmt="{:,.0f}"):
@@ -66,31 +78,31 @@ def markdown(comparison, commands=None) -> str:
     for r in comparison.rows:
         if r["section"] not in sections:
             sections.append(r["section"])
-    head = ("| row | family | n | params | test acc % (mean ± sd) | 95% CI | Δ vs baseline (pp) | p | "
-            "Δ vs train-time (pp) | p | train s | infer img/s |")
+    metric = getattr(comparison, "metric", "test")
+    head = (f"| row | family | n | params | keep | test acc % (mean ± sd) | 95% CI | val acc % | "
+            f"Δ {metric} vs baseline (pp) | p (Holm) | Δ {metric} vs train-time (pp) | p (Holm) | train s | "
+            f"infer img/s |")
     for sec in sections:
-        out += [f"### {sec}", "", head, "|" + "---|" * 12]
+        out += [f"### {sec}", "", head, "|" + "---|" * 14]
         for r in comparison.rows:
             if r["section"] != sec:
                 continue
             label = r["label"] if r["paired_with"] is None else f"↳ {r['label']}"
-            base_p = "" if r["family"] == "baseline" else _p(r["p_vs_baseline"])
-            paired_p = "" if r["paired_with"] is None else _p(r["p_vs_paired"])
-            out.append(f"| {label} | {r['family']} | {r['n']} | {_num(r['params'])} | {_acc(r)} | {_ci(r)} | "
-                       f"{_pp(r, 'baseline')} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
+            if r["family"] == "baseline":
+                base_d, base_p = "", ""
+            elif r.get("baseline") is None:
+                base_d, base_p = "no same-recipe baseline", ""
+            else:
+                base_d, base_p = _pp(r, "baseline"), _p_holm(r, "baseline")
+            paired_p = "" if r["paired_with"] is None else _p_holm(r, "paired")
+            keep = "" if r.get("keep") is None else f"{r['keep']:.3f}"
+            val = _pct(r.get("val_acc_mean"))
+            val += "" if r.get("val_acc_std") is None else f" ± {_pct(r['val_acc_std'])}"
+            out.append(f"| {label} | {r['family']} | {r['n']} | {_num(r['params'])} | {keep} | {_acc(r)} | {_ci(r)} | "
+                       f"{val} | {base_d} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
                        f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |")
         out.append("")
-    out.append("↳ rows: the baseline reduced post hoc (or a progressive run, cut while training) to the "
-               "train-time row above it (same layers, parameters within 2%); their Δ and p are against that row. Δ: difference of mean test accuracy ± the "
-               "half-width of its 95% interval (Welch's, over seeds). p: two-sided Welch t-test, n/a where either "
-               "side has fewer than 2 seeds. train s: training time of the weights a row holds (post-hoc rows "
-               "inherit their baseline's; healed rows add the fine-tune). Post-hoc rows are cut from the "
-               "baseline's own seeds, so against the baseline they are paired samples; Welch ignores that "
-               "pairing and is conservative there.")
-    if any(r["ci_kind"] == "test-set" for r in comparison.rows):
-        out.append("† one seed: the interval covers only the test set's sampling noise (binomial, normal "
-                   "approximation), not seed-to-seed variation, which is usually larger; use 2 or more seeds "
-                   "for t-intervals and Welch p-values.")
+    out += [line for f in footnotes(comparison.rows, metric) for line in (f, "")]
     warnings = list(dict.fromkeys((r["label"], w) for r in comparison.rows for w in r["warnings"]))
     if warnings:
         out += ["", "Warnings:"] + [f"- {label}: {w}" for label, w in warnings]
@@ -109,6 +121,32 @@ def markdown(comparison, commands=None) -> str:
                 out.append(f"- **{r['label']}**")
                 out += [f"  - `{c}`" for c in cmds]
     return "\n".join(out) + "\n"
+
+
+def footnotes(rows, metric="test") -> list:
+    """The sentences under the tables: what each column means and which tests made the p-values shown."""
+    from .stats import P_KINDS
+    out = [f"↳ rows: the baseline reduced post hoc to the train-time row above it (same layers, parameters "
+           f"within 2%); their Δ and p are against that row. keep: the fraction of the targeted layers' "
+           f"parameters a row keeps (the layers that differ from its baseline's). Δ: difference of mean {metric} "
+           f"accuracy ± the half-width of its 95% interval. p: two-sided, marked with the test that made it; in "
+           f"brackets Holm's adjustment across all comparisons of the table. Each row is tested only against the "
+           f"baseline of its own training recipe. val acc: accuracy on the validation split held out of training "
+           f"(for a trained row the best epoch's, which chose the checkpoint, so it leans high); test acc is "
+           f"measured once, on the test set, and is the unbiased one. train s: training time of the weights a row "
+           f"holds (post-hoc rows inherit their baseline's; healed rows add the fine-tune)."]
+    kinds = {r.get(f"p_vs_{n}_kind") for r in rows for n in ("baseline", "paired")}
+    out += [f"{mark} {P_KINDS[k]}." for k, mark in P_MARK.items() if k in kinds]
+    cis = {r.get(f"diff_vs_{n}_ci_kind") for r in rows for n in ("baseline", "paired")} | {r["ci_kind"] for r in rows}
+    if "test-set" in cis:
+        out.append("† one seed, unpaired: the interval covers only the test set's sampling noise (binomial, normal "
+                   "approximation), not seed-to-seed variation, which is usually larger.")
+    if "paired-images" in cis:
+        out.append("‡ one seed, paired: the interval of the difference over the same images (each image counts "
+                   "+1, -1 or 0); it covers test-set noise only, not seed-to-seed variation.")
+    if any(r["n"] == 1 for r in rows):
+        out.append("One seed measures the test set's noise only; use `--seeds 3` or more for t-tests over seeds.")
+    return out
 
 
 def to_csv(comparison) -> str:
@@ -131,70 +169,101 @@ def render(comparison, fmt: str) -> str:
     return {"md": markdown, "csv": to_csv, "json": to_json}[fmt](comparison)
 
 
-def _layout(pts):
-    """{id(row): (x drawn, label x, label y)}. Rows within 1.5% of the panel's parameter span of each
-    other (a variant and its post-hoc twins) are drawn side by side, 0.8% of the span apart, best
-    accuracy leftmost, with their labels stacked in the same order to the right, so none hides
-    another; the table has the exact counts."""
-    xs = [r["params"] for r in pts]
-    span = (max(xs) - min(xs)) or max(xs)
-    ys = [100 * v for r in pts for v in (r["acc_ci_low"], r["acc_ci_high"], r["acc_mean"]) if v is not None]
-    dy = 0.05 * ((max(ys) - min(ys)) or 1.0)
-    out, done = {}, set()
-    for r in sorted(pts, key=lambda r: r["params"]):
-        if id(r) in done:
-            continue
-        near = sorted((q for q in pts if id(q) not in done and abs(q["params"] - r["params"]) <= 0.015 * span),
-                      key=lambda q: -q["acc_mean"])
-        xs = [r["params"] + (k - (len(near) - 1) / 2) * 0.008 * span for k in range(len(near))]
-        top = 100 * near[0]["acc_mean"]
-        for k, q in enumerate(near):
-            done.add(id(q))
-            out[id(q)] = (xs[k], xs[-1] + 0.012 * span, top - k * dy)
-    return out
+def pareto(points) -> list:
+    """Indices of the points (x, y) no other point beats: none has x <= and y >= with one strict.
+    Lower x (cost) and higher y (accuracy) are better."""
+    out = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            out.append(i)
+    return sorted(out, key=lambda i: points[i][0])
+
+
+AXES = {"keep": "fraction of the targeted layers' parameters kept",
+        "train_flops": "training FLOPs (≈ 3 × forward × images seen)"}
+
+
+def _panel(ax, rows, x: str, colours: dict) -> None:
+    """One panel: a horizontal band per baseline, a curve per family with its 95% band, the frontier."""
+    for b in (r for r in rows if r["family"] == "baseline"):
+        if b["acc_ci_low"] is not None:
+            ax.axhspan(100 * b["acc_ci_low"], 100 * b["acc_ci_high"], color="black", alpha=0.08, lw=0)
+        ax.axhline(100 * b["acc_mean"], color="black", lw=1, ls="--", label=f"baseline {b['label']}"
+                   if b["label"] != "baseline" else "baseline (band: 95% CI)")
+    pts = [r for r in rows if r["family"] != "baseline" and r.get(x) is not None]
+    for curve in dict.fromkeys(r["curve"] for r in pts):
+        cs = sorted((r for r in pts if r["curve"] == curve), key=lambda r: r[x])
+        xs, ys = [r[x] for r in cs], [100 * r["acc_mean"] for r in cs]
+        style = FAMILY_STYLE.get(cs[0]["family"], {})
+        line, = ax.plot(xs, ys, marker=style.get("marker", "o"), ms=6, color=colours[curve], label=curve, lw=1.4)
+        line.set_gid(f"series:{curve}")
+        if all(r["acc_ci_low"] is not None for r in cs):
+            ax.fill_between(xs, [100 * r["acc_ci_low"] for r in cs], [100 * r["acc_ci_high"] for r in cs],
+                            color=colours[curve], alpha=0.10, lw=0)
+    cand = pts + [r for r in rows if r["family"] == "baseline" and r.get(x) is not None]
+    front = [cand[i] for i in pareto([(r[x], r["acc_mean"]) for r in cand])]
+    if front:
+        ax.plot([r[x] for r in front], [100 * r["acc_mean"] for r in front], ls=":", color="black", lw=1,
+                marker="o", ms=11, mfc="none", mec="black", label="Pareto frontier", gid="frontier")
+    xs = [r[x] for r in cand]
+    if x == "keep":
+        ax.set_xlim(0, 1.05)  # budgets are fractions: a linear axis reads them directly
+    elif xs and min(xs) > 0 and max(xs) / min(xs) > 3:
+        ax.set_xscale("log")
+    # The view follows the points, not the bands: a two-seed t-band (t = 12.7 at 1 df) would flatten them.
+    ys = [100 * r["acc_mean"] for r in cand] + [100 * b["acc_mean"] for b in rows if b["family"] == "baseline"]
+    if ys:
+        pad = max(0.5, 0.3 * (max(ys) - min(ys)))
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    if not pts:
+        ax.text(0.5, 0.5, f"no row records its {'training FLOPs' if x != 'keep' else 'budget'}",
+                transform=ax.transAxes, ha="center", va="center", alpha=0.6)
+    ax.set_xlabel(AXES[x])
+    ax.set_ylabel("test accuracy %  (bands: 95% CI, clipped to the view)")
+    ax.grid(alpha=0.3)
 
 
 def plot(rows, path=None, title=None):
-    """Test accuracy (%) against parameter count, 95% CI error bars, one series per family, one panel
-    per section. Returns the matplotlib Figure (saved as PNG when `path` is given). Uses the Agg
-    canvas directly, so it works headless and leaves a notebook's pyplot backend alone."""
+    """Per section, two panels: test accuracy (%) against the fraction of the targeted layers' parameters
+    kept, and against training FLOPs; one curve per family (way of slimming) with its 95% band, the
+    Pareto frontier ringed, each baseline a horizontal band. Returns the matplotlib Figure (saved as PNG
+    when `path` is given). Uses the Agg canvas directly, so it works headless and leaves a notebook's
+    pyplot backend alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    rows = [r for r in rows if r.get("status", "ok") == "ok" and r["acc_mean"] is not None and r["params"]]
+    rows = [r for r in rows if r.get("status", "ok") == "ok" and r["acc_mean"] is not None]
     seen, unique = set(), []
     for r in rows:  # paired post-hoc rows repeat next to each variant; plot each group once
         if (r["section"], r["label"]) not in seen:
             seen.add((r["section"], r["label"]))
             unique.append(r)
     sections = list(dict.fromkeys(r["section"] for r in unique)) or [title or "no complete runs"]
-    fig = Figure(figsize=(8 * len(sections), 5.6), layout="constrained")
+    fig = Figure(figsize=(14, 5.2 * len(sections)), layout="constrained")
     FigureCanvasAgg(fig)
+    curves = list(dict.fromkeys(r.get("curve") or r["family"] for r in unique if r["family"] != "baseline"))
+    cmap = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
+            "tab:cyan", "tab:gray"]
+    colours = {c: cmap[i % len(cmap)] for i, c in enumerate(curves)}
     for i, sec in enumerate(sections):
-        ax = fig.add_subplot(1, len(sections), i + 1)
-        in_sec = [r for r in unique if r["section"] == sec]
-        where = _layout(in_sec) if in_sec else {}
-        for family, style in FAMILY_STYLE.items():
-            pts = [r for r in in_sec if r["family"] == family]
-            if not pts:
-                continue
-            yerr = [0 if r["acc_ci_low"] is None else 100 * (r["acc_mean"] - r["acc_ci_low"]) for r in pts]
-            ax.errorbar([where[id(r)][0] for r in pts], [100 * r["acc_mean"] for r in pts], yerr=yerr,
-                        linestyle="none", capsize=3, label=family, **style)
-            for r in pts:
-                x, tx, ty = where[id(r)]
-                ax.annotate(r["label"], (x, 100 * r["acc_mean"]), xytext=(tx, ty), fontsize=6.5, alpha=0.85,
-                            va="center", arrowprops=dict(arrowstyle="-", lw=0.4, alpha=0.4))
-        ax.set_xlabel("parameters (points with nearly equal counts drawn side by side)")
-        ax.set_ylabel("test accuracy %  (error bars: 95% CI)")
-        ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.containers:
-            ax.legend(fontsize=8, loc="lower right")
+        in_sec = [dict(r, curve=r.get("curve") or r["family"]) for r in unique if r["section"] == sec]
+        for j, x in enumerate(("keep", "train_flops")):
+            ax = fig.add_subplot(len(sections), 2, 2 * i + j + 1)
+            ax.set_gid(x)
+            _panel(ax, in_sec, x, colours)
+            ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
+            if j == 0 and ax.lines:
+                ax.legend(fontsize=7, loc="lower right")
     if path is not None:
-        fig.savefig(path, format="png", dpi=130)
+        fig.savefig(path, format="png", dpi=120)
     return fig
 
 
+def series_names(fig) -> list:
+    """The family curves drawn in each accuracy-vs-keep panel, in order (one list entry per curve)."""
+    return [ln.get_gid()[len("series:"):] for ax in fig.axes if ax.get_gid() == "keep" for ln in ax.lines
+            if (ln.get_gid() or "").startswith("series:")]
+
+
 def series_count(fig) -> int:
-    """Number of plotted series (error-bar containers) over all panels."""
-    return sum(len(ax.containers) for ax in fig.axes)
+    """Number of family curves over the accuracy-vs-keep panels (one per family per section)."""
+    return len(series_names(fig))

@@ -328,7 +328,7 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
                  work: int = 0) -> Path:
     """STUDY/report.md (+ plot.png, results.json, study.json) from the runs under STUDY/runs."""
     import torch
-    from . import report
+    from . import answer, report
     from .compare import compare_runs
     from .fileio import atomic_write_text
     from .device import resolve_device
@@ -347,7 +347,11 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
             f"(median of 10).",
             f"Wall time: {total / 60:.1f} min over {len(calls)} invocation(s) of `laser-tool study` "
             f"(this one {wall / 60:.1f} min, {work} run(s) made; the rest were found finished).",
-            "", "![test accuracy vs parameters](plot.png)", "", ""]
+            ""]
+    found = answer.markdown(result.rows)
+    if found:
+        head += ["## The answer: which way of slimming loses least at each budget", "", found]
+    head += ["![test accuracy vs parameters kept and vs training FLOPs](plot.png)", "", "## All rows", ""]
     text = "\n".join(head) + report.markdown(result, commands={s.name: [s.command] for s in steps})
     atomic_write_text(out / "report.md", text)
     return out / "report.md"

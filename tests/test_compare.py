@@ -4,7 +4,9 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 from click.testing import CliRunner
+from scipy.stats import ttest_rel
 from scipy.special import betainc
 
 import laser_tool
@@ -13,6 +15,8 @@ from laser_tool.checkpoint import save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.predictions import save_predictions
+from laser_tool.stats import holm, mcnemar_exact
 
 from laser_tool import report
 
@@ -21,14 +25,23 @@ TINY = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patc
 
 
 def make_run(root, name, acc, seed=0, spec=TINY, dataset="fashion-mnist", params=10_000, reduction=None,
-             final=True, model=False, epochs=2, heal=None, **final_extra):
-    """A run directory as the trainer / reducer write it (config.json flattened keys + model spec)."""
+             final=True, model=False, epochs=2, heal=None, parent=None, correct=None, pred_dataset=None,
+             train=None, **final_extra):
+    """A run directory as the trainer / reducer write it (config.json flattened keys + model spec).
+    `correct` (bools, one per test image) also writes predictions.safetensors; `train` a "train" entry."""
     d = root / name
     d.mkdir(parents=True)
     config = {"kind": "train", "model": spec.to_dict(), "dataset": dataset, "seed": seed, "epochs": epochs,
               "lr": 1e-3, "batch_size": 32}
+    if train is not None:
+        config["train"] = train
     if reduction:
-        config.update(kind="post-hoc", reduction=reduction, parent=str(root / "parent"))
+        config.update(kind="post-hoc", reduction=reduction, parent=str(parent or root / "parent"))
+    if correct is not None:
+        c = torch.as_tensor(correct, dtype=torch.bool)
+        y = torch.arange(len(c)) % 10
+        save_predictions(d, pred_dataset or dataset, torch.where(c, y, (y + 1) % 10), y)
+        acc = c.float().mean().item()
     if heal:
         config["heal"] = {"epochs": heal}
     (d / "config.json").write_text(json.dumps(config))
@@ -249,21 +262,6 @@ def test_inference_speed_measured_for_every_row_from_real_models(tmp_path):
     assert c.rows[0]["params"] == count_params(build_model(TINY))
 
 
-def test_plot_is_a_png_with_one_series_per_family(tmp_path):
-    lowrank = replace(TINY, variant="lowrank", targets=["ffn-in"])
-    for s in range(2):
-        make_run(tmp_path, f"base-s{s}", 0.86 + s / 100, seed=s)
-        make_run(tmp_path, f"lr-s{s}", 0.83, seed=s, spec=lowrank, params=8_000)
-        make_run(tmp_path, f"svd-s{s}", 0.80, seed=s, params=8_000, reduction=red("svd", "ffn.in", 12))
-    make_run(tmp_path, "half", 0.85, spec=replace(TINY, variant="half-ffn"), params=7_000)
-    rows = cmp.compare_runs([tmp_path], speed=False).rows
-    fig = report.plot(rows, tmp_path / "p.png")
-    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert report.series_count(fig) == 4  # baseline, train-time, narrower-ffn, post-hoc
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["baseline", "train-time", "narrower-ffn", "post-hoc"]
-
-
 def test_cli_formats_and_plot(tmp_path):
     make_run(tmp_path / "runs", "base-s0", 0.86, model=True)
     make_run(tmp_path / "runs", "base-s1", 0.87, seed=1, model=True)
@@ -279,6 +277,243 @@ def test_cli_formats_and_plot(tmp_path):
     res = r.invoke(main, ["compare", str(tmp_path / "runs"), "--format", "csv", "--no-speed"])
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("section,label,family") and len(lines) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# paired statistics, recipes, budgets (issue 12)
+
+
+def factored(role, r, depth=2):
+    return {f"blocks.{b}.{role}": {"kind": "factored", "rank": r, "bias": True} for b in range(depth)}
+
+
+def correct_vector(n=200, wrong=()):
+    c = torch.ones(n, dtype=torch.bool)
+    c[list(wrong)] = False
+    return c
+
+
+def test_one_seed_rows_are_paired_image_by_image_with_mcnemar(tmp_path):
+    make_run(tmp_path, "base", 0, correct=correct_vector(wrong=range(0, 20)))            # 180/200
+    make_run(tmp_path, "low", 0, spec=replace(TINY, variant="lowrank", targets=["ffn"]),
+             correct=correct_vector(wrong=list(range(10, 20)) + list(range(100, 130))))  # 160/200
+    make_run(tmp_path, "half", 0, spec=replace(TINY, variant="half-ffn"), correct=correct_vector(wrong=range(5, 25)))
+    c = cmp.compare_runs([tmp_path], speed=False)
+    low = next(r for r in c.rows if r["label"].startswith("lowrank"))
+    # base right, low wrong: 30 images (100..129); low right, base wrong: 10 (0..9)
+    assert low["p_vs_baseline"] == pytest.approx(mcnemar_exact(10, 30)) and round(low["p_vs_baseline"], 5) == 0.00222
+    assert low["p_vs_baseline_kind"] == "mcnemar" == low["p_kind"]
+    assert low["diff_vs_baseline"] == pytest.approx(0.80 - 0.90) and low["diff_vs_baseline_ci_kind"] == "paired-images"
+    half = next(r for r in c.rows if r["label"].startswith("half"))
+    raw = [low["p_vs_baseline"], half["p_vs_baseline"]]
+    assert [low["p_vs_baseline_holm"], half["p_vs_baseline_holm"]] == pytest.approx(holm(raw))
+    assert low["vs_baseline"]["test"]["p"] == low["p_vs_baseline"] and "val" in low["vs_baseline"]
+    md = report.markdown(c)
+    assert "0.002ᴹ (0.004)" in md and "exact McNemar" in md and "‡" in md
+
+
+def test_missing_or_mismatched_predictions_fall_back_and_say_so_in_one_line(tmp_path):
+    make_run(tmp_path, "base", 0, correct=correct_vector(wrong=range(20)))
+    make_run(tmp_path, "nopreds", 0.85, spec=replace(TINY, variant="lowrank", targets=["ffn"]))
+    make_run(tmp_path, "short", 0, spec=replace(TINY, variant="skl", targets=["ffn"]),
+             correct=correct_vector(n=150, wrong=range(10)))
+    make_run(tmp_path, "other", 0, spec=replace(TINY, variant="half-ffn"), correct=correct_vector(wrong=range(12)),
+             pred_dataset="mnist")
+    c = cmp.compare_runs([tmp_path], speed=False)
+    by = {r["label"].split()[0]: r for r in c.rows}
+    assert by["lowrank"]["p_kind"] is None  # no test-set size recorded: no unpaired p either
+    assert by["skl"]["p_kind"] is None and by["half-ffn"]["p_kind"] is None
+    md = report.markdown(c)
+    lines = md.splitlines()
+    assert sum("unpaired test: no predictions.safetensors" in ln for ln in lines) == 1
+    assert sum("test predictions differ in length (150 vs 200)" in ln for ln in lines) == 1
+    assert sum("predictions are from different datasets (mnist vs fashion-mnist)" in ln for ln in lines) == 1
+    assert len(c.rows) == 4  # the rest of the report is still made
+    # with the test-set size known, the fallback is the unpaired two-proportion z-test
+    for d in tmp_path.iterdir():
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(dict(cfg, split={"test": 200, "val": 50})))
+    low = next(r for r in cmp.compare_runs([tmp_path], speed=False).rows if r["label"].startswith("lowrank"))
+    assert low["p_kind"] == "z-unpaired" and low["p_vs_baseline"] is not None
+
+
+def test_post_hoc_rows_are_paired_over_their_baselines_seeds(tmp_path):
+    lowrank = replace(TINY, variant="lowrank", targets=["ffn-in"])
+    cut = replace(TINY, layers=factored("ffn.in", 4))
+    base_accs, cut_accs, low_accs = [0.86, 0.87, 0.85], [0.84, 0.86, 0.845], [0.83, 0.85, 0.84]
+    for s in range(3):
+        b = make_run(tmp_path, f"base-s{s}", base_accs[s], seed=s)
+        make_run(tmp_path, f"cut-s{s}", cut_accs[s], seed=s, spec=cut, parent=b, reduction=red("svd", "ffn.in", 4))
+        make_run(tmp_path, f"low-s{s}", low_accs[s], seed=s, spec=lowrank)
+    rows = cmp.compare_runs([tmp_path], speed=False).rows
+    c = next(r for r in rows if r["family"] == "post-hoc")
+    assert c["p_kind"] == "paired-t" and c["p_vs_baseline"] == pytest.approx(ttest_rel(cut_accs, base_accs).pvalue)
+    assert c["roots"] == [str((tmp_path / f"base-s{s}").resolve()) for s in range(3)]
+    low = next(r for r in rows if r["family"] == "train-time")
+    assert low["p_kind"] == "welch" and low["p_vs_baseline"] == pytest.approx(cmp.welch_p(low_accs, base_accs))
+
+
+def test_recipes_are_kept_apart_and_rows_use_their_own_baseline(tmp_path):
+    lowrank = replace(TINY, variant="lowrank", targets=["ffn"])
+    for s in range(2):
+        make_run(tmp_path, f"base2-s{s}", 0.80 + s / 100, seed=s, epochs=2)
+        make_run(tmp_path, f"base5-s{s}", 0.88 + s / 100, seed=s, epochs=5)
+        make_run(tmp_path, f"low5-s{s}", 0.86 + s / 100, seed=s, epochs=5, spec=lowrank)
+        make_run(tmp_path, f"low3-s{s}", 0.84, seed=s, epochs=3, spec=lowrank)
+        make_run(tmp_path, f"lowdrop-s{s}", 0.85, seed=s, epochs=5, spec=replace(lowrank, dropout=0.1))
+    c = cmp.compare_runs([tmp_path], speed=False)
+    by = {r["label"]: r for r in c.rows}
+    assert {"baseline [epochs=2]", "baseline [epochs=5]"} <= set(by)
+    low5 = by["lowrank ffn r=0.5 [dropout=0.0, epochs=5]"]
+    assert low5["baseline"] == "baseline [epochs=5]" and low5["diff_vs_baseline"] == pytest.approx(-0.02)
+    for label in ("lowrank ffn r=0.5 [dropout=0.0, epochs=3]", "lowrank ffn r=0.5 [dropout=0.1, epochs=5]"):
+        assert by[label]["baseline"] is None and by[label]["p_vs_baseline"] is None
+        assert any("no same-recipe baseline" in w for w in by[label]["warnings"])
+    md = report.markdown(c)
+    assert md.count("| no same-recipe baseline |") == 2
+    # the two baselines are never compared with each other, nor with the other's variants
+    assert by["baseline [epochs=2]"]["diff_vs_baseline"] is None
+    assert by["baseline [epochs=5]"]["diff_vs_baseline"] is None
+    # a setting the hand-written list never named still splits groups (derived from the train entry)
+    d = tmp_path / "new"
+    make_run(d, "a", 0.8, train={"epochs": 2, "lr": 1e-3, "future_knob": 1, "seed": 0, "device": "cpu"})
+    make_run(d, "b", 0.8, seed=1, train={"epochs": 2, "lr": 1e-3, "future_knob": 2, "seed": 1, "device": "cuda"})
+    make_run(d, "c", 0.8, seed=2, train={"epochs": 2, "lr": 1e-3, "future_knob": 2, "seed": 2, "device": "cpu"})
+    labels = sorted((r["label"], r["n"]) for r in cmp.compare_runs([d], speed=False).rows)
+    assert labels == [("baseline [future_knob=1]", 1), ("baseline [future_knob=2]", 2)]
+
+
+def test_one_requested_spec_is_one_group_although_ranks_differ_by_seed(tmp_path):
+    for s, r in enumerate((5, 6, 7)):
+        b = make_run(tmp_path, f"base-s{s}", 0.86, seed=s)
+        step = {"method": "svd", "selectors": ["*.ffn.in"], "rank": "energy:0.9", "store": "factored",
+                "calib_batches": 0, "ranks": ranks("ffn.in", r), "parent": str(b), "calib": None}
+        make_run(tmp_path, f"cut-s{s}", 0.85 - s / 100, seed=s, spec=replace(TINY, layers=factored("ffn.in", r)),
+                 reduction=[step], parent=b)
+        other = dict(step, rank="energy:0.8", ranks=ranks("ffn.in", 3))
+        make_run(tmp_path, f"cut8-s{s}", 0.8, seed=s, spec=replace(TINY, layers=factored("ffn.in", 3)),
+                 reduction=[other], parent=b)
+    rows = cmp.compare_runs([tmp_path], speed=False).rows
+    assert [(r["family"], r["n"]) for r in rows] == [("baseline", 3), ("post-hoc", 3), ("post-hoc", 3)]
+    d_in, d_out = TINY.dim, TINY.mlp_dim
+    keeps = [(r * (d_in + d_out) + d_out) / (d_in * d_out + d_out) for r in (5, 6, 7)]
+    assert rows[1]["keep"] == pytest.approx(sum(keeps) / 3) and rows[1]["targeted_layers"] == "ffn-in"
+    assert rows[0]["keep"] == 1.0
+
+
+def test_forward_and_training_flops_match_the_closed_form():
+    from laser_tool import costs
+    s = ModelSpec(arch="vit-tiny", image_size=28, channels=1, patch_size=7, dim=128, depth=3, heads=4, dim_head=32,
+                  mlp_dim=256, dropout=0.0, emb_dropout=0.0)
+    T, inner, patch_dim = 17, 128, 7 * 7 * 5  # 16 patches + CLS; SPT stacks 5 shifted copies
+    block = T * 128 * 3 * inner + 2 * 4 * T * T * 32 + T * inner * 128 + 2 * T * 128 * 256
+    macs = 16 * patch_dim * 128 + 3 * block + 128 * 10  # embed, blocks, head on the CLS token
+    per_image, per_batch = costs.forward_flops(s)
+    assert per_image == 2 * macs
+    low = replace(s, variant="lowrank", targets=["ffn"])
+    r = 256 * 128 // (256 + 128) // 2  # the seed's rank rule at r=0.5: int(0.5 * m n / (m + n)) = 42
+    assert costs.forward_flops(low)[0] == 2 * (macs - 3 * 2 * T * 128 * 256 + 3 * 2 * T * r * (128 + 256))
+    assert costs.training_flops(s, 1000, 10) == 3 * (per_image * 1000 + per_batch * 10)
+
+
+def _frontier(root, seeds=1):
+    """Baseline, narrower and low-rank at two budgets, and post-hoc svd cuts of the baseline."""
+    out = {}
+    for s in range(seeds):
+        b = make_run(root, f"base-s{s}", 0, seed=s, correct=correct_vector(wrong=range(20)))
+        for i, (mlp, scale, r) in enumerate(((32, 0.5, 10), (16, 0.25, 5))):
+            make_run(root, f"narrow{i}-s{s}", 0, seed=s, spec=replace(TINY, mlp_dim=mlp),
+                     correct=correct_vector(wrong=range(24 + 6 * i)))
+            low = replace(TINY, variant="lowrank", targets=["ffn"], scale=scale)
+            make_run(root, f"low{i}-s{s}", 0, seed=s, spec=low,
+                     correct=correct_vector(wrong=range(21 + 20 * i)))
+            layers = {**factored("ffn.in", r), **factored("ffn.out", r)}
+            step = [{"method": "svd", "selectors": ["*:mlp"], "rank": f"params:{scale}", "store": "factored",
+                     "ranks": {**ranks("ffn.in", r), **ranks("ffn.out", r)}}]
+            make_run(root, f"svd{i}-s{s}", 0, seed=s, spec=replace(TINY, layers=layers), reduction=step, parent=b,
+                     correct=correct_vector(wrong=range(30 + 40 * i)))
+    return out
+
+
+def test_plot_has_one_series_per_family(tmp_path):
+    _frontier(tmp_path)
+    rows = cmp.compare_runs([tmp_path], speed=False).rows
+    fig = report.plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(report.series_names(fig)) == ["lowrank ffn", "narrower", "post-hoc svd ffn"]
+    assert report.series_count(fig) == 3
+    keep_ax = next(ax for ax in fig.axes if ax.get_gid() == "keep")
+    assert [len(ln.get_xdata()) for ln in keep_ax.lines if (ln.get_gid() or "").startswith("series:")] == [2, 2, 2]
+    assert any(ln.get_gid() == "frontier" for ln in keep_ax.lines)
+    assert {ax.get_gid() for ax in fig.axes} == {"keep", "train_flops"}
+    assert report.pareto([(1, 0.9), (0.5, 0.8), (0.5, 0.7), (0.25, 0.85), (0.1, 0.6)]) == [4, 3, 0]
+
+
+def test_answer_names_the_best_family_per_budget_with_holm_adjusted_margins(tmp_path):
+    from laser_tool import answer
+    _frontier(tmp_path)
+    c = cmp.compare_runs([tmp_path], speed=False)
+    items = answer.answer(c.rows)
+    assert [i["budget"] for i in items] == pytest.approx([0.5, 0.25], abs=0.03)
+    hi, lo = items
+    assert hi["best"]["curve"] == "lowrank ffn" and hi["runner_up"]["curve"] == "narrower"
+    assert hi["other"]["curve"] == "post-hoc svd ffn"
+    assert lo["best"]["curve"] == "narrower" and lo["runner_up"]["curve"] == "lowrank ffn"
+    # 179 vs 176 right (3 discordant); 179 vs 170 (9 discordant), each exact McNemar, then Holm over all four
+    assert hi["vs_runner_up"]["p"] == pytest.approx(mcnemar_exact(3, 0))
+    assert hi["vs_other"]["p"] == pytest.approx(mcnemar_exact(9, 0))
+    raw = [t["p"] for i in items for t in (i["vs_runner_up"], i["vs_other"])]
+    assert [t["p_holm"] for i in items for t in (i["vs_runner_up"], i["vs_other"])] == pytest.approx(holm(raw))
+    md = answer.markdown(c.rows)
+    assert md.count("\n- At keep ≈") == 2 and "narrower" in md and "Holm p" in md
+
+
+def test_metric_val_and_json_rows_carry_both_metrics(tmp_path):
+    lowrank = replace(TINY, variant="lowrank", targets=["ffn"])
+    for s in range(3):
+        make_run(tmp_path, f"base-s{s}", 0.86 + s / 100, seed=s, val_acc=0.90 + s / 100)
+        make_run(tmp_path, f"low-s{s}", 0.84 + s / 200, seed=s, spec=lowrank, val_acc=0.85 + s / 50)
+    res = CliRunner().invoke(main, ["compare", str(tmp_path), "--format", "json", "--no-speed", "--metric", "val"])
+    assert res.exit_code == 0, res.output
+    low = next(r for r in json.loads(res.stdout)["rows"] if r["family"] == "train-time")
+    val_diff = (0.85 + 0.87 + 0.89) / 3 - (0.90 + 0.91 + 0.92) / 3
+    assert low["metric"] == "val" and low["diff_vs_baseline"] == pytest.approx(val_diff)
+    assert low["vs_baseline"]["val"]["diff"] == pytest.approx(val_diff)
+    assert low["vs_baseline"]["test"]["diff"] == pytest.approx((0.84 + 0.845 + 0.85) / 3 - 0.87)
+    assert low["val_acc_mean"] == pytest.approx(0.87) and low["acc_mean"] == pytest.approx(0.845)
+    for k in ("keep", "p_vs_baseline", "p_vs_baseline_holm", "p_kind"):
+        assert k in low
+    assert low["p_kind"] == "welch" and low["p_vs_baseline_holm"] == pytest.approx(low["p_vs_baseline"])
+    md = CliRunner().invoke(main, ["compare", str(tmp_path), "--no-speed", "--metric", "val"]).stdout
+    assert "Δ val vs baseline (pp)" in md and "val acc %" in md
+
+
+def test_study_report_opens_with_the_answer(tmp_path):
+    import time
+    from laser_tool import study
+    _frontier(tmp_path / "st" / "runs")
+    md = study.write_report(tmp_path / "st", "quick", 1, [], [], "cpu", time.time()).read_text()
+    assert md.index("## The answer") < md.index("(plot.png)") < md.index("## All rows")
+    assert md.count("\n- At keep ≈") == 2 and "| lowrank ffn | 89.50 |" in md
+    assert (tmp_path / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progressive_and_attention_narrowed_rows_find_the_dense_baseline(tmp_path):
+    recipe = {"epochs": 2, "lr": 1e-3, "seed": 0, "reduce_at": None, "reduce_to": None, "reduce_layers": []}
+    prog = dict(recipe, reduce_at="1", reduce_to="params:0.5", reduce_layers=["*:mlp"])
+    for s in range(2):
+        make_run(tmp_path, f"base-s{s}", 0.86, seed=s, train=dict(recipe, seed=s))
+        make_run(tmp_path, f"prog-s{s}", 0.85, seed=s, train=dict(prog, seed=s),
+                 spec=replace(TINY, layers={**factored("ffn.in", 10 + s), **factored("ffn.out", 10 + s)}))
+        make_run(tmp_path, f"attn-s{s}", 0.84, seed=s, train=dict(recipe, seed=s), spec=replace(TINY, dim_head=8))
+    c = cmp.compare_runs([tmp_path], speed=False)
+    assert len({r["section"] for r in c.rows}) == 1
+    by = {r["family"]: r for r in c.rows}
+    assert set(by) == {"baseline", "progressive", "narrower-ffn"} and by["baseline"]["n"] == 2
+    assert by["progressive"]["n"] == 2 and by["progressive"]["baseline"] == "baseline"  # one plan, ranks by seed
+    assert by["progressive"]["curve"] == "progressive svd" and 0 < by["progressive"]["keep"] < 1
+    assert by["narrower-ffn"]["label"] == "dense dim head 8" and by["narrower-ffn"]["baseline"] == "baseline"
+    assert by["narrower-ffn"]["targeted_layers"] == "attn" and by["narrower-ffn"]["keep"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_parameterisation_and_new_variants_are_separate_groups(tmp_path):

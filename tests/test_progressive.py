@@ -199,12 +199,14 @@ def test_compare_puts_progressive_beside_lowrank_and_post_hoc(tmp_path):
     config = json.loads((prog / "config.json").read_text())
     config["progressive"] = {"reduce_at": "1", "cuts": [{"step": 20, "epoch": 1.0, "layers": [
         {"name": f"blocks.{b}.ffn.in", "rank_after": 10} for b in range(2)]}]}
+    plan = {"reduce_at": "1", "reduce_to": "10", "reduce_layers": ["*.ffn.in"], "reduce_method": "svd"}
+    config.update(plan)  # what the trainer records: the plan in the (flattened) request
     (prog / "config.json").write_text(json.dumps(config))
     c = compare.compare_runs([tmp_path], speed=False)
     got = [(r["label"], r["family"], r["paired_with"]) for r in c.rows]
     assert got == [("baseline", "baseline", None), ("lowrank ffn-in r=0.5", "train-time", None),
                    ("baseline -> svd ffn-in r=10", "post-hoc", "lowrank ffn-in r=0.5"),
-                   ("progressive ffn-in r=10@1", "progressive", "lowrank ffn-in r=0.5")]
+                   ("progressive ffn-in 10@1", "progressive", "lowrank ffn-in r=0.5")]
     row = c.rows[-1]
     assert row["diff_vs_paired"] == pytest.approx(0.01) and row["diff_vs_baseline"] == pytest.approx(-0.01)
 

@@ -375,6 +375,36 @@ def test_cli_missing_calibration_data(base, tmp_path):
     assert not any(p.name.startswith("moved-") or p.name.startswith(".moved") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("method", ["svd", "whiten"])
+def test_multi_budget_reduction_equals_one_reduce_per_budget(base, tmp_path, method):
+    from laser_tool.predictions import load_predictions
+    from laser_tool.reduce import reduce_run_budgets
+    budgets = {0.5: ["*.ffn.in=params:0.5", "*.ffn.out=params:0.5"], 0.25: ["*.ffn.in=params:0.25"],
+               0.1: ["*:all=params:0.1"]}
+    shared = reduce_run_budgets(base, budgets, method=method, store="factored",
+                                outs={b: tmp_path / f"multi-{b}" for b in budgets}, calib_batches=2)
+    assert set(shared) == set(budgets)
+    for b, sels in budgets.items():
+        one = reduce_run(base, sels, method=method, store="factored", out=tmp_path / f"one-{b}", calib_batches=2)
+        a, _ = load_run(shared[b])
+        c, _ = load_run(one)
+        sa, sc = a.state_dict(), c.state_dict()
+        assert sa.keys() == sc.keys() and all(torch.equal(sa[k], sc[k]) for k in sa)
+        fa, fc = (json.loads((d / "final.json").read_text()) for d in (shared[b], one))
+        fa.pop("reduce_seconds"), fc.pop("reduce_seconds")
+        assert fa == fc
+        assert json.loads((shared[b] / "reduce.json").read_text()) == json.loads((one / "reduce.json").read_text())
+        ca, cc = (json.loads((d / "config.json").read_text()) for d in (shared[b], one))
+        assert {**ca, "name": None} == {**cc, "name": None}
+        pa, pc = load_predictions(shared[b])[0], load_predictions(one)[0]
+        assert all(torch.equal(pa.tensors[k], pc.tensors[k]) for k in ("test", "val", "test_labels"))
+        # the predictions are those of the model written: they reproduce final.json's accuracies
+        assert pa.correct("test").float().mean().item() == pytest.approx(fa["test_acc"])
+        assert pa.correct("val").float().mean().item() == pytest.approx(fa["val_acc"])
+    with pytest.raises(UserError, match="same output directory"):
+        reduce_run_budgets(base, budgets, method="svd", outs={b: tmp_path / "same" for b in budgets})
+
+
 @pytest.mark.parametrize("kind", ["monarch", "btt"])
 def test_monarch_and_btt_layers_are_cut_post_hoc_via_their_dense_weight(tmp_path, kind):
     run = make_run(tmp_path, steps=5, variant=kind, targets=["ffn-in"], keep=0.5)

@@ -83,6 +83,9 @@ def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     assert "| baseline | baseline | 1 |" in md and "↳ baseline -> svd ffn-in+ffn-out" in md
     assert "+ heal 1ep" in md and "laser-tool train --preset quick --variant lowrank --target ffn" in md
     assert "laser-tool reduce" in md and "--method whiten --store factored" in md
+    # report.md opens with the answer: the best family at the budget, with Holm-adjusted margins
+    assert md.index("## The answer") < md.index("## All rows") and "- At keep ≈ 0.5" in md
+    assert all((tmp / "st" / "runs" / n / "predictions.safetensors").exists() for n in calls["train"])
     assert (tmp / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
     svd = next(r for r in rows if r["label"].endswith("svd ffn-in+ffn-out r=5") and r["family"] == "post-hoc")

@@ -51,6 +51,12 @@ def test_loss_falls_and_run_files(data_dir, tmp_path):
     assert written["schedule"]["steps_per_epoch"] == 1000 // 50
     model, mcfg = load_run(run)  # the checkpoint alone rebuilds its model
     assert mcfg["model"]["channels"] == 1 and mcfg["params"] == sum(p.numel() for p in model.parameters())
+    # Per-image predictions of the selected checkpoint, in the dataset's test order, beside final.json.
+    from laser_tool.predictions import load_predictions
+    preds, why = load_predictions(run)
+    assert why is None and preds.meta["dataset"] == "mnist" and len(preds.tensors["test"]) == written["split"]["test"]
+    assert preds.correct("test").float().mean().item() == pytest.approx(final["test_acc"])
+    assert preds.correct("val").float().mean().item() == pytest.approx(final["val_acc"])
     # A second call finds the finished run and trains nothing.
     mtime = (run / "final.json").stat().st_mtime_ns
     assert train(cfg, progress=False) == run

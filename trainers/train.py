@@ -6,6 +6,7 @@ train(cfg) makes or continues runs/NAME/:
   model.safetensors  the best checkpoint by VALIDATION accuracy (never chosen on the test set)
   last.safetensors   the latest epoch's model
   metrics.jsonl      one line per epoch
+  predictions.safetensors  the best-by-val checkpoint's predicted class per test and validation image
   final.json         test accuracy of the best-by-val and of the last checkpoint, written at the end
   cutK.safetensors   progressive runs (--reduce-at, trainers/progressive.py): the model right after cut K;
                      model.safetensors is then the best epoch after the last cut
@@ -34,6 +35,7 @@ from laser_tool.errors import UserError
 from laser_tool.evaluate import eval_amp_dtype, evaluate, precision_name
 from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.predictions import save_model_predictions
 from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
@@ -395,6 +397,8 @@ def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtyp
     }
     if "init_val_acc" in counters:
         final["init_val_acc"] = counters["init_val_acc"]
-    atomic_write_json(run_dir / "final.json", final)
+    with deferred_commit():  # per-image predictions (compare pairs runs image by image) land with final.json
+        save_model_predictions(run_dir, best, splits, device, cfg.eval_batch_size, amp_dtype)
+        atomic_write_json(run_dir / "final.json", final)
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
           f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)
