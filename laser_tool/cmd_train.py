@@ -8,7 +8,7 @@ from .errors import UserError
 
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",
               "lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "seed", "device", "amp",
-              "compile", "eval_batch_size", "out", "name")
+              "compile", "eval_batch_size", "out", "name", "tensorboard")
 
 
 def config_from_options(preset, opts):
@@ -50,6 +50,7 @@ def config_from_options(preset, opts):
 @click.option("--eval-batch-size", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Parent folder of run directories (runs).")
 @click.option("--name", help="Run directory name (default: from the settings).")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tb (pip install tensorboard).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh.")
 def train(preset, resume, overwrite, **opts):
@@ -58,6 +59,7 @@ def train(preset, resume, overwrite, **opts):
     cfg = config_from_options(preset, opts)
     try:
         run_dir = run_training(cfg, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    except KeyboardInterrupt as e:  # the resume point is saved: 130 for Ctrl-C, 143 for SIGTERM
+        from trainers.signals import exit_code
+        raise SystemExit(exit_code(e))
     click.echo(str(run_dir))

@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -230,64 +229,48 @@ def heal(reduced: Path, out: Path, epochs: int, splits, device: str) -> Path:
 
 
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None,
-              log=lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
-    """Run (or continue) a study; returns the path of its report.md."""
-    # Modules, not names: tests count calls by patching them.
-    from trainers import train as trainer
-    from . import reduce as reducer
+              log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False):
+    """Run (or continue) a study; returns the path of its report.md, or None while steps are still
+    queued on a cluster (`launch`: how steps run, laser_tool/runner.py; default one after another)."""
+    from . import runner
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
     seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
+    if tensorboard:  # watching changes nothing trained (a volatile setting)
+        steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
+    launch = runner.check_launch(launch or runner.Launch(), device)
     runs = out / "runs"
-    splits_cache, failed, work = {}, [], 0
     todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
     if todo:  # a missing dataset is one clear error up front, not one per run
         from .data import load_dataset
         c = todo[0].cfg
         load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
-    for i, st in enumerate(steps, 1):
-        run = runs / st.name
-        tag = f"[{i}/{len(steps)}] {st.kind:<6} {st.name}"
-        acc = _done(run)
-        if acc is not None:
-            log(f"{tag}: already complete (test acc {acc:.4f}), skipped")
-            continue
-        if st.parent and _done(runs / st.parent) is None:
-            log(f"{tag}: skipped, {st.parent} did not finish")
-            failed.append(st.name)
-            continue
-        t0 = time.time()
-        try:
-            if st.kind == "train":
-                trainer.train(st.cfg)
-            else:
-                parent = runs / st.parent
-                key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
-                if key not in splits_cache:  # one load of the data per seed, shared by its reductions
-                    splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
-                if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
-                    shutil.rmtree(run)
-                if st.kind == "reduce":
-                    reducer.reduce_run(parent, st.selectors, method=st.method, store="factored", out=run,
-                                       device=device, splits=splits_cache[key])
-                else:
-                    heal(parent, run, st.epochs, splits_cache[key], device)
-        except UserError as e:
-            log(f"{tag}: FAILED: {e}")
-            failed.append(st.name)
-            continue
-        work += 1
-        log(f"{tag}: done, test acc {_done(run):.4f} ({time.time() - t0:.0f} s)")
-    report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
+    with runner.study_lock(out):
+        res = runner.execute(steps, out, launch, device, data_dir, log)
+        if res.pending:
+            log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
+                f"run the same command again once they end to write the report")
+            return None
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work)
     log(f"report: {report}")
+    failed = res.failed
     if failed:
         more = "..." if len(failed) > 4 else ""
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
                         f"the report lists them; run the same command again to retry")
     return report
+
+
+def study_status(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, device="auto", data_dir=None) -> list:
+    """`study --status`: the table's lines from the run directories (and Slurm's queue, if used)."""
+    from .runtable import status_lines
+    out = Path(out or f"studies/{preset}")
+    seeds = DEFAULT_SEEDS.get(preset, 1) if seeds is None else seeds
+    steps, _ = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir)
+    return status_lines(steps, out)
 
 
 def _cpu_name() -> str:

@@ -29,6 +29,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     out: str = "runs"
     name: Optional[str] = None
+    tensorboard: bool = False             # also write TensorBoard event files to RUN/tb
 
     def to_dict(self) -> dict:
         d = asdict(self)

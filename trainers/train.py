@@ -37,10 +37,12 @@ from . import distributed as dist_
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
+from .signals import Interrupted, StopFlag, signal_name
+from .tblog import TBLog
 from .state import load_state, save_state
 
 # Settings that do not change what is trained: a run may be continued with these changed.
-VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download"}
+VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard"}
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -94,36 +96,13 @@ def check_finite(loss_sum, run_dir, epoch, step):
                         f"--warmup-epochs")
 
 
-def interrupted(d, where):
-    """Ctrl-C, after the resume point is saved: leave cleanly, telling how to go on."""
+def interrupted(d, where, signum=signal.SIGINT):
+    """After the resume point is saved: leave cleanly, telling how to go on (exit code 128 + signal)."""
     if d.is_main:
-        print(f"\ninterrupted {where}: saved; run the same command again to resume", file=sys.stderr)
+        by = "" if signum == signal.SIGINT else f" by {signal_name(signum)}"
+        print(f"\ninterrupted{by} {where}: saved; run the same command again to resume", file=sys.stderr)
     dist_.cleanup(d)
-    raise KeyboardInterrupt
-
-
-class StopFlag:
-    """Ctrl-C asks the loop to stop at the next optimizer step and save; a second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.set = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+    raise Interrupted(signum)
 
 
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
@@ -181,6 +160,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         "augment": dataclasses.asdict(augment),
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "versions": versions(), "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
     }
     # Flattened for readers who just want the usual keys (compare, reduce).
     config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
@@ -204,6 +184,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
+    tb = TBLog(run_dir, counters["epoch"]) if cfg.tensorboard and d.is_main else None
 
     with StopFlag() as stop:
         for epoch in range(counters["epoch"], cfg.epochs):
@@ -264,19 +245,23 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
                     save_state(state_file, raw_model, optimizer, scaler, counters, config)
-                interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}")
+                interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}", stop.signum)
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
             check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
             if d.is_main:
                 end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
                              amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+                if tb is not None:
+                    tb.epoch(counters["history"][-1])
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
             if stop.set and epoch + 1 < cfg.epochs:
-                interrupted(d, f"after epoch {epoch + 1}")
+                interrupted(d, f"after epoch {epoch + 1}", stop.signum)
 
+    if tb is not None:
+        tb.close()
     if d.is_main:
         finish(run_dir, raw_model, config, counters, splits, cfg, device, amp_dtype, params)
     dist_.barrier(d)
@@ -325,7 +310,7 @@ def finish(run_dir, model, config, counters, splits, cfg, device, amp_dtype, par
         "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
         "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
         "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
-        "dataset": cfg.dataset, "arch": cfg.model.arch, "seed": cfg.seed,
+        "dataset": cfg.dataset, "arch": cfg.model.arch, "seed": cfg.seed, "threads": torch.get_num_threads(),
     }
     atomic_write_json(run_dir / "final.json", final)
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "

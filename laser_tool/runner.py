@@ -1,0 +1,426 @@
+"""Running a study's steps: one after another, N at once on this machine, or as submitit jobs.
+
+Launchers (`study --launcher`):
+  process  the default: with --jobs 1 every step runs in this process, one after another; with
+           --jobs N up to N steps run at once, each in a fresh (spawned) process with its own log
+           in STUDY/logs/NAME.log;
+  local    the same through submitit's LocalExecutor (what the tests use for the Slurm path);
+  slurm    every step is a Slurm job submitted with submitit: an array per wave (train, reduce,
+           heal), each wave depending on the one before (afterany: a failed run fails only its own
+           children, which then stop with a clear message).
+A step whose parent (the run it reduces or heals) did not finish is not started. Every run lands in
+STUDY/runs/NAME, so whatever finished is never redone and an unfinished train run resumes.
+
+Same results at any --jobs: a run's data order, augmentation and dropout depend only on its seed, and
+each run is given the same number of torch threads (recorded as `threads` in its config.json and
+final.json; CPU results can depend on it). The default is the CPUs divided by --jobs.
+
+Preemption: the trainer turns SIGTERM/SIGUSR1/SIGUSR2 into "save at the next step, then stop"
+(trainers/signals.py); a submitit job then hands over to submitit's own handler, which calls
+StepJob.checkpoint() and requeues the job; the requeued job resumes from the saved state.
+"""
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .runtable import Table, final_acc
+
+LAUNCHERS = ("process", "local", "slurm")
+
+
+@dataclass
+class Launch:
+    jobs: int = 1                     # steps at once (Slurm: the array's parallelism)
+    launcher: str = "process"
+    threads: int = None               # torch threads per run; None: CPUs // jobs (serial: left as is)
+    gpus_per_job: int = 1
+    jobs_per_gpu: int = None          # several small runs sharing one GPU
+    slurm: dict = field(default_factory=dict)  # partition, gpus_per_node, time (minutes), account, ...
+    wait: bool = True                 # Slurm: stay and watch until every job ends
+    poll_s: float = 1.0
+
+
+def check_launch(launch: Launch, device: str) -> Launch:
+    """Validate the launch options (one clear line each) and fill in the thread count."""
+    if launch.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launch.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if launch.jobs < 1:
+        raise UserError(f"--jobs {launch.jobs}: need at least 1")
+    if launch.launcher in ("local", "slurm"):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise UserError(f"--launcher {launch.launcher} needs submitit: pip install submitit") from None
+    if launch.launcher == "slurm":
+        import shutil
+        if not shutil.which("sbatch"):
+            raise UserError("--launcher slurm: sbatch is not on PATH; run the study from a Slurm login node")
+    if device != "cpu" and launch.launcher != "slurm":
+        import torch
+        gpus = torch.cuda.device_count() if device != "cpu" else 0
+        per_gpu = launch.jobs_per_gpu or 1
+        if gpus and launch.jobs * launch.gpus_per_job > gpus * per_gpu:
+            raise UserError(f"--jobs {launch.jobs} x --gpus-per-job {launch.gpus_per_job} needs more than the "
+                            f"{gpus} GPU(s) here; lower --jobs or let runs share GPUs with --jobs-per-gpu K")
+    if launch.threads is None and launch.jobs > 1:
+        launch.threads = max(1, (os.cpu_count() or 1) // launch.jobs)
+    if launch.threads is not None and launch.threads < 1:
+        raise UserError(f"--threads {launch.threads}: need at least 1")
+    return launch
+
+
+def gpus_for_slot(slot: int, launch: Launch) -> str:
+    """CUDA_VISIBLE_DEVICES of the worker in `slot`: its own GPU(s), or a share of one."""
+    if launch.jobs_per_gpu:
+        return str(slot // launch.jobs_per_gpu)
+    g = launch.gpus_per_job
+    return ",".join(str(i) for i in range(slot * g, slot * g + g))
+
+
+def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None) -> None:
+    """Do one step in this process. Modules, not names: tests count calls by patching them."""
+    import shutil
+    from trainers import train as trainer
+    from . import reduce as reducer
+    from . import study
+    run = runs / step.name
+    if step.kind == "train":
+        trainer.train(step.cfg)
+        return
+    parent = runs / step.parent
+    cache = {} if splits_cache is None else splits_cache
+    key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
+    if key not in cache:  # one load of the data per seed, shared by its reductions
+        cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
+    if run.exists():  # a reduce/heal output appears whole (renamed into place) or not at all
+        shutil.rmtree(run)
+    if step.kind == "reduce":
+        reducer.reduce_run(parent, step.selectors, method=step.method, store="factored", out=run,
+                           device=device, splits=cache[key])
+    else:
+        study.heal(parent, run, step.epochs, cache[key], device)
+
+
+def _set_threads(threads):
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+class StepJob:
+    """One step as a submitit job. checkpoint() is submitit's preemption hook: requeue the same step,
+    which resumes from its run directory (the trainer saved its state before handing over)."""
+
+    def __init__(self, step, runs, device, data_dir, threads):
+        self.step, self.runs, self.device, self.data_dir, self.threads = step, Path(runs), device, data_dir, threads
+
+    def __call__(self):
+        from trainers.signals import Interrupted
+        _set_threads(self.threads)
+        try:
+            run_step(self.step, self.runs, self.device, self.data_dir)
+        except UserError as e:
+            return {"status": "failed", "error": str(e)}
+        except Interrupted as e:
+            if e.preempted:  # saved: now let submitit's own handler checkpoint and requeue the job
+                from submitit.core.job_environment import JobEnvironment
+                signal.raise_signal(JobEnvironment._usr_sig())
+            return {"status": "interrupted", "exit_code": e.exit_code}
+        return {"status": "done", "test_acc": final_acc(self.runs / self.step.name)}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(StepJob(self.step, self.runs, self.device, self.data_dir,
+                                                          self.threads))
+
+
+def _child(step, runs, device, data_dir, threads, cuda, log_path):
+    """A spawned worker: its output goes to the step's log; exit 0 done, 2 failed, 128+n interrupted."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    if cuda is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    from trainers.signals import exit_code
+    _set_threads(threads)
+    try:
+        run_step(step, runs, device, data_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        sys.exit(exit_code(e))
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [x for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errs = [x[7:] for x in lines if x.startswith("error: ")]
+    return errs[-1] if errs else (lines[-1][-300:] if lines else f"no output (see {log_path})")
+
+
+def lock_holder(out: Path):
+    """The live invocation holding STUDY's lock ({pid, host, since}), or None."""
+    import fcntl
+    try:
+        fd = os.open(out / ".study.lock", os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except ValueError:
+            return {}
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def study_lock(out: Path):
+    """Hold STUDY/.study.lock (an flock, released by the kernel when this process ends, so a killed
+    study never leaves a stale lock); it records the holder's pid and host for the refusal message."""
+    import fcntl
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".study.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            h = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            who = f"pid {h.get('pid')} on host {h.get('host')}, since {h.get('since')}"
+        except ValueError:
+            who = "holder unknown"
+        os.close(fd)
+        raise UserError(f"{out} is in use by another live `laser-tool study` ({who}); wait for it to end "
+                        f"or stop it, then run again") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
+
+
+class _Stop:
+    """The study process's own Ctrl-C/SIGTERM: start nothing new, let running steps save, exit 130/143."""
+
+    def __init__(self, on_signal):
+        self.signum, self._on, self._old = None, on_signal, {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:
+                break
+        return self
+
+    def _handle(self, signum, frame):
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first:
+            self._on()
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+@dataclass
+class Outcome:
+    failed: list = field(default_factory=list)   # steps that ran and did not finish, or could not start
+    work: int = 0                                  # steps finished by this invocation
+    pending: list = field(default_factory=list)    # steps left queued on the cluster (not waited for)
+
+
+def execute(steps, out: Path, launch: Launch, device: str, data_dir=None, log=print) -> Outcome:
+    """Run every unfinished step of `steps` (in plan order, parents first) the way `launch` says."""
+    if launch.launcher == "slurm":
+        from .slurm_launch import run_slurm
+        return run_slurm(steps, out, launch, device, data_dir, log)
+    if launch.launcher == "process" and launch.jobs == 1:
+        return _serial(steps, out / "runs", launch, device, data_dir, log)
+    backend = (_Processes if launch.launcher == "process" else _SubmititLocal)(out, launch, device, data_dir)
+    return _parallel(steps, out / "runs", launch, backend, log)
+
+
+def _serial(steps, runs, launch, device, data_dir, log) -> Outcome:
+    """One step after another in this process (a Ctrl-C or SIGTERM reaches the trainer directly)."""
+    import torch
+    res, splits_cache, n0 = Outcome(), {}, torch.get_num_threads()
+    _set_threads(launch.threads)
+    try:
+        for i, st in enumerate(steps, 1):
+            run = runs / st.name
+            tag = f"[{i}/{len(steps)}] {st.kind:<6} {st.name}"
+            acc = final_acc(run)
+            if acc is not None:
+                log(f"{tag}: already complete (test acc {acc:.4f}), skipped")
+                continue
+            if st.parent and final_acc(runs / st.parent) is None:
+                log(f"{tag}: skipped, {st.parent} did not finish")
+                res.failed.append(st.name)
+                continue
+            t0 = time.time()
+            try:
+                run_step(st, runs, device, data_dir, splits_cache)
+            except UserError as e:
+                log(f"{tag}: FAILED: {e}")
+                res.failed.append(st.name)
+                continue
+            res.work += 1
+            log(f"{tag}: done, test acc {final_acc(run):.4f} ({time.time() - t0:.0f} s)")
+    finally:
+        torch.set_num_threads(n0)
+    return res
+
+
+class _Processes:
+    """Each step in a fresh spawned process (nothing shared: not the RNG, not torch's thread pool)."""
+
+    def __init__(self, out, launch, device, data_dir):
+        import multiprocessing
+        self.ctx = multiprocessing.get_context("spawn")
+        self.out, self.launch, self.device, self.data_dir = out, launch, device, data_dir
+
+    def start(self, st, slot):
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        cuda = gpus_for_slot(slot, self.launch) if self.device != "cpu" else None
+        p = self.ctx.Process(target=_child, name=st.name, args=(st, self.out / "runs", self.device, self.data_dir,
+                                                                self.launch.threads, cuda, logs / f"{st.name}.log"))
+        p.start()
+        return p
+
+    def wait(self, handles, timeout):
+        from multiprocessing.connection import wait
+        wait([h.sentinel for h in handles], timeout)
+
+    def result(self, p):
+        """None while running; else (status, message)."""
+        if p.is_alive():
+            return None
+        p.join()
+        if p.exitcode == 0:
+            return "done", ""
+        if p.exitcode > 128 or p.exitcode < 0:
+            return "interrupted", f"exit {p.exitcode}"
+        return "failed", _last_error(self.out / "logs" / f"{p.name}.log")
+
+    def stop(self, p):
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)  # the trainer saves at its next step and exits
+
+
+class _SubmititLocal:
+    """Each step a submitit job on this machine (LocalExecutor): the launcher tests' stand-in for Slurm."""
+
+    def __init__(self, out, launch, device, data_dir):
+        import submitit
+        self.ex = submitit.LocalExecutor(folder=out / "submitit")
+        self.runs, self.launch, self.device, self.data_dir = out / "runs", launch, device, data_dir
+
+    def start(self, st, slot):
+        gpus = gpus_for_slot(slot, self.launch) if self.device != "cpu" else ""
+        vis = tuple(int(g) for g in gpus.split(",")) if gpus else ()
+        # LocalExecutor's default time limit is 2 minutes; a run takes what it takes unless --time says
+        self.ex.update_parameters(timeout_min=self.launch.slurm.get("time") or 60 * 24 * 365,
+                                  gpus_per_node=len(vis), visible_gpus=vis)
+        job = self.ex.submit(StepJob(st, self.runs, self.device, self.data_dir, self.launch.threads))
+        job.step_name = st.name
+        return job
+
+    def wait(self, handles, timeout):
+        time.sleep(timeout)
+
+    def result(self, job):
+        if not job.done():
+            return None
+        try:
+            r = job.result()
+        except Exception as e:  # the job died: its log holds the traceback
+            return "failed", (str(e).strip().splitlines() or ["job failed"])[-1][-300:]
+        return r["status"], r.get("error", "")
+
+    def stop(self, job):
+        job.cancel()  # SIGINT to the job: the trainer saves at its next step
+
+
+def _parallel(steps, runs, launch, backend, log) -> Outcome:
+    """Up to --jobs steps at once; a reduce or heal starts once its parent run has finished."""
+    from trainers.signals import Interrupted
+    res, idx, states = Outcome(), {st.name: i for i, st in enumerate(steps, 1)}, {}
+    table = Table(steps, runs)
+    tag = lambda st: f"[{idx[st.name]}/{len(steps)}] {st.kind:<6} {st.name}"
+
+    def say(msg):
+        table.forget()
+        log(msg)
+
+    todo = []
+    for st in steps:
+        acc = final_acc(runs / st.name)
+        if acc is None:
+            todo.append(st)
+        else:
+            states[st.name] = ("done", "")
+            say(f"{tag(st)}: already complete (test acc {acc:.4f}), skipped")
+    running, free = {}, list(range(launch.jobs))  # name -> (handle, slot, step, t0)
+    with _Stop(lambda: [backend.stop(h) for h, *_ in running.values()]) as stop:
+        while (todo and stop.signum is None) or running:
+            for st in list(todo):
+                if stop.signum is not None or not free:
+                    break
+                if st.parent and final_acc(runs / st.parent) is None:
+                    if st.parent in running or any(t.name == st.parent for t in todo):
+                        continue  # waits for its parent
+                    say(f"{tag(st)}: skipped, {st.parent} did not finish")
+                    res.failed.append(st.name)
+                    states[st.name] = ("failed", f"{st.parent} did not finish")
+                    todo.remove(st)
+                    continue
+                slot = free.pop(0)
+                running[st.name] = (backend.start(st, slot), slot, st, time.time())
+                states[st.name] = ("running", "")
+                todo.remove(st)
+                say(f"{tag(st)}: started")
+            table.draw(states)
+            backend.wait([h for h, *_ in running.values()], launch.poll_s)
+            for name, (h, slot, st, t0) in list(running.items()):
+                r = backend.result(h)
+                if r is None:
+                    continue
+                del running[name]
+                free.append(slot)
+                status, msg = r
+                if status == "done" and final_acc(runs / name) is not None:
+                    res.work += 1
+                    states[name] = ("done", "")
+                    say(f"{tag(st)}: done, test acc {final_acc(runs / name):.4f} ({time.time() - t0:.0f} s)")
+                elif status == "interrupted":
+                    states[name] = ("waiting", "interrupted, resumable")
+                    say(f"{tag(st)}: interrupted ({msg}); its resume point is saved")
+                else:
+                    res.failed.append(name)
+                    states[name] = ("failed", msg)
+                    say(f"{tag(st)}: FAILED: {msg}")
+        table.draw(states, force=True)
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, "study interrupted")
+    return res
