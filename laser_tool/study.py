@@ -243,12 +243,12 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
         steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
     launch = runner.check_launch(launch or runner.Launch(), device)
     runs = out / "runs"
-    todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
-    if todo:  # a missing dataset is one clear error up front, not one per run
-        from .data import load_dataset
-        c = todo[0].cfg
-        load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
     with runner.study_lock(out):
+        todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
+        if todo:  # a missing dataset is one clear error up front, not one per run
+            from .data import load_dataset
+            c = todo[0].cfg
+            load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
         res = runner.execute(steps, out, launch, device, data_dir, log)
         if res.pending:
             log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
