@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers" 2>/dev/null; then
+if ! .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers, submitit, tensorboard" 2>/dev/null; then
     .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers"
+    .venv/bin/python -c "import laser_tool, trainers, pytest, x_transformers, submitit, tensorboard"
 fi
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then

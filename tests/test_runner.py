@@ -74,6 +74,7 @@ def test_two_jobs_equal_serial_and_wait_for_parents(tiny):
     assert (tmp / "par" / "logs" / "A-baseline-s0.log").read_text().count("epoch 2/2") == 1
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_study_and_a_rerun_redoes_nothing(tiny):
     pytest.importorskip("submitit")
     tmp, kw = tiny
@@ -100,6 +101,7 @@ def _train_step(out, data_dir):
     return study.Step("train", "run", "laser-tool train ...", cfg=cfg)
 
 
+@pytest.mark.slow
 def test_preempted_submitit_job_requeues_and_resumes_bitwise(tiny):
     """SIGTERM to a running local submitit job: the trainer saves at its next step, submitit requeues
     the job, and the requeued job resumes to the same final weights as an uninterrupted run."""
