@@ -95,6 +95,8 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None) ->
         trainer.train(step.cfg)
         return
     parent = runs / step.parent
+    if final_acc(parent) is None:  # e.g. a Slurm wave whose parent job failed
+        raise UserError(f"{step.parent} did not finish, so {step.name} cannot start")
     cache = {} if splits_cache is None else splits_cache
     key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
     if key not in cache:  # one load of the data per seed, shared by its reductions
@@ -319,9 +321,14 @@ class _Processes:
         p.join()
         if p.exitcode == 0:
             return "done", ""
-        if p.exitcode > 128 or p.exitcode < 0:
-            return "interrupted", f"exit {p.exitcode}"
-        return "failed", _last_error(self.out / "logs" / f"{p.name}.log")
+        if p.exitcode < 0:
+            return "interrupted", f"killed by {signal.Signals(-p.exitcode).name}; its last resume point, if any, is kept"
+        if p.exitcode > 128:
+            return "interrupted", f"exit {p.exitcode}; its resume point is saved"
+        log = self.out / "logs" / f"{p.name}.log"
+        if not log.exists():
+            return "failed", f"its process exited ({p.exitcode}) before it began; the error is printed above"
+        return "failed", _last_error(log)
 
     def stop(self, p):
         if p.is_alive():
@@ -356,6 +363,8 @@ class _SubmititLocal:
             r = job.result()
         except Exception as e:  # the job died: its log holds the traceback
             return "failed", (str(e).strip().splitlines() or ["job failed"])[-1][-300:]
+        if r["status"] == "interrupted":
+            return "interrupted", f"exit {r['exit_code']}; its resume point is saved"
         return r["status"], r.get("error", "")
 
     def stop(self, job):
@@ -413,9 +422,10 @@ def _parallel(steps, runs, launch, backend, log) -> Outcome:
                     res.work += 1
                     states[name] = ("done", "")
                     say(f"{tag(st)}: done, test acc {final_acc(runs / name):.4f} ({time.time() - t0:.0f} s)")
-                elif status == "interrupted":
+                elif status == "interrupted":  # not finished: the study does not exit 0 without it
+                    res.failed.append(name)
                     states[name] = ("waiting", "interrupted, resumable")
-                    say(f"{tag(st)}: interrupted ({msg}); its resume point is saved")
+                    say(f"{tag(st)}: interrupted ({msg})")
                 else:
                     res.failed.append(name)
                     states[name] = ("failed", msg)

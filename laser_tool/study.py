@@ -254,9 +254,10 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=0, dev
             log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
                 f"run the same command again once they end to write the report")
             return None
-        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work)
-    log(f"report: {report}")
-    failed = res.failed
+        failed = res.failed
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work) if runs.exists() else None
+    if report is not None:
+        log(f"report: {report}")
     if failed:
         more = "..." if len(failed) > 4 else ""
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
