@@ -85,8 +85,11 @@ class Table:
         self._drawn, self._last = len(out), time.time()
 
     def forget(self) -> None:
-        """The next log line goes below the table, which is then redrawn whole."""
-        self._drawn = 0
+        """Erase the table (on a TTY) so a log line takes its place; the next draw puts it back below."""
+        if self.live and self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self.stream.flush()
+        self._drawn, self._last = 0, 0.0
 
 
 def status_lines(steps, out: Path) -> list:
