@@ -3,6 +3,7 @@
 resubmits nor loses the queued jobs and writes the report when they end."""
 import json
 import time
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -88,3 +89,51 @@ def test_slurm_preemption_requeues_and_resumes_bitwise(cluster, tmp_path, monkey
     assert "interrupted by SIGUSR2" in log and "resuming at epoch" in log, log[-2000:]
     a, b = load_file(tmp_path / "ref" / "run" / "state.safetensors"), load_file(state)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sbatch_example_trains_one_run_on_two_ranks_and_requeues(cluster, tmp_path):
+    """scripts/slurm_train.sbatch as the README gives it, with two tasks standing in for two nodes:
+    torchrun DDP on CPU; Slurm's warning signal makes it save, requeue and resume, and the result
+    matches a one-process run of the same global batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    import torch
+    from safetensors.torch import load_file
+    from synthetic import write_tiny_mnist
+    from trainers.train import train
+    from test_train import TINY, tiny_cfg
+    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=3000)
+    cfg = tiny_cfg(data_dir, tmp_path / "one", model=replace(TINY, dropout=0.0, emb_dropout=0.0), batch_size=20)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    args = ["--arch", "vit-tiny", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16", "--mlp-dim", "64",
+            "--patch-size", "7", "--dropout", "0", "--emb-dropout", "0", "--dataset", "mnist", "--data-dir", str(data_dir),
+            "--val-size", "200", "--epochs", "2", "--batch-size", "20", "--lr", "3e-3", "--weight-decay", "0.01",
+            "--warmup-epochs", "0.5", "--no-augment", "--device", "cpu", "--out", str(tmp_path / "two"), "--name", "run"]
+    script = Path(__file__).parent.parent / "scripts" / "slurm_train.sbatch"
+    env = {**cluster.env, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    job = subprocess.run(["sbatch", "--parsable", "--ntasks", "2", "--ntasks-per-node", "2", "--cpus-per-task", "1",
+                          "--output", str(tmp_path / "job.log"), "--chdir", str(tmp_path), str(script), *args],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    state, deadline = tmp_path / "two" / "run" / "state.safetensors", time.time() + 180
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--batch", "--signal", "USR1", job], env=env, check=True)  # the time-limit warning
+    while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
+                                                    text=True).stdout.strip():
+        time.sleep(0.5)
+    log = (tmp_path / "job.log").read_text()
+    assert "interrupted by SIGTERM at epoch" in log and "requeueing job" in log and "resuming at epoch" in log, log[-3000:]
+    final = json.loads((tmp_path / "two" / "run" / "final.json").read_text())
+    assert json.loads((tmp_path / "two" / "run" / "config.json").read_text())["batching"]["world_size"] == 2
+    one, two = load_file(tmp_path / "one" / "run" / "last.safetensors"), load_file(tmp_path / "two" / "run" / "last.safetensors")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+    assert abs(final["test_acc"] - json.loads((tmp_path / "one" / "run" / "final.json").read_text())["test_acc"]) < 0.01
