@@ -1,6 +1,7 @@
-"""A real single-node Slurm (munged + slurmctld + slurmd started here) runs a small study through
-`--launcher slurm`: submit without waiting, watch with --status, a second invocation neither
-resubmits nor loses the queued jobs and writes the report when they end."""
+"""A real single-node Slurm (munged + slurmctld + slurmd started here, tests/slurm_cluster.py):
+a small study through `--launcher slurm` (submit without waiting, watch with --status, a second
+invocation neither resubmits nor loses the queued jobs and writes the report when they end), a
+preempted job requeued by Slurm resuming bitwise, and the README's multi-node sbatch script."""
 import json
 import time
 from dataclasses import replace
@@ -16,10 +17,11 @@ from test_study import TINY_PRESET, write_fashion
 from trainers import presets
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module's tests (starting and stopping it takes seconds)."""
     pytest.importorskip("submitit")
-    c = Cluster(tmp_path / "slurm")
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()
     except Unavailable as e:
