@@ -69,7 +69,7 @@ def check_launch(launch: Launch, device: str) -> Launch:
         if gpus and launch.jobs * launch.gpus_per_job > gpus * per_gpu:
             raise UserError(f"--jobs {launch.jobs} x --gpus-per-job {launch.gpus_per_job} needs more than the "
                             f"{gpus} GPU(s) here; lower --jobs or let runs share GPUs with --jobs-per-gpu K")
-    if launch.threads is None and launch.jobs > 1:
+    if launch.threads is None and launch.jobs > 1 and launch.launcher != "slurm":  # Slurm: the node's own
         launch.threads = max(1, (os.cpu_count() or 1) // launch.jobs)
     if launch.threads is not None and launch.threads < 1:
         raise UserError(f"--threads {launch.threads}: need at least 1")
