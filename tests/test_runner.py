@@ -151,7 +151,8 @@ def test_sigterm_mid_epoch_exits_143_and_resumes_bitwise(tmp_path):
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.01)
-    p.send_signal(signal.SIGTERM)  # epoch 1 is saved; epoch 2 (95 steps) has just begun
+    time.sleep(0.1)  # past the end of epoch 1's bookkeeping (a signal there stops "after epoch 1")
+    p.send_signal(signal.SIGTERM)  # epoch 2 (95 steps) has just begun
     err = p.communicate(timeout=120)[1]
     assert p.returncode == 143, err[-2000:]
     assert "interrupted by SIGTERM at epoch 2, step" in err and "run the same command again to resume" in err
@@ -200,3 +201,25 @@ def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
     assert check_launch(Launch(jobs=4, jobs_per_gpu=2), "cuda").threads >= 1
     res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--time", "1:xx"])
     assert res.exit_code == 2 and res.output.startswith("error: --time 1:xx: give minutes")
+
+
+def test_sigterm_between_steps_stops_a_serial_study_with_143(tiny, monkeypatch):
+    """SIGTERM while a reduction runs: it finishes (its output appears whole), nothing else starts."""
+    import shutil
+    from laser_tool import reduce as reducer
+    from trainers.signals import Interrupted
+    tmp, kw = tiny
+    for name in RUNS[:3]:  # the trained runs, so that only the reductions are left to do
+        shutil.copytree(tmp / "serial" / "runs" / name, tmp / "term" / "runs" / name)
+    real = reducer.reduce_run
+
+    def reduce_then_sigterm(*a, **k):
+        out = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(reducer, "reduce_run", reduce_then_sigterm)
+    with pytest.raises(Interrupted) as e:
+        study.run_study("quick", out=tmp / "term", launch=Launch(jobs=1, threads=1), **kw)
+    assert e.value.exit_code == 143
+    assert (tmp / "term" / "runs" / RUNS[3] / "final.json").exists() and not (tmp / "term" / "runs" / RUNS[4]).exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
