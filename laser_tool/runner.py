@@ -51,8 +51,9 @@ def check_launch(launch: Launch, device: str) -> Launch:
     """Validate the launch options (one clear line each) and fill in the thread count."""
     if launch.launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher {launch.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-    if launch.jobs < 1:
-        raise UserError(f"--jobs {launch.jobs}: need at least 1")
+    for flag, v in (("--jobs", launch.jobs), ("--gpus-per-job", launch.gpus_per_job), ("--jobs-per-gpu", launch.jobs_per_gpu)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} {v}: need at least 1")
     if launch.launcher in ("local", "slurm"):
         try:
             import submitit  # noqa: F401

@@ -188,6 +188,8 @@ def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--launcher", "pbs"])
     assert res.exit_code == 2 and res.output.strip() == ("error: unknown launcher 'pbs'; choose one of "
                                                         "process, local, slurm")
+    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--jobs", "0"])
+    assert res.exit_code == 2 and res.output.strip() == "error: --jobs 0: need at least 1"
     import shutil
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="sbatch is not on PATH"):

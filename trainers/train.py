@@ -38,8 +38,8 @@ from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
 from .signals import Interrupted, StopFlag, signal_name
-from .tblog import TBLog
 from .state import load_state, save_state
+from .tblog import TBLog
 
 # Settings that do not change what is trained: a run may be continued with these changed.
 VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard"}
