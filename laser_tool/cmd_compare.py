@@ -50,6 +50,23 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
+def _minutes(text):
+    """--time as minutes (90) or H:MM[:SS] (1:30:00)."""
+    from .errors import UserError
+    if text is None:
+        return None
+    try:
+        parts = [int(x) for x in str(text).split(":")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 3 or min(parts) < 0:
+        raise UserError(f"--time {text}: give minutes (90) or H:MM:SS (1:30:00)")
+    if len(parts) == 1:
+        return parts[0]
+    h, m, sec = (parts + [0])[:3]
+    return h * 60 + m + (1 if sec else 0)
+
+
 @click.command()
 @click.option("--preset", required=True, metavar="NAME", help="quick | seed-vit-tiny | seed-xt.")
 @click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick, 4 for the seed presets).")
@@ -73,23 +90,60 @@ def _device(device: str) -> str:
 @click.option("--val-size", type=int, help="Validation images held out of the training set.")
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation.")
 @click.option("--decay-all/--no-decay-all", default=None, help="Weight decay on every parameter.")
-def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, device, data_dir, **train_opts):
-    """Train a preset's grid over seeds, reduce each baseline post hoc to every variant's parameter
-    count (svd and whiten), optionally heal, then write STUDY/report.md with table, plot, commands.
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Steps at once (a reduction still waits for its baseline). Slurm: the array's parallelism.")
+@click.option("--threads", type=int, help="torch threads per run (default: CPUs / --jobs; recorded per run).")
+@click.option("--launcher", default="process", show_default=True,
+              help="process (this machine), local (submitit's local executor) or slurm (submitit).")
+@click.option("--gpus-per-job", type=int, default=1, show_default=True, help="GPUs each local worker sees.")
+@click.option("--jobs-per-gpu", type=int, help="Let K small runs share one GPU.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account.")
+@click.option("--qos", help="Slurm quality of service.")
+@click.option("--gpus-per-node", type=int, help="Slurm: GPUs per job.")
+@click.option("--time", "time_limit", help="Slurm time limit per job: minutes or H:MM:SS (default 24 h).")
+@click.option("--no-wait", is_flag=True, help="Slurm: submit and return; `--status` watches, a rerun reports.")
+@click.option("--status", "show_status", is_flag=True, help="Print the state of every step and exit.")
+@click.option("--tensorboard", is_flag=True, help="Write TensorBoard event files in every train run (RUN/tb).")
+def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, device, data_dir, jobs, threads,
+          launcher, gpus_per_job, jobs_per_gpu, partition, account, qos, gpus_per_node, time_limit, no_wait, show_status,
+          tensorboard, **train_opts):
+    """Train a preset's runs over seeds and write STUDY/report.md (the answer, table, plot, commands).
 
+    \b
+    Frontier presets (quick, frontier, frontier-seed-vit-tiny): per budget (--budgets, fractions of the
+    targeted layers' parameters kept), every family: narrower, train-time structured (standard and
+    structured parameterisation), progressive, post-hoc svd and whiten from the baseline, healed.
+    Seed grids (seed-xt, seed-vit-tiny): the blog's rows, each train-time row with the baseline cut
+    post hoc to its parameter count.
     Running the same command again skips finished runs and continues unfinished ones.
     """
+    from trainers.signals import exit_code
     from .errors import UserError
-    from .study import run_study
+    from .runner import Launch
+    from .study import run_study, study_status
     if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
+    train_opts = {k: v for k, v in train_opts.items() if v is not None}
+    frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families).items()
+                     if v is not None}
+    if show_status:
+        for line in study_status(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs,
+                                 device=device, data_dir=data_dir, train_opts=train_opts,
+                                 frontier_opts=frontier_opts):
+            click.echo(line)
+        return
+    slurm = dict(partition=partition, account=account, qos=qos, gpus_per_node=gpus_per_node,
+                 time=_minutes(time_limit))
+    launch = Launch(jobs=jobs, launcher=launcher, threads=threads, gpus_per_job=gpus_per_job,
+                    jobs_per_gpu=jobs_per_gpu, slurm=slurm, wait=not no_wait)
     try:
         report = run_study(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs, device=device,
-                           data_dir=data_dir, log=lambda s: click.echo(s, err=True),
-                           train_opts={k: v for k, v in train_opts.items() if v is not None},
-                           frontier_opts={k: v for k, v in dict(budgets=budgets, targets=targets,
-                                                                families=families).items() if v is not None})
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished runs are kept; run the same command again to continue", err=True)
-        sys.exit(130)
-    click.echo(str(report))
+                           data_dir=data_dir, log=lambda s: click.echo(s, err=True), launch=launch,
+                           tensorboard=tensorboard, train_opts=train_opts, frontier_opts=frontier_opts)
+    except KeyboardInterrupt as e:
+        click.echo("interrupted: finished runs are kept and started ones saved their resume point; "
+                   "run the same command again to continue", err=True)
+        sys.exit(exit_code(e))
+    if report is not None:
+        click.echo(str(report))

@@ -9,7 +9,7 @@ from .errors import UserError
 TRAIN_KEYS = ("dataset", "data_dir", "download", "augment", "val_size", "train_subset", "epochs", "batch_size", "grad_accum",
               "lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "seed", "device", "amp",
               "compile", "decay_all", "init_from", "eval_batch_size", "out", "name", "reduce_at", "reduce_to",
-              "reduce_method", "reduce_tolerance", "reduce_window")
+              "reduce_method", "reduce_tolerance", "reduce_window", "tensorboard")
 
 
 class GradClip(click.ParamType):
@@ -104,6 +104,7 @@ def from_source(cfg, opts):
               help="Truncation at a cut (svd); whiten calibrates on the training split at that moment.")
 @click.option("--reduce-tolerance", type=float, help="auto: relative stable-rank change counted as stable (0.1).")
 @click.option("--reduce-window", type=int, help="auto: epochs over which the stable rank must hold still (2).")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tb.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
               "settings given here are named and ignored); an error if there is no such run.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "
@@ -114,6 +115,7 @@ def train(preset, resume, overwrite, **opts):
     cfg = config_from_options(preset, opts)
     try:
         run_dir = run_training(cfg, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:
-        raise SystemExit(130)
+    except KeyboardInterrupt as e:  # the resume point is saved: 130 for Ctrl-C, 143 for SIGTERM
+        from trainers.signals import exit_code
+        raise SystemExit(exit_code(e))
     click.echo(str(run_dir))

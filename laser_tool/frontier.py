@@ -111,13 +111,16 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
         cmd = f"laser-tool train --preset {preset} " + " ".join(_flag(k, v) for k, v in opts.items())
         return Step("train", name, cmd, cfg=train_config(preset, opts))
 
-    def reachable(model) -> bool:
-        """Whether the model can be built at the dataset's sizes (a budget a variant cannot reach is
-        a note in the report, not a failed run)."""
+    def fitted(model):
+        """The model at the dataset's sizes, as the trainer will build it."""
         info = DATASETS[canonical_name(base.cfg.dataset)]
+        return replace(model, image_size=info.image_size, channels=info.channels, num_classes=info.num_classes)
+
+    def reachable(model) -> bool:
+        """Whether the model can be built (a budget a variant cannot reach is a note in the report, not a
+        failed run)."""
         try:
-            build_model(replace(model, image_size=info.image_size, channels=info.channels,
-                                num_classes=info.num_classes))
+            build_model(fitted(model))
             return True
         except UserError as e:
             notes.append(f"not in this study: {e}")
@@ -137,7 +140,7 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
                     continue
                 opts = {}
                 if fam == "narrower":
-                    m = narrower_model(base.cfg.model, targets, keep)
+                    m = narrower_model(fitted(base.cfg.model), targets, keep)
                     opts = {k: getattr(m, k) for k in ("mlp_dim", "dim_head") if getattr(m, k) != getattr(
                         base.cfg.model, k)}
                 elif fam == "progressive":

@@ -132,7 +132,7 @@ def heal_config(base_cfg, reduced: Path, name: str, epochs: int):
                    warmup_epochs=0.0)
 
 
-def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=0, device="auto", data_dir=None,
+def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, device="auto", data_dir=None,
          train_opts=None, frontier_opts=None):
     """(steps, notes): every step of the study in order (per seed: train all rows, then reduce and
     heal), and sentences for the report about rows that get no post-hoc twin."""
@@ -226,78 +226,59 @@ def check_same_settings(runs: Path, steps: list) -> None:
                             f"{', '.join(diff)} differ); use another --out for these settings")
 
 
-@locked(lambda a: Path(a["out"] or f"studies/{a['preset']}"))  # one writer per study directory
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
-              log=lambda s: print(s, file=sys.stderr, flush=True), train_opts=None, frontier_opts=None) -> Path:
-    """Run (or continue) a study; returns the path of its report.md."""
-    # Modules, not names: tests count calls by patching them.
-    from trainers import train as trainer
-    from trainers.rundir import remove_run
-    from .fileio import remove_debris
-    from . import reduce as reducer
+              log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False, train_opts=None,
+              frontier_opts=None):
+    """Run (or continue) a study; returns the path of its report.md, or None while steps are still
+    queued on a cluster (`launch`: how steps run, laser_tool/runner.py; default one after another)."""
+    from . import runner
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
-    from .frontier import FRONTIERS
-    default_seeds = FRONTIERS[preset].seeds if preset in FRONTIERS else DEFAULT_SEEDS.get(preset, 1)
-    seeds = default_seeds if seeds is None else seeds
+    seeds = default_seeds(preset) if seeds is None else seeds
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
     for st in steps:  # every setting in range before any data is read or any run starts
         if st.kind in ("train", "heal"):
             st.cfg.validate()
+    if tensorboard:  # watching changes nothing trained (a volatile setting)
+        steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
+    launch = runner.check_launch(launch or runner.Launch(), device)
     runs = out / "runs"
-    check_same_settings(runs, steps)
-    splits_cache, failed, work = {}, [], 0
-    todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
-    if todo:  # a missing dataset is one clear error up front, not one per run
-        from .data import load_dataset
-        c = todo[0].cfg
-        load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
-    for i, st in enumerate(steps, 1):
-        run = runs / st.name
-        tag = f"[{i}/{len(steps)}] {st.kind:<6} {st.name}"
-        acc = _done(run)
-        if acc is not None:
-            log(f"{tag}: already complete (test acc {acc:.4f}), skipped")
-            continue
-        if st.parent and _done(runs / st.parent) is None:
-            log(f"{tag}: skipped, {st.parent} did not finish")
-            failed.append(st.name)
-            continue
-        t0 = time.time()
-        try:
-            if st.kind in ("train", "heal"):  # healing is training from the reduced run (--init-from)
-                trainer.train(st.cfg)
-            else:
-                parent = runs / st.parent
-                key = parent.name.rsplit("-s", 1)[-1]  # the seed: its reductions and heals share one split
-                if key not in splits_cache:  # one load of the data per seed, shared by its reductions
-                    splits_cache[key] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
-                # One decomposition per layer and method for every budget of the group still to do.
-                group = [g for g in steps if g.kind == "reduce" and (g is st or (
-                    st.group and g.group == st.group and _done(runs / g.name) is None))]
-                for g in group:
-                    if (runs / g.name).exists() or (runs / g.name).is_symlink():  # outputs appear whole or not
-                        remove_run(runs / g.name, what="study")  # at all; only a directory laser-tool wrote
-                remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
-                reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=st.method,
-                                           store="factored", outs={g.name: runs / g.name for g in group},
-                                           device=device, splits=splits_cache[key])
-        except UserError as e:
-            log(f"{tag}: FAILED: {e}")
-            failed.append(st.name)
-            continue
-        work += 1
-        acc = _done(run)
-        log(f"{tag}: done, " + (f"test acc {acc:.4f}" if acc is not None else "final.json unreadable")
-            + f" ({time.time() - t0:.0f} s)")
-    report = write_report(out, preset, seeds, steps, notes, device, t_start, work)
+    with runner.study_lock(out):
+        check_same_settings(runs, steps)
+        todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
+        if todo:  # a missing dataset is one clear error up front, not one per run
+            from .data import load_dataset
+            c = todo[0].cfg
+            load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
+        res = runner.execute(steps, out, launch, device, data_dir, log)
+        if res.pending:
+            log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
+                f"run the same command again once they end to write the report")
+            return None
+        failed = res.failed
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work) if runs.exists() else None
     if failed:
         more = "..." if len(failed) > 4 else ""
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
                         f"the report lists them; run the same command again to retry")
     return report
+
+
+def default_seeds(preset: str) -> int:
+    from .frontier import FRONTIERS
+    return FRONTIERS[preset].seeds if preset in FRONTIERS else DEFAULT_SEEDS.get(preset, 1)
+
+
+def study_status(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+                 train_opts=None, frontier_opts=None) -> list:
+    """`study --status`: the table's lines from the run directories (and Slurm's queue, if used)."""
+    from .runtable import status_lines
+    out = Path(out or f"studies/{preset}")
+    seeds = default_seeds(preset) if seeds is None else seeds
+    steps, _ = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    return status_lines(steps, out)
 
 
 def _cpu_name() -> str:

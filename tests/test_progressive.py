@@ -211,22 +211,6 @@ def test_compare_puts_progressive_beside_lowrank_and_post_hoc(tmp_path):
     assert row["diff_vs_paired"] == pytest.approx(0.01) and row["diff_vs_baseline"] == pytest.approx(-0.01)
 
 
-def test_quick_study_row_cuts_ffn_to_the_lowrank_rows_budget(tmp_path):
-    steps, notes = study.plan("quick", 1, tmp_path)
-    d = next(s for s in steps if s.name == "D-progressive-ffn-s0")
-    assert (d.cfg.reduce_at, d.cfg.reduce_to, d.cfg.reduce_layers) == ("1", "params:0.5", ["*.ffn.*"])
-    assert d.cfg.epochs == 3 and "--reduce-at 1 --reduce-to params:0.5 --reduce-layer '*.ffn.*'" in d.command
-    assert not [s for s in steps if s.kind == "reduce" and s.name.startswith("D-")] and not notes
-    c = next(s for s in steps if s.name == "C-lowrank-ffn-s0")
-    fit = dict(image_size=28, channels=1)
-    base, low = replace(d.cfg.model, **fit), replace(c.cfg.model, **fit)
-    twin = {s.split("=")[0]: int(s.split("=")[1]) for s in study.matched_selectors(base, low)}
-    ranks = {n: resolve_rank(spec, s.module.out_features, s.module.in_features)
-             for n, (s, spec) in select(build_model(base), d.cfg.reduce_layers, d.cfg.reduce_to).items()}
-    assert ranks == twin
-    assert study.plan("quick", 1, tmp_path, epochs=6)[0][3].cfg.reduce_at == "2"  # a third of any schedule
-
-
 BAD = [
     (["--reduce-at", "3", "--reduce-to", "params:0.5", "--reduce-layer", "*.ffn.*"], "beyond the end of training"),
     (["--reduce-at", "1", "--reduce-to", "params:0.5", "--reduce-layer", "*.mlp.*"], "no layer matches '*.mlp.*'"),

@@ -216,16 +216,18 @@ def test_8_corrupt_final_json_inside_a_study(tmp_path, monkeypatch):
     """A study whose runs' final.json files were damaged: the trained run's is recomputed from its
     state, the reduced run (laser-tool's own) is made again; exit 0, no traceback."""
     from laser_tool import data
-    from test_study import TINY_PRESET, write_fashion
+    from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
+    from laser_tool import frontier
     from trainers import presets
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})
     monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", SMALL_FRONTIER)
     write_fashion(tmp_path / "data" / "fashion-mnist")
     args = ["study", "--preset", "quick", "--out", tmp_path / "st", "--device", "cpu", "--data-dir", tmp_path / "data"]
     assert cli(*args).exit_code == 0
     runs = tmp_path / "st" / "runs"
-    damaged = [runs / "A-baseline-s0", sorted(runs.glob("*-posthoc-svd-s0"))[0]]
+    damaged = [runs / "baseline-s0", runs / "svd-k0.5-s0"]
     good = {p: json.loads((p / "final.json").read_text())["test_acc"] for p in damaged}
     for p in damaged:
         (p / "final.json").write_text('{"status": "compl')

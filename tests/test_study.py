@@ -1,4 +1,4 @@
-"""study: the grid plan, matched ranks, a tiny end-to-end study on synthetic IDX data, and resume."""
+"""study: frontier and grid plans, matched ranks, a tiny end-to-end frontier on synthetic IDX data, resume."""
 import json
 import struct
 from dataclasses import replace
@@ -12,7 +12,7 @@ from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.surgery import named_linears
 
-from laser_tool import data, study
+from laser_tool import costs, data, frontier, study
 from laser_tool import reduce as reducer
 from trainers import presets
 from trainers import train as trainer
@@ -37,90 +37,151 @@ def write_fashion(folder, n_train=250, n_test=60):
                                         + arr.tobytes())
 
 
+# The quick frontier, shrunk: two budgets of attention + FFN, every family of the main job.
+TINY_FRONTIER = frontier.Frontier("quick", (0.5, 0.25), "all",
+                                  ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"),
+                                  heal_epochs=1)
+
+
+# The shape of the old row grid, for the runner and fault tests: baseline, narrower and low-rank FFN at
+# half the parameters, the baseline cut post hoc with svd and whiten (3 trains, 2 reductions).
+SMALL_FRONTIER = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "lowrank", "svd", "whiten"))
+
+
 @pytest.fixture
 def tiny_study(tmp_path, monkeypatch):
-    """The quick grid on a tiny model and tiny data; counts the calls that do the work."""
+    """The quick frontier on a tiny model and tiny data; counts the calls that do the work."""
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})
     monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", TINY_FRONTIER)
     write_fashion(tmp_path / "data" / "fashion-mnist")
     calls = {"train": [], "reduce": [], "heal": []}
-    real_train, real_reduce = trainer.train, reducer.reduce_run
+    real_train, real_reduce = trainer.train, reducer.reduce_run_budgets
 
     def train(cfg, *a, **k):  # healing is a trainer run started from the reduced run (--init-from)
         calls["heal" if cfg.init_from else "train"].append(cfg.name)
         return real_train(cfg, *a, **k)
 
-    def reduce(*a, **k):
-        calls["reduce"].append(a[0])
-        return real_reduce(*a, **k)
+    def reduce(run, selectors_by_budget, *a, **k):
+        calls["reduce"].append(sorted(selectors_by_budget))
+        return real_reduce(run, selectors_by_budget, *a, **k)
     monkeypatch.setattr(trainer, "train", train)
-    monkeypatch.setattr(reducer, "reduce_run", reduce)
+    monkeypatch.setattr(reducer, "reduce_run_budgets", reduce)
     return tmp_path, calls
 
 
-def test_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
+FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structured", "progressive") for k in (0.5, 0.25)]
+
+
+def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     tmp, calls = tiny_study
     lines = []
-    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", heal_epochs=1, log=lines.append,
+    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lines.append,
               train_opts={"augment": False, "label_smoothing": 0.1})
     report = study.run_study("quick", **kw)
-    assert sorted(calls["train"]) == ["A-baseline-s0", "B-half-ffn-s0", "C-lowrank-ffn-s0",
-                                      "D-lowrank-ffn-structured-s0"]
-    # C and D hold the same budget (D only starts and learns differently): one post-hoc twin serves both
-    assert len(calls["reduce"]) == 2 and len(calls["heal"]) == 2  # svd + whiten, each healed
-    assert len(lines) == 7 and all("done, test acc" in ln for ln in lines)  # a line per run
+    assert sorted(calls["train"]) == sorted(["baseline-s0"] + FAMILY_RUNS)
+    # every budget of one baseline and method in one call: one decomposition and calibration per layer
+    assert calls["reduce"] == [["svd-k0.25-s0", "svd-k0.5-s0"], ["whiten-k0.25-s0", "whiten-k0.5-s0"]]
+    assert sorted(calls["heal"]) == [f"{m}-k{k}-heal1-s0" for m in ("svd", "whiten") for k in (0.25, 0.5)]
+    assert sum("done, test acc" in ln for ln in lines) == 9 + 2 + 4  # the group's second budget is found done
     # Healing trains with the run's own recipe (here: no augmentation, label smoothing 0.1, its batch size)
-    base_cfg = json.loads((tmp / "st" / "runs" / "A-baseline-s0" / "config.json").read_text())
-    healed = json.loads((tmp / "st" / "runs" / "B-posthoc-svd-heal1-s0" / "config.json").read_text())
+    runs = tmp / "st" / "runs"
+    base_cfg = json.loads((runs / "baseline-s0" / "config.json").read_text())
+    healed = json.loads((runs / "svd-k0.5-heal1-s0" / "config.json").read_text())
     for k in ("augment", "label_smoothing", "batch_size", "weight_decay", "seed", "val_size", "dataset"):
         assert healed["train"][k] == base_cfg["train"][k], k
     assert healed["train"]["augment"] is False and healed["resolved"]["augment"] == base_cfg["resolved"]["augment"]
     assert healed["lr"] == pytest.approx(base_cfg["lr"] * study.HEAL_LR_FACTOR) and healed["epochs"] == 1
-    assert healed["init_source"]["run"].endswith("B-posthoc-svd-s0") and healed["heal"]["epochs"] == 1
+    assert healed["init_source"]["run"].endswith("svd-k0.5-s0") and healed["heal"]["epochs"] == 1
     assert healed["model"]["layers"] and healed["reduction"]  # the factored layers were kept
     md = report.read_text()
-    assert "| baseline | baseline | 1 |" in md and "↳ baseline -> svd ffn-in+ffn-out" in md
-    assert "+ heal 1ep" in md and "laser-tool train --preset quick --variant lowrank --target ffn" in md
-    assert "laser-tool reduce" in md and "--method whiten --store factored" in md
-    # report.md opens with the answer: the best family at the budget, with Holm-adjusted margins
-    assert md.index("## The answer") < md.index("## All rows") and "- At keep ≈ 0.5" in md
-    assert all((tmp / "st" / "runs" / n / "predictions.safetensors").exists() for n in calls["train"])
+    # report.md opens with the answer, one line per budget, and lists how to make every row
+    assert md.index("## The answer") < md.index("## All rows")
+    assert "- At keep ≈ 0.50" in md and "- At keep ≈ 0.2" in md  # the budgets as the rows reach them
+    assert "laser-tool train --preset quick --variant lowrank --target attn --target ffn --keep 0.5" in md
+    assert "--reduce-at 0.333" in md and "--method whiten --store factored" in md
+    assert all((runs / n / "predictions.safetensors").exists() for n in calls["train"] + calls["heal"])
     assert (tmp / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
-    svd = next(r for r in rows if r["label"].endswith("svd ffn-in+ffn-out r=5") and r["family"] == "post-hoc")
-    assert svd["paired_with"] in ("half-ffn (mlp 16)", "lowrank ffn r=0.5", "lowrank ffn r=0.5 structured spectral")
-    assert all(r["images_per_s"] for r in rows)
-    prog = [r["paired_with"] for r in rows if r["family"] == "progressive"]  # D sits beside C and its twins
-    assert "lowrank ffn r=0.5" in prog and "--reduce-at 0.3333" in md
+    fams = {r["family"] for r in rows}
+    assert {"baseline", "narrower-ffn", "train-time", "progressive", "post-hoc", "healed"} <= fams
+    assert all(r["baseline"] == "baseline" for r in rows if r["family"] != "baseline")  # one same-recipe baseline
 
     for k in calls:
         calls[k].clear()
     lines.clear()
     study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
-    assert sum("already complete" in ln for ln in lines) == 8
+    assert sum("already complete" in ln for ln in lines) == 9 + 4 + 4
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
-    assert [c["runs_made"] for c in calls_made] == [8, 0]
+    assert [c["runs_made"] for c in calls_made] == [15, 0]
     assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
-    # An unfinished run (no final.json) is continued, and only it.
-    (tmp / "st" / "runs" / "C-lowrank-ffn-s0" / "final.json").unlink()
+    # An unfinished run (no final.json) is continued, and only it; so is a missing budget of a group.
+    (runs / "lowrank-k0.5-s0" / "final.json").unlink()
+    (runs / "whiten-k0.25-s0" / "final.json").unlink()
     study.run_study("quick", **kw)
-    assert calls == {"train": ["C-lowrank-ffn-s0"], "reduce": [], "heal": []}
+    assert calls == {"train": ["lowrank-k0.5-s0"], "reduce": [["whiten-k0.25-s0"]], "heal": []}
 
 
-def test_study_takes_train_settings_and_refuses_to_mix_them(tiny_study):
+def test_frontier_parameter_counts_match_each_familys_formula(tmp_path):
+    """Per budget, the planned models keep the requested fraction of the targeted layers (attention and
+    FFN), to within each family's granularity (an integer width, rank or head size)."""
+    steps, notes = study.plan("quick", 1, tmp_path)
+    fit = dict(image_size=28, channels=1, num_classes=10)
+    base = replace(next(s for s in steps if s.name == "baseline-s0").cfg.model, **fit)
+    for st in steps:
+        if st.kind != "train" or st.name == "baseline-s0":
+            continue
+        fam, k = st.name.rsplit("-s", 1)[0].rsplit("-k", 1)
+        keep, spec = float(k), replace(st.cfg.model, **fit)
+        if fam == "progressive":  # dense until the cut; the cut is reduce's params:F on every targeted layer
+            assert (st.cfg.reduce_to, st.cfg.reduce_layers) == (f"params:{keep:g}", ["*:all"])
+            assert float(st.cfg.reduce_at) == pytest.approx(st.cfg.epochs / 3)
+            continue
+        got, layers = costs.keep(spec, base)
+        assert {n.rsplit(".", 1)[0].split(".", 2)[-1] for n in layers} == {"attn", "ffn"}
+        if fam == "narrower":  # widths rounded to an integer: mlp 256 and head size 32
+            assert abs(spec.mlp_dim - keep * 256) <= 0.5 and abs(spec.dim_head - keep * 32) <= 0.5
+            assert got == pytest.approx(keep, abs=0.5 / 32 + 0.01)
+        else:  # low-rank: rank int(keep * d_in*d_out/(d_in+d_out)) plus the seed's two biases
+            assert spec.keep == keep and got == pytest.approx(keep, abs=0.02)
+    assert not notes
+    cuts = [s for s in steps if s.kind == "reduce"]
+    assert [(s.name, s.selectors) for s in cuts if s.method == "svd"] == [
+        (f"svd-k{k:g}-s0", [f"*:all=params:{k:g}"]) for k in (0.5, 0.25, 0.1)]
+    assert len({s.group for s in cuts}) == 2  # one decomposition per method for all budgets
+
+
+def test_frontier_options_and_their_errors(tmp_path):
+    steps, _ = study.plan("quick", 1, tmp_path, frontier_opts=dict(budgets="0.3,0.6", targets="ffn",
+                                                                   families="narrower,svd"))
+    assert [s.name for s in steps] == ["baseline-s0", "narrower-k0.6-s0", "narrower-k0.3-s0", "svd-k0.6-s0",
+                                       "svd-k0.6-heal1-s0", "svd-k0.3-s0", "svd-k0.3-heal1-s0"]
+    assert steps[1].cfg.model.mlp_dim == round(0.6 * 256) and steps[1].cfg.model.dim_head == 32  # ffn only
+    for opts, msg in ((dict(budgets="0.5,1"), r"budget 1 is outside \(0, 1\)"),
+                      (dict(budgets="half"), "'half' is not a number"),
+                      (dict(families="narrower,magic"), "unknown family 'magic'"),
+                      (dict(targets="head"), "choose ffn, attn or all")):
+        with pytest.raises(UserError, match=msg):
+            study.plan("quick", 1, tmp_path, frontier_opts=opts)
+    with pytest.raises(UserError, match="--budgets applies to the frontier presets"):
+        study.plan("seed-xt", 1, tmp_path, frontier_opts=dict(budgets="0.5"))
+
+
+def test_study_takes_train_settings_and_refuses_to_mix_them(tiny_study, monkeypatch):
     """`--epochs` (once a TypeError) and any train setting reach every run and are part of its identity:
     a second invocation with other settings into the same --out is refused, nothing is reused."""
     tmp, calls = tiny_study
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd")))
     cli = CliRunner()
     common = ["study", "--preset", "quick", "--out", str(tmp / "st"), "--device", "cpu",
               "--data-dir", str(tmp / "data")]
     res = cli.invoke(main, common + ["--epochs", "1", "--lr", "0.002", "--batch-size", "25"])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines() == [str(tmp / "st" / "report.md")]  # the path, once
-    cfg = json.loads((tmp / "st" / "runs" / "B-half-ffn-s0" / "config.json").read_text())
+    cfg = json.loads((tmp / "st" / "runs" / "narrower-k0.5-s0" / "config.json").read_text())
     assert (cfg["epochs"], cfg["lr"], cfg["batch_size"]) == (1, 0.002, 25)
     made = sum(len(v) for v in calls.values())
     res = cli.invoke(main, common + ["--epochs", "2", "--lr", "0.002", "--batch-size", "25"])
@@ -137,7 +198,7 @@ def test_plan_rows_and_shared_post_hoc_twins(tmp_path):
     assert reduces == [f"{r}-posthoc-{m}-s0" for r in "BDFGI" for m in ("svd", "whiten")]
     steps, notes = study.plan("seed-vit-tiny", 1, tmp_path)
     assert [s.kind for s in steps] == ["train", "train"] and "T2" in notes[0]
-    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of quick"):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of quick, frontier"):
         study.plan("nope", 1, tmp_path)
 
 
@@ -165,7 +226,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     r = CliRunner()
     res = r.invoke(main, ["study", "--preset", "nope", "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and res.output.strip() == ("error: unknown preset 'nope'; choose one of quick, "
-                                                        "seed-xt, seed-vit-tiny")
+                                                        "frontier, frontier-seed-vit-tiny, seed-xt, seed-vit-tiny")
     (tmp_path / "empty").mkdir()
     res = r.invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path / "s"), "--data-dir",
                           str(tmp_path / "empty"), "--device", "cpu"])

@@ -42,6 +42,8 @@ class TrainConfig:
     reduce_tolerance: float = 0.1         # auto: a layer is stable once its stable rank moved less than this
     reduce_window: int = 2                # ... relative amount over this many epochs
 
+    tensorboard: bool = False             # also write TensorBoard event files to RUN/tb
+
     def __post_init__(self):
         # One spelling per setting, so a config read back from JSON compares equal to the one written.
         if self.reduce_at is not None and not isinstance(self.reduce_at, str):

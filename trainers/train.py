@@ -45,10 +45,12 @@ from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
 from .provenance import device_name, git_commit, versions
 from .rundir import WRITER, finished, guarded, remove_run
+from .signals import Interrupted, StopFlag, signal_name
 from .state import load_state, save_state
+from .tblog import TBLog
 
 # Settings that do not change what is trained: a run may be continued with these changed.
-VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download"}
+VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard"}
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -116,36 +118,13 @@ def check_finite(loss_sum, run_dir, epoch, step):
                         f"--warmup-epochs")
 
 
-def interrupted(d, where):
-    """Ctrl-C, after the resume point is saved: leave cleanly, telling how to go on."""
+def interrupted(d, where, signum=signal.SIGINT):
+    """After the resume point is saved: leave cleanly, telling how to go on (exit code 128 + signal)."""
     if d.is_main:
-        print(f"\ninterrupted {where}: saved; run the same command again to resume", file=sys.stderr)
+        by = "" if signum == signal.SIGINT else f" by {signal_name(signum)}"
+        print(f"\ninterrupted{by} {where}: saved; run the same command again to resume", file=sys.stderr)
     dist_.cleanup(d)
-    raise KeyboardInterrupt
-
-
-class StopFlag:
-    """Ctrl-C asks the loop to stop at the next optimizer step and save; a second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.set = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+    raise Interrupted(signum)
 
 
 @guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
@@ -220,6 +199,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                      "eval_precision": precision_name(amp_dtype),
                      "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
         "versions": versions(), "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
     }
     if spec.variant in KINDS:  # the budget asked for and reached, per layer, with any lr multipliers
         config["structure"] = structure_record(model, spec)
@@ -254,6 +234,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     raw_model = model
     model = wrap_model(raw_model, cfg, device, d)
     show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
+    tb = TBLog(run_dir, counters["epoch"]) if cfg.tensorboard and d.is_main else None
 
     with StopFlag() as stop:
         for epoch in range(counters["epoch"], cfg.epochs):
@@ -318,7 +299,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
                     save_state(state_file, raw_model, optimizer, scaler, counters, config)
-                interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}")
+                interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}", stop.signum)
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
             check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
@@ -328,12 +309,16 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
                     end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
                                  amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds,
                                  extra=extra)
+                if tb is not None:
+                    tb.epoch(counters["history"][-1])
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
             if stop.set and epoch + 1 < cfg.epochs:
-                interrupted(d, f"after epoch {epoch + 1}")
+                interrupted(d, f"after epoch {epoch + 1}", stop.signum)
 
+    if tb is not None:
+        tb.close()
     if d.is_main:
         finish(run_dir, raw_model, config, counters, splits, cfg, spec, device, amp_dtype, count_params(raw_model))
     dist_.barrier(d)
@@ -394,6 +379,7 @@ def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtyp
         "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
         "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
         "dataset": cfg.dataset, "arch": spec.arch, "seed": cfg.seed, "eval_precision": precision_name(amp_dtype),
+        "threads": torch.get_num_threads(),
     }
     if "init_val_acc" in counters:
         final["init_val_acc"] = counters["init_val_acc"]
