@@ -37,7 +37,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.budget import layer_setting  # noqa: E402
-from laser_tool.parametrize import make_structured  # noqa: E402
+from laser_tool.parametrize import update_ratio  # noqa: E402
 from laser_tool.surgery import make_layer  # noqa: E402
 
 ROWS = 256 * 65
@@ -75,29 +75,6 @@ def flops(kind, layer, n, d_in, d_out):
     if kind in ("monarch", "btt"):
         return 2 * n * sum(p.numel() for p in layer.parameters() if p.ndim > 1)
     raise ValueError(kind)
-
-
-def update_ratio(name, d_in, d_out, param, opt, seed=0):
-    """RMS change of the layer's output after one step on a fixed batch, over the dense layer's."""
-    g = torch.Generator().manual_seed(seed)
-    x, up = torch.randn(64, d_in, generator=g), torch.randn(64, d_out, generator=g)
-
-    def step(layer):
-        mult = getattr(layer, "lr_mult", {})
-        groups = [{"params": [p], "lr": 1e-3 * mult.get(n, 1.0)} for n, p in layer.named_parameters()]
-        o = torch.optim.SGD(groups) if opt == "sgd" else torch.optim.Adam(groups)
-        y0 = layer(x).detach()
-        (layer(x) * up).sum().div(len(x)).backward()
-        o.step()
-        with torch.no_grad():
-            return (layer(x) - y0).pow(2).mean().sqrt().item()
-    torch.manual_seed(seed)
-    dense = step(nn.Linear(d_in, d_out))
-    torch.manual_seed(seed)
-    layer = build(name, d_in, d_out)
-    if param == "structured":
-        make_structured(layer)
-    return round(step(layer) / dense, 3)
 
 
 def n_params(layer):
@@ -143,7 +120,8 @@ def bench_shape(d_in, d_out, reps, warmup, device, dtype=torch.float32):
                    params=n_params(layers[k]), setting=layer_setting(layers[k]),
                    ms_min=round(min(times[k]) * 1e3, 3), ms_max=round(max(times[k]) * 1e3, 3))
         if k != "dense" and device.type == "cpu":
-            row["update_ratio"] = {f"{opt}-{param}": update_ratio(k, d_in, d_out, param, opt)
+            make = lambda: build(k, d_in, d_out)  # noqa: E731 (called at once, inside this iteration)
+            row["update_ratio"] = {f"{opt}-{param}": round(update_ratio(make, d_in, d_out, param, opt), 3)
                                    for opt in ("sgd", "adam") for param in ("standard", "structured")}
         if k in GOALS:
             row["goal_time_ratio"] = GOALS[k]

@@ -170,7 +170,7 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
     if over_training:
         return _over_training(run, layers, fmt, out, plot)
     from .checkpoint import load_run
-    from .fileio import atomic_write_text, check_output_file
+    from .fileio import check_output_file
     from .layers import dense_weight, layer_kind
     from .reduce import match_selector, run_root
     from .spectrum import parse_spec, plot_spectra, spectrum_row
@@ -200,20 +200,12 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
             w.writerow([r[k] if not isinstance(r[k], float) else f"{r[k]:.6g}" for k in keys] + e +
                        [" ".join(f"{v:.6g}" for v in r["singular_values"])])
         text = buf.getvalue()
-    if out:
-        atomic_write_text(out, text)
-        click.echo(f"wrote {out}", err=True)
-    else:
-        click.echo(text, nl=False)
-    if plot:
-        plot_spectra(rows, plot)
-        click.echo(f"wrote {plot}", err=True)
+    _emit(text, out, plot, lambda path: plot_spectra(rows, path))
 
 
 def _over_training(run, layers, fmt, out, plot):
     import fnmatch
     from .errors import UserError
-    from .fileio import atomic_write_text
     from .spectrum import plot_over_training, training_spectra
     rows, cuts = training_spectra(run)
     if layers:
@@ -230,11 +222,17 @@ def _over_training(run, layers, fmt, out, plot):
         for r in rows:
             w.writerow([f"{r[k]:.6g}" if isinstance(r[k], float) else r[k] for k in keys])
         text = buf.getvalue()
+    _emit(text, out, plot, lambda path: plot_over_training(rows, cuts, path, title=str(run)))
+
+
+def _emit(text, out, plot, draw):
+    """The table to --out (atomically) or stdout, and the figure to --plot."""
+    from .fileio import atomic_write_text
     if out:
         atomic_write_text(out, text)
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
     if plot:
-        plot_over_training(rows, cuts, plot, title=str(run))
+        draw(plot)
         click.echo(f"wrote {plot}", err=True)

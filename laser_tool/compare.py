@@ -13,6 +13,7 @@ they are seeds of one experiment; a requested reduction (its selectors and rank 
 it realised for one seed) is one group. Runs that cannot be compared (no final.json yet, a failed
 run, unparseable files) are never dropped in silence: they come back as problem rows with the reason.
 """
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +158,27 @@ def _costs(g: Group) -> dict:
     return out
 
 
+def _train_seconds(run: Run):
+    """Training time of the weights a run holds: a run started from another (`train --init-from`, e.g.
+    healing) adds the time that made its source's weights (a reduced source carries its baseline's)."""
+    own = run.final.get("train_seconds")
+    if not isinstance(own, (int, float)):
+        return None
+    src = run.config.get("init_source")
+    if isinstance(src, dict) and src.get("run"):
+        try:
+            before = json.loads((Path(src["run"]) / "final.json").read_text()).get("train_seconds")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        own += before if isinstance(before, (int, float)) else 0
+    return own
+
+
 def _row(g: Group, section: str, speed: dict, roots: dict, metric: str) -> dict:
     st, seeds = summarize(g.accs, g.test_size), [r.seed for r in g.runs]
     val_accs = [r.val_acc for r in g.runs]
     vst = summarize([v for v in val_accs if v is not None], g.val_size)
-    secs = [r.final.get("train_seconds") for r in g.runs if isinstance(r.final.get("train_seconds"), (int, float))]
+    secs = [t for t in map(_train_seconds, g.runs) if t is not None]
     warnings = [f"{r.name}: {w}" for r in g.runs for w in r.warnings]
     if len({r.final.get("params") for r in g.runs}) > 1:
         warnings.append("parameter counts differ between seeds; the most common is shown")

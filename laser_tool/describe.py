@@ -189,7 +189,7 @@ def _family(d: dict, is_baseline: bool) -> str:
         return "baseline"
     if d.get("slims_in_training"):
         return "progressive"
-    return "narrower-ffn" if d["spec"].variant in (None, "half-ffn") else "train-time"
+    return "narrower" if d["spec"].variant in (None, "half-ffn") else "train-time"
 
 
 def _curve(d: dict, family: str) -> str:
@@ -203,4 +203,4 @@ def _curve(d: dict, family: str) -> str:
         return f"{s.variant}{extra} {roles_text(r for _, r in d['layer_set'])}"
     if family == "progressive":
         return f"progressive {d['recipe'].get('reduce_method') or 'svd'}"
-    return "narrower" if family == "narrower-ffn" else family
+    return family

@@ -94,7 +94,7 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
     """(steps, notes) of a frontier study, in dependency order per seed."""
     from .data import DATASETS, canonical_name
     from .models import build_model
-    from .study import Step, _flag, heal_config, train_config
+    from .study import Step, _flag, heal_config, seed_settings, train_config
     fr = FRONTIERS[name]
     budgets = parse_budgets(budgets) if budgets is not None else fr.budgets
     targets = targets or fr.targets
@@ -127,11 +127,7 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
             return False
 
     for seed in range(seeds):
-        extra = {**(train_opts or {}), "seed": seed, "out": str(runs), "device": device}
-        if epochs:
-            extra["epochs"] = epochs
-        if data_dir:
-            extra["data_dir"] = str(data_dir)
+        extra = seed_settings(seed, runs, train_opts, epochs, device, data_dir)
         base = train_step({}, f"baseline-s{seed}", extra)
         steps.append(base)
         for fam in families:

@@ -85,3 +85,28 @@ def lr_multipliers(model: nn.Module) -> dict:
         for pname, mult in getattr(m, "lr_mult", {}).items():
             out[f"{mname}.{pname}" if mname else pname] = mult
     return out
+
+
+def update_ratio(make_layer, d_in: int, d_out: int, param: str, opt: str = "sgd", seed: int = 0) -> float:
+    """RMS change of a layer's output on a fixed batch after one optimizer step (lr 1e-3, each parameter
+    at its lr multiplier), over a dense nn.Linear's: how well a parameterisation sizes its updates.
+    `make_layer()` builds the layer (seeded like the dense one); `param` structured applies the rule."""
+    g = torch.Generator().manual_seed(seed)
+    x, up = torch.randn(64, d_in, generator=g), torch.randn(64, d_out, generator=g)
+
+    def step(layer):
+        mult = getattr(layer, "lr_mult", {})
+        groups = [{"params": [p], "lr": 1e-3 * mult.get(n, 1.0)} for n, p in layer.named_parameters()]
+        o = torch.optim.SGD(groups) if opt == "sgd" else torch.optim.Adam(groups)
+        y0 = layer(x).detach()
+        (layer(x) * up).sum().div(len(x)).backward()
+        o.step()
+        with torch.no_grad():
+            return (layer(x) - y0).pow(2).mean().sqrt().item()
+    torch.manual_seed(seed)
+    dense = step(nn.Linear(d_in, d_out))
+    torch.manual_seed(seed)
+    layer = make_layer()
+    if param == "structured":
+        make_structured(layer)
+    return step(layer) / dense

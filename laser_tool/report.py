@@ -10,7 +10,7 @@ import json
 FAMILY_STYLE = {  # one marker per family, so the plot reads without colour
     "baseline": dict(marker="*", markersize=14, color="black"),
     "train-time": dict(marker="o", markersize=7, color="tab:red"),
-    "narrower-ffn": dict(marker="^", markersize=8, color="tab:green"),
+    "narrower": dict(marker="^", markersize=8, color="tab:green"),
     "post-hoc": dict(marker="s", markersize=7, color="tab:blue"),
     "healed": dict(marker="D", markersize=7, color="tab:purple"),
     "progressive": dict(marker="v", markersize=8, color="tab:orange"),

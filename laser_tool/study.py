@@ -12,7 +12,6 @@ Grids (ANCHORS.md): seed-xt is the blog's rows A-I on the x-transformers ViT; se
 DYAD follow-up (baseline; mlp_dim 1024 with DYAD FFN layers); quick is a CPU-sized version of the
 question on Fashion-MNIST using the trainer's `quick` model.
 """
-import copy
 import json
 import os
 import platform
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
-from .lock import locked
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,16 @@ def heal_config(base_cfg, reduced: Path, name: str, epochs: int):
                    warmup_epochs=0.0)
 
 
+def seed_settings(seed: int, runs: Path, train_opts=None, epochs=None, device="auto", data_dir=None) -> dict:
+    """The train settings every run of one seed of a study gets on top of the preset."""
+    extra = {**(train_opts or {}), "seed": seed, "out": str(runs), "device": device}
+    if epochs:
+        extra["epochs"] = epochs
+    if data_dir:
+        extra["data_dir"] = str(data_dir)
+    return extra
+
+
 def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, device="auto", data_dir=None,
          train_opts=None, frontier_opts=None):
     """(steps, notes): every step of the study in order (per seed: train all rows, then reduce and
@@ -149,11 +157,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, devi
     runs = out / "runs"
     steps, notes, sels = [], [], {}
     for seed in range(seeds):
-        extra = {**(train_opts or {}), "seed": seed, "out": str(runs), "device": device}
-        if epochs:
-            extra["epochs"] = epochs
-        if data_dir:
-            extra["data_dir"] = str(data_dir)
+        extra = seed_settings(seed, runs, train_opts, epochs, device, data_dir)
         cfgs = {}
         for row in GRIDS[preset]:
             opts = dict(row.opts, name=f"{row.id}-{row.slug}-s{seed}", **extra)

@@ -181,7 +181,7 @@ def test_half_ffn_pairs_with_reductions_of_both_ffn_layers(tmp_path):
     make_run(tmp_path, "healed", 0.855, params=7_100, reduction=both, heal=2)
     rows = cmp.compare_runs([tmp_path], speed=False).rows
     assert [(r["family"], r["paired_with"]) for r in rows] == [
-        ("baseline", None), ("narrower-ffn", None), ("post-hoc", "half-ffn (mlp 32)"), ("healed", "half-ffn (mlp 32)")]
+        ("baseline", None), ("narrower", None), ("post-hoc", "half-ffn (mlp 32)"), ("healed", "half-ffn (mlp 32)")]
     assert rows[3]["label"].endswith("+ heal 2ep")
 
 
@@ -238,9 +238,9 @@ def test_runs_found_two_levels_deep_and_baseline_option(tmp_path):
     make_run(tmp_path / "study" / "runs", "base", 0.86)
     make_run(tmp_path / "study" / "runs", "wide", 0.87, spec=replace(TINY, mlp_dim=128), params=12_000)
     c = cmp.compare_runs([tmp_path / "study"], speed=False)
-    assert [r["family"] for r in c.rows] == ["baseline", "narrower-ffn"]
+    assert [r["family"] for r in c.rows] == ["baseline", "narrower"]
     c = cmp.compare_runs([tmp_path / "study"], speed=False, baseline="wide")
-    assert [(r["label"], r["family"]) for r in c.rows] == [("baseline", "baseline"), ("dense mlp 64", "narrower-ffn")]
+    assert [(r["label"], r["family"]) for r in c.rows] == [("baseline", "baseline"), ("dense mlp 64", "narrower")]
     assert c.rows[0]["params"] == 12_000
     with pytest.raises(UserError, match="names no complete run"):
         cmp.compare_runs([tmp_path / "study"], speed=False, baseline="nope")
@@ -509,11 +509,11 @@ def test_progressive_and_attention_narrowed_rows_find_the_dense_baseline(tmp_pat
     c = cmp.compare_runs([tmp_path], speed=False)
     assert len({r["section"] for r in c.rows}) == 1
     by = {r["family"]: r for r in c.rows}
-    assert set(by) == {"baseline", "progressive", "narrower-ffn"} and by["baseline"]["n"] == 2
+    assert set(by) == {"baseline", "progressive", "narrower"} and by["baseline"]["n"] == 2
     assert by["progressive"]["n"] == 2 and by["progressive"]["baseline"] == "baseline"  # one plan, ranks by seed
     assert by["progressive"]["curve"] == "progressive svd" and 0 < by["progressive"]["keep"] < 1
-    assert by["narrower-ffn"]["label"] == "dense dim head 8" and by["narrower-ffn"]["baseline"] == "baseline"
-    assert by["narrower-ffn"]["targeted_layers"] == "attn" and by["narrower-ffn"]["keep"] == pytest.approx(0.5, abs=0.02)
+    assert by["narrower"]["label"] == "dense dim head 8" and by["narrower"]["baseline"] == "baseline"
+    assert by["narrower"]["targeted_layers"] == "attn" and by["narrower"]["keep"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_parameterisation_and_new_variants_are_separate_groups(tmp_path):

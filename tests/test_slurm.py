@@ -140,3 +140,8 @@ def test_sbatch_example_trains_one_run_on_two_ranks_and_requeues(cluster, tmp_pa
     one, two = load_file(tmp_path / "one" / "run" / "last.safetensors"), load_file(tmp_path / "two" / "run" / "last.safetensors")
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
     assert abs(final["test_acc"] - json.loads((tmp_path / "one" / "run" / "final.json").read_text())["test_acc"]) < 0.01
+    # the interrupted epoch's training totals are over both ranks (not rank 0's partial counted twice)
+    hist = [[json.loads(x) for x in (tmp_path / d / "run" / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    for a, b in zip(*hist):
+        assert abs(a["train_acc"] - b["train_acc"]) < 1e-3 and abs(a["train_loss"] - b["train_loss"]) < 1e-3

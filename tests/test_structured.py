@@ -12,6 +12,7 @@ from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear, layer_kind
 from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool import parametrize
 from laser_tool.parametrize import init_std, lr_multipliers, make_structured, spectral_init
 from laser_tool.structured import BTTLinear, MonarchLinear
 from laser_tool.surgery import KINDS, find_slot, make_layer, named_linears
@@ -245,27 +246,10 @@ def test_structured_init_and_multipliers_follow_the_rule(kind):
         assert init_std(fi, fo) == pytest.approx(math.sqrt(1 / fi) * min(1, math.sqrt(fo / fi)))
 
 
-def update_ratio(kind, d_in, d_out, keep, param, opt="sgd", seed=0):
+def update_ratio(kind, d_in, d_out, keep, param, opt="sgd"):
     """RMS of the change of the layer's output on a fixed batch after one step, over the dense layer's."""
-    g = torch.Generator().manual_seed(seed)
-    x, up = torch.randn(64, d_in, generator=g), torch.randn(64, d_out, generator=g)
-
-    def step(layer):
-        mult = getattr(layer, "lr_mult", {})
-        groups = [{"params": [p], "lr": 1e-3 * mult.get(n, 1.0)} for n, p in layer.named_parameters()]
-        o = torch.optim.SGD(groups) if opt == "sgd" else torch.optim.Adam(groups)
-        y0 = layer(x).detach()
-        (layer(x) * up).sum().div(len(x)).backward()
-        o.step()
-        with torch.no_grad():
-            return (layer(x) - y0).pow(2).mean().sqrt().item()
-    torch.manual_seed(seed)
-    dense = step(nn.Linear(d_in, d_out))
-    torch.manual_seed(seed)
-    layer = make_layer(kind, d_in, d_out, True, 0.5, keep=keep)
-    if param == "structured":
-        make_structured(layer)
-    return step(layer) / dense
+    return parametrize.update_ratio(lambda: make_layer(kind, d_in, d_out, True, 0.5, keep=keep), d_in, d_out,
+                                    param, opt)
 
 
 TALL_LOWRANK = "Qiu et al.'s rule sizes Adam steps; under SGD a tall low-rank layer's update grows as " \

@@ -105,8 +105,10 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     assert (tmp / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
     fams = {r["family"] for r in rows}
-    assert {"baseline", "narrower-ffn", "train-time", "progressive", "post-hoc", "healed"} <= fams
+    assert {"baseline", "narrower", "train-time", "progressive", "post-hoc", "healed"} <= fams
     assert all(r["baseline"] == "baseline" for r in rows if r["family"] != "baseline")  # one same-recipe baseline
+    base_row, heal_row = (next(r for r in rows if r["family"] == f) for f in ("baseline", "healed"))
+    assert heal_row["train_seconds"] > base_row["train_seconds"]  # the heal adds to its baseline's training
 
     for k in calls:
         calls[k].clear()

@@ -34,7 +34,6 @@ from dataclasses import replace
 from laser_tool.checkpoint import save_model
 from laser_tool.errors import UserError
 from laser_tool.fileio import atomic_write_json
-from laser_tool.layers import lowrank_rank
 from laser_tool.layers import dense_weight as weight_of
 from laser_tool.models import build_model, count_params
 from laser_tool.reduce import (calibration_batches, collect_calibration, n_params, reduced_module, select,

@@ -239,7 +239,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     with StopFlag() as stop:
         for epoch in range(counters["epoch"], cfg.epochs):
             model.train()
-            p = counters["partial"] or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            # A resumed epoch's partial totals are over all ranks (summed when it stopped): rank 0 carries them.
+            p = (counters["partial"] if d.is_main else None) or {"loss_sum": 0.0, "correct": 0, "seen": 0,
+                                                                   "seconds": 0.0}
             loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float64, device=device)
             correct = torch.tensor(p["correct"], dtype=torch.int64, device=device)
             seen, seconds = p["seen"], p["seconds"]
@@ -295,6 +297,8 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
             if bar is not None:
                 bar.close()
             if stopped:
+                if d.enabled:  # every rank stops at the same step; the saved totals cover them all
+                    loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
                 counters["partial"] = {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
