@@ -68,8 +68,10 @@ def _minutes(text):
 
 
 @click.command()
-@click.option("--preset", required=True, metavar="NAME", help="quick | seed-vit-tiny | seed-xt.")
-@click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick, 4 for the seed presets).")
+@click.option("--preset", required=True, metavar="NAME", help="Frontiers: quick (CPU, minutes), frontier, frontier-seed-vit-tiny; the seed's grids: seed-xt, "
+                   "seed-vit-tiny.")
+@click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick and frontier, 3 for frontier-seed-vit-tiny, 4 for the "
+                   "seed grids).")
 @click.option("--out", type=click.Path(file_okay=False), help="Study directory (default studies/PRESET).")
 @click.option("--heal-epochs", type=int,
               help="Also fine-tune each post-hoc reduced model this many epochs, as separate rows "

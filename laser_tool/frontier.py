@@ -42,7 +42,7 @@ FRONTIERS = {
     # costs the quick model nothing measurable even at a tenth of its parameters.
     "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
                       ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"), heal_epochs=1),
-    # Every family on the quick model (CPU: about an hour; GPU: minutes).
+    # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
     "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1),
     # The seed's ViT-tiny on CIFAR-10 (a GPU job).
     "frontier-seed-vit-tiny": Frontier("seed-vit-tiny", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=10,
@@ -116,14 +116,14 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
         info = DATASETS[canonical_name(base.cfg.dataset)]
         return replace(model, image_size=info.image_size, channels=info.channels, num_classes=info.num_classes)
 
-    def reachable(model) -> bool:
+    def reachable(model, fam, keep) -> bool:
         """Whether the model can be built (a budget a variant cannot reach is a note in the report, not a
         failed run)."""
         try:
             build_model(fitted(model))
             return True
         except UserError as e:
-            notes.append(f"not in this study: {e}")
+            notes.append(f"{fam} at budget {keep:g} is not in this study: {e}")
             return False
 
     for seed in range(seeds):
@@ -152,7 +152,7 @@ def plan(name: str, seeds: int, out: Path, budgets=None, targets=None, families=
                             opts["init"] = "spectral"
                 st = train_step(opts, f"{fam}-{_tag(keep)}-s{seed}", extra)
                 if (fam, keep) not in checked:
-                    checked[fam, keep] = reachable(st.cfg.model)
+                    checked[fam, keep] = reachable(st.cfg.model, fam, keep)
                 if checked[fam, keep]:
                     steps.append(st)
         for method in (f for f in families if f in POST_HOC):

@@ -11,11 +11,9 @@ fi
 # x-transformers warns about torch.jit.script under torch 2.14 on import: not ours, not the user's concern.
 check='import warnings; warnings.simplefilter("ignore", FutureWarning); import laser_tool, trainers, pytest, x_transformers, submitit, tensorboard'
 if ! .venv/bin/python -c "$check" 2>/dev/null; then
-    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    # compat mode: the checkout itself goes on sys.path (new files are picked up without a reinstall,
-    # and setuptools has nothing to warn about).
-    .venv/bin/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat 2>&1 \
-        | grep -v "^WARNING: Location" || true
+    # PYTHONWARNINGS: setuptools' build backend prints screens of notes about editable installs.
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "$check"
 fi
 
