@@ -75,8 +75,7 @@ def parse_families(text) -> tuple:
 
 def narrower_model(model, targets: str, keep: float):
     """The dense model whose targeted widths are scaled by `keep` (at least 1)."""
-    from .models import ModelSpec
-    s = ModelSpec.from_dict(model.to_dict()).resolved()
+    s = model.resolved()  # the arch's defaults filled in
     change = {}
     if targets in ("ffn", "all"):
         change["mlp_dim"] = max(1, round(s.mlp_dim * keep))
