@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
-from .structured import BTTLinear, MonarchLinear
+from .structured import BTTLinear, MatmulLinear, MonarchLinear
 
 
 def lowrank_rank(d_in: int, d_out: int, r: float) -> int:
@@ -123,7 +123,7 @@ def _block_bmm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.reshape(nd, chunks, N // chunks, k), w.unsqueeze(1)).reshape(nd, N, -1)
 
 
-class DyadLinear(nn.Module):
+class DyadLinear(MatmulLinear):
     """DYAD (arXiv 2312.06881): W x = BlockDiag(W_l) x + BlockDiag(W_u) P x.
 
     The first ("lower") term maps contiguous input chunks x.reshape(n_dyad, d_in/n_dyad); the second
@@ -163,14 +163,6 @@ class DyadLinear(nn.Module):
         lower = _block_bmm(contiguous, self.w_lower).transpose(0, 1).reshape(N, -1)
         upper = _block_bmm(upper_in, self.w_upper).permute(1, 2, 0).reshape(N, -1)  # output j::nd
         return lower + upper
-
-    def forward(self, x):
-        y = self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
-
-    def dense_weight(self):
-        eye = torch.eye(self.in_features, dtype=self.w_lower.dtype, device=self.w_lower.device)
-        return self._matmul(eye).T
 
 
 class FactoredLinear(nn.Module):

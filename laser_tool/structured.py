@@ -31,7 +31,20 @@ def monarch_params(d_in: int, d_out: int, blocks: int, bias: bool) -> int:
     return blocks * mid * (ib + ob) + (d_out if bias else 0)
 
 
-class MonarchLinear(nn.Module):
+class MatmulLinear(nn.Module):
+    """A Linear-like layer defined by `_matmul(x2d)`, its product on (N, d_in) inputs without the bias:
+    forward for any leading shape, plus the bias, and `dense_weight()` as the product of the identity."""
+
+    def forward(self, x):
+        y = self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    def dense_weight(self):
+        p = next(self.parameters())
+        return self._matmul(torch.eye(self.in_features, dtype=p.dtype, device=p.device)).T
+
+
+class MonarchLinear(MatmulLinear):
     """y = crop(P_out BlockDiag(w2) P BlockDiag(w1) pad(x)) + b.
 
     w1: (blocks, in_block, mid) maps contiguous input chunks; P regroups the (blocks, mid) grid as
@@ -68,14 +81,6 @@ class MonarchLinear(nn.Module):
         y = torch.bmm(self.w2.transpose(1, 2), h)                  # (nb, ob, N): block j writes s*nb+j
         return y.transpose(0, 1).reshape(ob * nb, N)[: self.out_features].t()
 
-    def forward(self, x):
-        y = self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
-
-    def dense_weight(self):
-        eye = torch.eye(self.in_features, dtype=self.w1.dtype, device=self.w1.device)
-        return self._matmul(eye).T
-
 
 def even_split(n: int):
     """(a, b) with a*b == n and a <= b as close as possible (a = 1 for a prime n)."""
@@ -97,7 +102,7 @@ def btt_params(d_in: int, d_out: int, rank: int, bias: bool) -> int:
     return rank * (d_in * n0 + d_out * m1) + (d_out if bias else 0)
 
 
-class BTTLinear(nn.Module):
+class BTTLinear(MatmulLinear):
     """Two-core Block Tensor-Train layer of rank r (Qiu et al. 2024).
 
     x (.., m1, m0) -> core1 (m1, m0, n0*r): for each i1 an m0 -> n0*r matrix -> regroup by j0 ->
@@ -129,11 +134,3 @@ class BTTLinear(nn.Module):
         h = h.reshape(m1, n0, r, N).transpose(0, 1).reshape(n0, m1 * r, N)
         y = torch.bmm(self.core2.transpose(1, 2), h)                    # (n0, n1, N)
         return y.reshape(n0 * n1, N).t()
-
-    def forward(self, x):
-        y = self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
-
-    def dense_weight(self):
-        eye = torch.eye(self.in_features, dtype=self.core1.dtype, device=self.core1.device)
-        return self._matmul(eye).T
