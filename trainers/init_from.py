@@ -8,7 +8,7 @@ Healing a post-hoc reduced run is this with a few epochs at a small learning rat
 import hashlib
 from pathlib import Path
 
-from laser_tool.checkpoint import checkpoint_path, load_tensors
+from laser_tool.checkpoint import check_checkpoint, checkpoint_path, load_model
 from laser_tool.errors import UserError
 
 # Settings that fix which images are training, validation and test images.
@@ -16,12 +16,9 @@ SPLIT_KEYS = ("dataset", "val_size", "seed", "train_subset")
 
 
 def source_config(path) -> dict:
-    """The config of the run (or checkpoint file) to start from; one clear error if there is none."""
-    ckpt = checkpoint_path(Path(path))
-    _, config = load_tensors(ckpt)
-    if not isinstance(config.get("model"), dict):
-        raise UserError(f"{ckpt} records no model spec; --init-from needs a run written by laser-tool")
-    return config
+    """The config of the run (or checkpoint file) to start from, checked against the file's header
+    (one clear error for a file without a usable model spec); the tensors are read once, later."""
+    return check_checkpoint(checkpoint_path(Path(path)))[1]
 
 
 def split_of(config: dict) -> dict:
@@ -40,13 +37,11 @@ def check_split(cfg, source: dict, path) -> None:
 
 
 def load_init_weights(model, path) -> dict:
-    """Load the source checkpoint into `model`; returns what config.json records about the source."""
+    """Load the source checkpoint into `model` (with load_model's checks: shapes, strict keys, finite
+    weights); returns what config.json records about the source."""
     ckpt = checkpoint_path(Path(path))
-    tensors, config = load_tensors(ckpt)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{ckpt} does not fit the model its config describes (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}); the file is inconsistent")
+    source, config = load_model(ckpt)
+    model.load_state_dict(source.state_dict())
     return {"run": str(path), "checkpoint": str(ckpt), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
             "config": {k: v for k, v in config.items() if k != "split"}}
 
