@@ -46,21 +46,6 @@ def save_predictions(run_dir, dataset: str, test, test_labels, val=None, val_lab
     return path
 
 
-def model_predictions(model, splits, batch_size=1000, device=None, amp_dtype=None) -> bytes:
-    """Score `model` on the split's test and validation images; the predictions file's bytes."""
-    from .evaluate import predict
-    test = predict(model, splits.test_x, batch_size, device, amp_dtype)
-    val = predict(model, splits.val_x, batch_size, device, amp_dtype) if len(splits.val_x) else None
-    return predictions_bytes(splits.name, test, splits.test_y, val, splits.val_y, splits.val_indices)
-
-
-def save_model_predictions(run_dir, model, splits, device=None, batch_size=1000, amp_dtype=None) -> Path:
-    """Score `model` on `splits` and write RUN/predictions.safetensors atomically."""
-    path = Path(run_dir) / FILE
-    atomic_write_bytes(path, model_predictions(model, splits, batch_size, device, amp_dtype))
-    return path
-
-
 @dataclass
 class Predictions:
     path: Path

@@ -201,14 +201,6 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, devi
     return steps, notes
 
 
-def _done(run: Path):
-    """Test accuracy of a finished run, or None."""
-    try:
-        return json.loads((run / "final.json").read_text()).get("test_acc")
-    except (OSError, ValueError):
-        return None
-
-
 def check_same_settings(runs: Path, steps: list) -> None:
     """Refuse to reuse runs trained with other settings: a study's runs are found again by name, so a
     second invocation with, say, other --epochs into the same --out would otherwise mix the two."""
@@ -236,6 +228,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
     """Run (or continue) a study; returns the path of its report.md, or None while steps are still
     queued on a cluster (`launch`: how steps run, laser_tool/runner.py; default one after another)."""
     from . import runner
+    from .runtable import final_acc
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
     seeds = default_seeds(preset) if seeds is None else seeds
@@ -251,7 +244,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
     runs = out / "runs"
     with runner.study_lock(out):
         check_same_settings(runs, steps)
-        todo = [st for st in steps if st.kind == "train" and _done(runs / st.name) is None]
+        todo = [st for st in steps if st.kind == "train" and final_acc(runs / st.name) is None]
         if todo:  # a missing dataset is one clear error up front, not one per run
             from .data import load_dataset
             c = todo[0].cfg

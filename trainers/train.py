@@ -32,10 +32,10 @@ from laser_tool.checkpoint import load_model, save_model
 from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
-from laser_tool.evaluate import eval_amp_dtype, evaluate, precision_name
+from laser_tool.evaluate import eval_amp_dtype, evaluate, evaluate_with_predictions, precision_name, predict
 from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.predictions import save_model_predictions
+from laser_tool.predictions import save_predictions
 from laser_tool.surgery import KINDS
 
 from . import distributed as dist_
@@ -375,7 +375,10 @@ def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtyp
     """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
     _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
     best, _ = load_model(run_dir / "model.safetensors", device)
-    _, test_best = evaluate(best, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
+    # The selected model's per-image test predictions come from this same pass (compare pairs runs by them).
+    _, test_best, test_pred = evaluate_with_predictions(best, splits.test_x, splits.test_y, cfg.eval_batch_size,
+                                                        device, amp_dtype)
+    val_pred = predict(best, splits.val_x, cfg.eval_batch_size, device, amp_dtype) if len(splits.val_x) else None
     hist = counters["history"]
     final = {
         "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
@@ -387,8 +390,8 @@ def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtyp
     }
     if "init_val_acc" in counters:
         final["init_val_acc"] = counters["init_val_acc"]
-    with deferred_commit():  # per-image predictions (compare pairs runs image by image) land with final.json
-        save_model_predictions(run_dir, best, splits, device, cfg.eval_batch_size, amp_dtype)
+    with deferred_commit():  # per-image predictions land with final.json
+        save_predictions(run_dir, splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
         atomic_write_json(run_dir / "final.json", final)
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
           f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)
