@@ -1,14 +1,23 @@
-"""laser-tool: train small from the start, or train full and cut after? Measure it."""
-from .checkpoint import load_run
-from .errors import UserError
-from .models import ModelSpec, build_model, count_params
+"""laser-tool: train small from the start, or train full and cut after? Measure it.
 
-__all__ = ["load_run", "UserError", "ModelSpec", "build_model", "count_params"]
+The notebook API, imported on first use (so `import laser_tool.errors` stays cheap):
+  load_run(path) -> (model, config)          runs/checkpoint.py
+  ModelSpec, build_model, count_params       models/
+  compare_rows(runs) -> [row dict, ...]      analysis/compare.py
+  plot_comparison(rows, path)                analysis/plot.py
+  UserError                                  errors.py
+"""
+import importlib
 
-# Notebook API for comparisons: `laser_tool.compare_rows(runs)` (one dict per table row) and
-# `laser_tool.plot_comparison(rows, path)`. The module that holds them stays `laser_tool.compare`,
-# so the function and its module have distinct names.
-from .compare import compare_rows  # noqa: E402
-from .report import plot as plot_comparison  # noqa: E402
+_API = {"load_run": ("runs.checkpoint", "load_run"), "UserError": ("errors", "UserError"),
+        "ModelSpec": ("models", "ModelSpec"), "build_model": ("models", "build_model"),
+        "count_params": ("models", "count_params"), "compare_rows": ("analysis.compare", "compare_rows"),
+        "plot_comparison": ("analysis.plot", "plot")}
+__all__ = list(_API)
 
-__all__ += ["compare_rows", "plot_comparison"]
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'laser_tool' has no attribute {name!r}")
+    module, attr = _API[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attr)

@@ -127,13 +127,6 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path, obj) -> None:
-    """Append one line atomically: rewrite the file with the new line (files are small)."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    atomic_write_bytes(path, old + (json.dumps(obj) + "\n").encode())
-
-
 # ---------------------------------------------------------------------------------------------
 # Debris of killed writers
 

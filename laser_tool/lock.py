@@ -9,14 +9,14 @@ when its process dies, even by kill -9, so a lock file left by a dead writer on 
 over (with a message). A lock file left on another host cannot be checked from here: it is refused
 with the command that removes it, unless it records this very Slurm job (SLURM_JOB_ID), i.e. a
 requeued job whose earlier run died with its node. A second live writer gets one line and no work is done.
+`holder(target)` tells another process who holds a lock right now (`study --status`).
 """
 import contextlib
 import fcntl
-import functools
-import inspect
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -54,8 +54,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
-    """Take the lock for writing `target`; returns the open file descriptor (pass it to release)."""
+def _busy(target, path, pid, where, since) -> str:
+    who = f"process {pid} on {where}" if pid else "another process"
+    return f"{target} is being written by {who} (lock {path}); wait for it to finish or stop it, then run again"
+
+
+def _since(text: str):
+    return next((p[6:] for p in text.split() if p.startswith("since=")), None)
+
+
+def holder(target):
+    """{pid, host, since} of the live process holding `target`'s lock, or None when nobody holds it."""
+    try:
+        fd = os.open(lock_path(target), os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        text = os.pread(fd, 200, 0).decode(errors="replace")
+        pid, where = _holder(text)
+        return {"pid": pid, "host": where, "since": _since(text)}
+    finally:
+        os.close(fd)
+
+
+def acquire(target, log=lambda s: print(s, file=sys.stderr), busy=_busy) -> int:
+    """Take the lock for writing `target`; returns the open file descriptor (pass it to release).
+    `busy(target, lock file, pid, host, since)` words the refusal when a live process holds it."""
     path, host = lock_path(target), socket.gethostname()
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -81,9 +109,7 @@ def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
             text = os.pread(fd, 200, 0).decode(errors="replace")
             os.close(fd)
             pid, where = _holder(text)
-            who = f"process {pid} on {where}" if pid else "another process"
-            raise UserError(f"{target} is being written by {who} (lock {path}); wait for it to finish "
-                            f"or stop it, then run again") from None
+            raise UserError(busy(target, path, pid, where, _since(text))) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -107,7 +133,8 @@ def acquire(target, log=lambda s: print(s, file=sys.stderr)) -> int:
                 log(f"note: taking over the stale lock {path} of process {pid} (no longer running)")
         os.ftruncate(fd, 0)
         job = os.environ.get("SLURM_JOB_ID")
-        os.pwrite(fd, f"{os.getpid()} {host}{f' job={job}' if job else ''}\n".encode(), 0)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S")
+        os.pwrite(fd, f"{os.getpid()} {host}{f' job={job}' if job else ''} since={since}\n".encode(), 0)
         os.fsync(fd)
         _made[fd] = made
         return fd
@@ -133,25 +160,9 @@ def release(target, fd: int) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(target, log=lambda s: print(s, file=sys.stderr)):
-    fd = acquire(target, log)
+def output_lock(target, log=lambda s: print(s, file=sys.stderr), busy=_busy):
+    fd = acquire(target, log, busy)
     try:
         yield
     finally:
         release(target, fd)
-
-
-def locked(target_of):
-    """Decorator: hold output_lock(target_of(arguments)) while the function runs; `arguments` is
-    the call's arguments by name, defaults filled in."""
-    def deco(fn):
-        sig = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            with output_lock(target_of(bound.arguments)):
-                return fn(*args, **kwargs)
-        return wrapper
-    return deco

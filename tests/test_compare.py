@@ -10,15 +10,16 @@ from scipy.stats import ttest_rel
 from scipy.special import betainc
 
 import laser_tool
-from laser_tool import compare as cmp
-from laser_tool.checkpoint import save_model
+from laser_tool.analysis import compare as cmp
+from laser_tool.runs.checkpoint import save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.predictions import save_predictions
-from laser_tool.stats import holm, mcnemar_exact
+from laser_tool.runs.predictions import save_predictions
+from laser_tool.analysis import plot, stats
+from laser_tool.analysis.stats import holm, mcnemar_exact
 
-from laser_tool import report
+from laser_tool.analysis import render as report
 
 TINY = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32, depth=2,
                  heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
@@ -74,11 +75,11 @@ def test_summary_matches_hand_formula():
     m = sum(accs) / n
     sd = math.sqrt(sum((a - m) ** 2 for a in accs) / (n - 1))
     t975_df3 = 3.182446305284263  # two-sided 95% critical value, t table, 3 degrees of freedom
-    s = cmp.summarize(accs)
+    s = stats.summarize(accs)
     assert s["n"] == 4 and s["mean"] == pytest.approx(m) and s["std"] == pytest.approx(sd)
     assert s["ci_low"] == pytest.approx(m - t975_df3 * sd / 2, rel=1e-9)
     assert s["ci_high"] == pytest.approx(m + t975_df3 * sd / 2, rel=1e-9)
-    one = cmp.summarize([0.9])
+    one = stats.summarize([0.9])
     assert one["mean"] == 0.9 and one["std"] is None and one["ci_low"] is None
 
 
@@ -92,21 +93,21 @@ def test_welch_p_matches_hand_formula():
     df = se2 ** 2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
     # Two-sided p of Student's t through the regularized incomplete beta: I_{df/(df+t^2)}(df/2, 1/2).
     p = betainc(df / 2, 0.5, df / (df + t * t))
-    assert cmp.welch_p(a, b) == pytest.approx(p, rel=1e-7)
+    assert stats.welch_p(a, b) == pytest.approx(p, rel=1e-7)
     assert 0 < p < 0.05
-    assert cmp.welch_p([0.8], b) is None and cmp.welch_p(a, [0.8]) is None
-    assert cmp.welch_p([0.8, 0.8], [0.8, 0.8]) is None  # no spread on either side: nothing to test
+    assert stats.welch_p([0.8], b) is None and stats.welch_p(a, [0.8]) is None
+    assert stats.welch_p([0.8, 0.8], [0.8, 0.8]) is None  # no spread on either side: nothing to test
 
 
 def test_one_seed_interval_is_the_test_sets_binomial_one():
     p, N = 0.9, 10_000
     half = 1.959963984540054 * math.sqrt(p * (1 - p) / N)  # normal approximation to the binomial
-    s = cmp.summarize([p], test_size=N)
+    s = stats.summarize([p], test_size=N)
     assert s["ci_kind"] == "test-set"
     assert s["ci_low"] == pytest.approx(p - half) and s["ci_high"] == pytest.approx(p + half)
-    h, kind = cmp.diff_halfwidth([0.9], [0.8], N, N)
+    h, kind = stats.diff_halfwidth([0.9], [0.8], N, N)
     assert kind == "test-set" and h == pytest.approx(1.959963984540054 * math.sqrt(0.09 / N + 0.16 / N))
-    assert cmp.diff_halfwidth([0.9], [0.8]) == (None, None)  # test size unknown: no interval at all
+    assert stats.diff_halfwidth([0.9], [0.8]) == (None, None)  # test size unknown: no interval at all
 
 
 def test_difference_interval_is_welchs():
@@ -114,7 +115,7 @@ def test_difference_interval_is_welchs():
     va = sum((x - sum(a) / 4) ** 2 for x in a) / 3 / 4
     vb = sum((x - sum(b) / 3) ** 2 for x in b) / 2 / 3
     df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
-    h, kind = cmp.diff_halfwidth(a, b)
+    h, kind = stats.diff_halfwidth(a, b)
     # invert: the half-width divided by the standard error is the t quantile whose two-sided p is 0.05
     tq = h / math.sqrt(va + vb)
     assert kind == "seeds" and betainc(df / 2, 0.5, df / (df + tq * tq)) == pytest.approx(0.05, rel=1e-6)
@@ -137,7 +138,7 @@ def test_groups_by_spec_across_seeds(tmp_path):
     assert base["acc_mean"] == pytest.approx(0.86) and base["p_vs_baseline"] is None
     assert low["family"] == "train-time" and low["n"] == 2 and low["params"] == 8_000
     assert low["diff_vs_baseline"] == pytest.approx(0.835 - 0.86)
-    assert low["p_vs_baseline"] == pytest.approx(cmp.welch_p([0.83, 0.84], [0.85, 0.86, 0.87]))
+    assert low["p_vs_baseline"] == pytest.approx(stats.welch_p([0.83, 0.84], [0.85, 0.86, 0.87]))
     assert base["train_seconds"] == pytest.approx(11.0)
     assert c.problems == [] and c.notes == []
 
@@ -168,7 +169,7 @@ def test_post_hoc_rows_pair_with_train_time_rows_at_matched_params(tmp_path):
     assert all(p is None for _, p in labels[4:]) and all(r["family"] == "post-hoc" for r in rows[2:])
     svd = rows[2]
     assert svd["diff_vs_paired"] == pytest.approx(0.81 - 0.835)
-    assert svd["p_vs_paired"] == pytest.approx(cmp.welch_p([0.80, 0.82], [0.83, 0.84]))
+    assert svd["p_vs_paired"] == pytest.approx(stats.welch_p([0.80, 0.82], [0.83, 0.84]))
     assert svd["params_vs_paired"] == 50
     assert rows[3]["p_vs_paired"] is not None
 
@@ -350,7 +351,7 @@ def test_post_hoc_rows_are_paired_over_their_baselines_seeds(tmp_path):
     assert c["p_kind"] == "paired-t" and c["p_vs_baseline"] == pytest.approx(ttest_rel(cut_accs, base_accs).pvalue)
     assert c["roots"] == [str((tmp_path / f"base-s{s}").resolve()) for s in range(3)]
     low = next(r for r in rows if r["family"] == "train-time")
-    assert low["p_kind"] == "welch" and low["p_vs_baseline"] == pytest.approx(cmp.welch_p(low_accs, base_accs))
+    assert low["p_kind"] == "welch" and low["p_vs_baseline"] == pytest.approx(stats.welch_p(low_accs, base_accs))
 
 
 def test_recipes_are_kept_apart_and_rows_use_their_own_baseline(tmp_path):
@@ -402,7 +403,7 @@ def test_one_requested_spec_is_one_group_although_ranks_differ_by_seed(tmp_path)
 
 
 def test_forward_and_training_flops_match_the_closed_form():
-    from laser_tool import costs
+    from laser_tool.analysis import costs
     s = ModelSpec(arch="vit-tiny", image_size=28, channels=1, patch_size=7, dim=128, depth=3, heads=4, dim_head=32,
                   mlp_dim=256, dropout=0.0, emb_dropout=0.0)
     T, inner, patch_dim = 17, 128, 7 * 7 * 5  # 16 patches + CLS; SPT stacks 5 shifted copies
@@ -438,19 +439,19 @@ def _frontier(root, seeds=1):
 def test_plot_has_one_series_per_family(tmp_path):
     _frontier(tmp_path)
     rows = cmp.compare_runs([tmp_path], speed=False).rows
-    fig = report.plot(rows, tmp_path / "p.png")
+    fig = plot.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(report.series_names(fig)) == ["lowrank ffn", "narrower", "post-hoc svd ffn"]
-    assert report.series_count(fig) == 3
+    assert sorted(plot.series_names(fig)) == ["lowrank ffn", "narrower", "post-hoc svd ffn"]
+    assert plot.series_count(fig) == 3
     keep_ax = next(ax for ax in fig.axes if ax.get_gid() == "keep")
     assert [len(ln.get_xdata()) for ln in keep_ax.lines if (ln.get_gid() or "").startswith("series:")] == [2, 2, 2]
     assert any(ln.get_gid() == "frontier" for ln in keep_ax.lines)
     assert {ax.get_gid() for ax in fig.axes} == {"keep", "train_flops"}
-    assert report.pareto([(1, 0.9), (0.5, 0.8), (0.5, 0.7), (0.25, 0.85), (0.1, 0.6)]) == [4, 3, 0]
+    assert plot.pareto([(1, 0.9), (0.5, 0.8), (0.5, 0.7), (0.25, 0.85), (0.1, 0.6)]) == [4, 3, 0]
 
 
 def test_answer_names_the_best_family_per_budget_with_holm_adjusted_margins(tmp_path):
-    from laser_tool import answer
+    from laser_tool.analysis import answer
     _frontier(tmp_path)
     c = cmp.compare_runs([tmp_path], speed=False)
     items = answer.answer(c.rows)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from laser_tool import data
-from laser_tool.data import Augment, BatchLoader, augment, load_dataset
+from laser_tool.data import files as data
+from laser_tool.data import Augment, BatchLoader, load_dataset
+from laser_tool.data.augment import augment, default_augment
 from laser_tool.errors import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -344,8 +345,8 @@ def test_bad_augment_is_user_error():
 
 
 def test_default_augments():
-    assert data.default_augment("cifar10") == Augment(rrc=True, flip_p=0.3)
-    assert data.default_augment("mnist") == Augment(crop_padding=2)
+    assert default_augment("cifar10") == Augment(rrc=True, flip_p=0.3)
+    assert default_augment("mnist") == Augment(crop_padding=2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -356,3 +357,8 @@ def test_cuda_batches_match_cpu():
     gpu = batches(BatchLoader(x, y, 16, augment=AUG, seed=2, device="cuda"), 1)
     for (a, b), (c, d) in zip(cpu, gpu):
         assert c.is_cuda and torch.equal(b, d.cpu()) and torch.allclose(a, c.cpu(), atol=1e-4)
+
+
+def test_the_vocabulary_names_every_dataset_read():
+    from laser_tool import vocab
+    assert tuple(data.DATASETS) == vocab.DATASETS

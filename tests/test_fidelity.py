@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.xt_vit import import_x_transformers
+from laser_tool.models.xt_vit import import_x_transformers
 from trainers.optim import make_optimizer
 
 

@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 
 from laser_tool.errors import UserError
-from laser_tool.layers import (DYAD_VARIANTS, DyadLinear, FactoredLinear, LowRankLinear, SKLinear, SNLinear,
-                               dense_weight, layer_kind, lowrank_rank, round_up_sqrt, skl_rank)
+from laser_tool.vocab import DYAD_VARIANTS
+from laser_tool.models.layers import (DyadLinear, FactoredLinear, LowRankLinear, SKLinear, SNLinear, dense_weight,
+                                      layer_kind)
+from laser_tool.models.budget import lowrank_rank, round_up_sqrt, skl_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,7 +265,7 @@ def test_rank_zero_is_a_clear_error(cls, kw, scale):
 @pytest.mark.parametrize("variant", DYAD_VARIANTS)
 def test_dyad_split_k_path_is_exact(variant, monkeypatch):
     """The row-chunked (split-K) product used on CUDA, forced on here: same outputs and gradients."""
-    import laser_tool.layers as L
+    import laser_tool.models.layers as L
     layer = DyadLinear(48, 80, n_dyad=4, variant=variant)
     x = torch.randn(2, 32, 48, requires_grad=True)       # 64 rows -> 4 chunks of 16
     g = torch.randn(2, 32, 80)

@@ -6,10 +6,13 @@ import torch
 import torch.nn as nn
 
 from laser_tool.errors import UserError
-from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear
-from laser_tool.structured import BTTLinear, MonarchLinear
-from laser_tool.models import ARCHS, ModelSpec, build_model, count_params
-from laser_tool.surgery import KINDS, TARGETS, apply_variant, find_slot, named_linears
+from laser_tool.models.layers import DyadLinear, LowRankLinear, SKLinear
+from laser_tool.models.structured import BTTLinear, MonarchLinear
+from laser_tool.vocab import ARCHS
+from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.vocab import STRUCTURED as KINDS
+from laser_tool.vocab import TARGETS
+from laser_tool.models.surgery import apply_variant, find_slot, named_linears
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,14 +10,17 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from laser_tool import compare, study
-from laser_tool.checkpoint import load_run
+from laser_tool.analysis import compare
+from laser_tool import study
+from laser_tool.runs.checkpoint import load_run
 from laser_tool.cli import main
-from laser_tool.layers import FactoredLinear, lowrank_rank
+from laser_tool.models.layers import FactoredLinear
+from laser_tool.models.budget import lowrank_rank
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.reduce import reduce_run, select
-from laser_tool.spectrum import resolve_rank
-from laser_tool.surgery import slots
+from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.ranks import select
+from laser_tool.posthoc.ranks import resolve_rank
+from laser_tool.models.surgery import slots
 from synthetic import write_tiny_mnist
 from trainers import progressive
 from trainers import train as loop
@@ -116,6 +119,23 @@ def test_resume_at_and_after_a_fractional_cut_is_bitwise_identical(data_dir, tmp
         assert any(k.endswith(".U") for k in saved) == cut_done
         train(other, progress=False)
         states_equal(straight, run)
+
+
+def test_a_cut_leaves_the_layout_a_resume_rebuilds(data_dir, tmp_path, monkeypatch):
+    """A resumed run rebuilds its factored layers row-major from the resume point, so the cut must leave
+    them row-major too (with their fresh Adam moments): an SVD's factors are column-major, and on some CPUs
+    (AMD EPYC) a GEMM rounds differently for the two layouts, which made the resumed run drift by a bit."""
+    seen = []
+    real_cut = progressive.Progressive.cut
+
+    def cut_and_look(self, model, optimizer, *a, **k):
+        new = real_cut(self, model, optimizer, *a, **k)
+        seen.append([(n, p.stride()) for n, p in model.named_parameters() if not p.is_contiguous()])
+        return new
+    monkeypatch.setattr(progressive.Progressive, "cut", cut_and_look)
+    for method in ("svd", "whiten"):
+        train(cfg_for(data_dir, tmp_path / method, reduce_at="1.5", reduce_method=method), progress=False)
+    assert seen == [[], []]
 
 
 def test_rank_annealing_in_two_steps_and_spectra_over_training(data_dir, tmp_path):

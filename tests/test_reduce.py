@@ -15,16 +15,18 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from laser_tool import data
-from laser_tool.checkpoint import load_run, save_model
+from laser_tool.data import files as data
+from laser_tool.runs.checkpoint import load_run, save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.evaluate import evaluate
-from laser_tool.layers import lowrank_rank
+from laser_tool.models.evaluate import evaluate
+from laser_tool.models.budget import lowrank_rank
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.reduce import reduce_run, select
-from laser_tool.spectrum import (Calib, Decomposition, mp_threshold, parse_spec, relative_error,
-                                 resolve_rank, singular_values, truncate)
+from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.ranks import select
+from laser_tool.posthoc.decompose import Calib, Decomposition, relative_error, singular_values, truncate
+from laser_tool.posthoc.spectrum import mp_threshold
+from laser_tool.posthoc.ranks import parse_spec, resolve_rank
 
 
 # ------------------------------------------------------------------ fixtures (test_search imports these)
@@ -377,8 +379,8 @@ def test_cli_missing_calibration_data(base, tmp_path):
 
 @pytest.mark.parametrize("method", ["svd", "whiten"])
 def test_multi_budget_reduction_equals_one_reduce_per_budget(base, tmp_path, method):
-    from laser_tool.predictions import load_predictions
-    from laser_tool.reduce import reduce_run_budgets
+    from laser_tool.runs.predictions import load_predictions
+    from laser_tool.posthoc.reduce import reduce_run_budgets
     budgets = {0.5: ["*.ffn.in=params:0.5", "*.ffn.out=params:0.5"], 0.25: ["*.ffn.in=params:0.25"],
                0.1: ["*:all=params:0.1"]}
     shared = reduce_run_budgets(base, budgets, method=method, store="factored",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from laser_tool.checkpoint import load_run
+from laser_tool.runs.checkpoint import load_run
 from robust import ROOT, cli, one_line_error, place, refused, snapshot, train_args, world  # noqa: F401
 
 # ------------------------------------------------------------------ 1. data loss
@@ -141,6 +141,7 @@ def test_3_lock_left_on_another_host(world, place, monkeypatch):
 
 STARTER = textwrap.dedent("""
     import sys
+    import trainers.train           # the command line imports its work lazily: load the trainer now
     from laser_tool.cli import main
     print("ready", flush=True)      # the slow imports are done; wait for the go
     sys.stdin.readline()

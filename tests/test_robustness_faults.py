@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from laser_tool.checkpoint import META_KEY, load_run
-from laser_tool.layers import FactoredLinear
-from laser_tool.spectrum import Calib, Decomposition
+from laser_tool.runs.checkpoint import META_KEY, load_run
+from laser_tool.models.layers import FactoredLinear
+from laser_tool.posthoc.decompose import Calib, Decomposition
 from robust import cli, place, refused, snapshot, train_args, world  # noqa: F401
 
 # ------------------------------------------------------------------ 6. balanced factors
@@ -215,9 +215,9 @@ def test_11_files_follow_the_umask(world, place):
 def test_8_corrupt_final_json_inside_a_study(tmp_path, monkeypatch):
     """A study whose runs' final.json files were damaged: the trained run's is recomputed from its
     state, the reduced run (laser-tool's own) is made again; exit 0, no traceback."""
-    from laser_tool import data
+    from laser_tool.data import files as data
     from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
-    from laser_tool import frontier
+    from laser_tool.study import frontier
     from trainers import presets
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
     monkeypatch.setattr(data, "SYSTEM_DIRS", {})

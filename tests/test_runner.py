@@ -13,10 +13,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from laser_tool import data, frontier, study
+from laser_tool.data import files as data
+from laser_tool.study import frontier
+from laser_tool import study
 from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.runner import Launch, StepJob, check_launch, lock_holder
+from laser_tool.launch.base import Launch, StepJob, check_launch
+from laser_tool.launch.status import lock_holder
 from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
 from trainers import presets
 
@@ -169,7 +172,7 @@ def test_sigterm_mid_epoch_exits_143_and_resumes_bitwise(tmp_path):
 def test_a_live_study_directory_is_refused(tmp_path):
     out = tmp_path / "st"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from laser_tool.runner import study_lock\n"
+                               "from laser_tool.study.run import study_lock\n"
                                "with study_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
                                str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -209,8 +212,8 @@ def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
 def test_sigterm_between_steps_stops_a_serial_study_with_143(tiny, monkeypatch):
     """SIGTERM while a reduction runs: it finishes (its output appears whole), nothing else starts."""
     import shutil
-    from laser_tool import reduce as reducer
-    from trainers.signals import Interrupted
+    from laser_tool.posthoc import reduce as reducer
+    from laser_tool.signals import Interrupted
     tmp, kw = tiny
     for name in RUNS[:3]:  # the trained runs, so that only the reductions are left to do
         shutil.copytree(tmp / "serial" / "runs" / name, tmp / "term" / "runs" / name)

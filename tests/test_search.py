@@ -5,13 +5,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from laser_tool import data
-from laser_tool.checkpoint import load_run
+from laser_tool.data import files as data
+from laser_tool.runs.checkpoint import load_run
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
-from laser_tool.reduce import calibration_batches, collect_calibration, reduce_run, run_data
-from laser_tool.search import naive_sweep, search_run, staged, sweep
+from laser_tool.posthoc.calibration import calibration_batches, collect_calibration
+from laser_tool.posthoc.reduce import reduce_run, run_data
+from laser_tool.posthoc.search import naive_sweep, search_run, staged, sweep
 from test_reduce import TINY, hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
 
 

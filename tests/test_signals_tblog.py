@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from synthetic import write_tiny_mnist
 from trainers.config import TrainConfig
-from trainers.signals import Interrupted, StopFlag, exit_code
+from laser_tool.signals import Interrupted, StopFlag, exit_code
 from trainers.train import train
 from test_train import TINY
 

@@ -9,9 +9,11 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from laser_tool import data, frontier, study
+from laser_tool.data import files as data
+from laser_tool.study import frontier
+from laser_tool import study
 from laser_tool.cli import main
-from laser_tool.runner import Launch
+from laser_tool.launch.base import Launch
 from slurm_cluster import Cluster, Unavailable
 from test_study import TINY_PRESET, write_fashion
 from trainers import presets
@@ -69,7 +71,7 @@ def test_slurm_preemption_requeues_and_resumes_bitwise(cluster, tmp_path, monkey
     import submitit
     import torch
     from safetensors.torch import load_file
-    from laser_tool.runner import StepJob
+    from laser_tool.launch.base import StepJob
     from test_runner import _train_step
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
     monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)

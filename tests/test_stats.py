@@ -5,8 +5,9 @@ import pytest
 import torch
 from scipy.stats import ttest_rel
 
-from laser_tool import paired, stats
-from laser_tool.predictions import load_predictions, mismatch, save_predictions
+from laser_tool.analysis import paired
+from laser_tool.analysis import stats
+from laser_tool.runs.predictions import load_predictions, mismatch, save_predictions
 
 
 def test_mcnemar_exact_hand_values():

@@ -7,15 +7,16 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from laser_tool.budget import KEEP_SLACK, choose, dense_params, settings
+from laser_tool.models.budget import KEEP_SLACK, choose, dense_params, settings
 from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.layers import DyadLinear, LowRankLinear, SKLinear, layer_kind
+from laser_tool.models.layers import DyadLinear, LowRankLinear, SKLinear, layer_kind
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool import parametrize
-from laser_tool.parametrize import init_std, lr_multipliers, make_structured, spectral_init
-from laser_tool.structured import BTTLinear, MonarchLinear
-from laser_tool.surgery import KINDS, find_slot, make_layer, named_linears
+from laser_tool.models import parametrize
+from laser_tool.models.parametrize import init_std, lr_multipliers, make_structured, spectral_init
+from laser_tool.models.structured import BTTLinear, MonarchLinear
+from laser_tool.vocab import STRUCTURED as KINDS
+from laser_tool.models.surgery import find_slot, make_layer, named_linears
 from trainers.optim import make_optimizer, set_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")

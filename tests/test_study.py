@@ -10,10 +10,13 @@ from click.testing import CliRunner
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
-from laser_tool.surgery import named_linears
+from laser_tool.models.surgery import named_linears
 
-from laser_tool import costs, data, frontier, study
-from laser_tool import reduce as reducer
+from laser_tool.analysis import costs
+from laser_tool.data import files as data
+from laser_tool.study import frontier
+from laser_tool import study
+from laser_tool.posthoc import reduce as reducer
 from trainers import presets
 from trainers import train as trainer
 

@@ -52,7 +52,7 @@ def test_loss_falls_and_run_files(data_dir, tmp_path):
     model, mcfg = load_run(run)  # the checkpoint alone rebuilds its model
     assert mcfg["model"]["channels"] == 1 and mcfg["params"] == sum(p.numel() for p in model.parameters())
     # Per-image predictions of the selected checkpoint, in the dataset's test order, beside final.json.
-    from laser_tool.predictions import load_predictions
+    from laser_tool.runs.predictions import load_predictions
     preds, why = load_predictions(run)
     assert why is None and preds.meta["dataset"] == "mnist" and len(preds.tensors["test"]) == written["split"]["test"]
     assert preds.correct("test").float().mean().item() == pytest.approx(final["test_acc"])
@@ -205,7 +205,7 @@ def test_quick_preset_reaches_85_percent(tmp_path):
 # ------------------------------------------------------------------ --init-from, recorded settings
 
 def test_init_from_keeps_factored_layers_trains_and_never_ends_worse(data_dir, tmp_path):
-    from laser_tool.reduce import reduce_run
+    from laser_tool.posthoc.reduce import reduce_run
     base = train(tiny_cfg(data_dir, tmp_path, epochs=2, name="base"), progress=False)
     cut = reduce_run(base, ["blocks.0.ffn.*=2"], method="svd", store="factored", out=tmp_path / "cut",
                      device="cpu", data_dir=data_dir)

@@ -1,10 +1,13 @@
-"""Every setting of a training run, as one dataclass; stored in config.json and in each checkpoint."""
+"""Every setting of a training run, as one dataclass (stored in config.json and in each checkpoint),
+and the one way to build it from a preset plus the settings given (`build_config`)."""
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec
+
+from .presets import PRESETS
 
 
 @dataclass
@@ -97,3 +100,24 @@ class TrainConfig:
         kw = {k: v for k, v in d.items() if k in known}
         kw["model"] = ModelSpec.from_dict(d.get("model", {}))
         return cls(**kw)
+
+
+def build_config(preset=None, given=None) -> TrainConfig:
+    """TrainConfig = defaults <- preset <- the settings given, by name: ModelSpec fields set the model,
+    TrainConfig fields the rest (keys come from the dataclasses, so a new field needs no list kept by
+    hand). A given value of None or () means "not given"; `grad_clip` "off" means no clipping."""
+    model_keys = {f.name for f in fields(ModelSpec)}
+    train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
+    given = {k: v for k, v in (given or {}).items() if v is not None and v != ()}
+    unknown = sorted(set(given) - model_keys - train_keys)
+    if unknown:
+        raise ValueError(f"not a ModelSpec or TrainConfig setting: {', '.join(unknown)}")
+    cfg = TrainConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        p = dict(PRESETS[preset])
+        cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
+    model = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k in model_keys}
+    cfg = replace(cfg, model=replace(cfg.model, **model), **{k: v for k, v in given.items() if k in train_keys})
+    return replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg

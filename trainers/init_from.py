@@ -8,7 +8,7 @@ Healing a post-hoc reduced run is this with a few epochs at a small learning rat
 import hashlib
 from pathlib import Path
 
-from laser_tool.checkpoint import check_checkpoint, checkpoint_path, load_model
+from laser_tool.runs.checkpoint import check_checkpoint, checkpoint_path, load_model
 from laser_tool.errors import UserError
 
 # Settings that fix which images are training, validation and test images.

@@ -9,7 +9,7 @@ warm-up, then factored training) and Cuttlefish (switch each layer once its stab
 
 A cut at epoch E happens before optimizer step round(E * steps_per_epoch): for an integer E, at the
 start of epoch E + 1 counting from 1, i.e. after E epochs of training. It is `laser-tool reduce
---store factored` applied to the model of that moment, with the same functions (reduce.select,
+--store factored` applied to the model of that moment, with the same functions (posthoc's select,
 collect_calibration on the training split, Decomposition, resolve_rank, reduced_module), so the model
 right after a cut equals `laser-tool reduce` of the checkpoint of that moment.
 
@@ -29,21 +29,32 @@ so the final model always meets the budget.
 import math
 import sys
 import time
-from dataclasses import replace
 
-from laser_tool.checkpoint import save_model
+import hashlib
+import json
+import re
+
+from safetensors import safe_open
+
+from laser_tool.data import fit_model
 from laser_tool.errors import UserError
 from laser_tool.fileio import atomic_write_json
-from laser_tool.layers import dense_weight as weight_of
+from laser_tool.lists import comma_list
 from laser_tool.models import build_model, count_params
-from laser_tool.reduce import (calibration_batches, collect_calibration, n_params, reduced_module, select,
-                               split_selector)
-from laser_tool.spectrum import (Decomposition, effective_rank, factored_params, parse_spec, resolve_rank,
-                                 singular_values, stable_rank)
+from laser_tool.models.budget import break_even_rank, factored_params
+from laser_tool.models.layers import dense_weight as weight_of
+from laser_tool.models.selectors import split_selector
+from laser_tool.models.surgery import find_slot, slots
+from laser_tool.posthoc.calibration import calibration_batches, collect_calibration
+from laser_tool.posthoc.decompose import Decomposition, singular_values
+from laser_tool.posthoc.ranks import parse_spec, resolve_rank, select
+from laser_tool.posthoc.reduce import n_params, reduced_module
+from laser_tool.posthoc.spectrum import effective_rank, stable_rank
+from laser_tool.runs.checkpoint import save_model
+from laser_tool.vocab import CUT_METHODS as METHODS
 
 from .optim import make_optimizer
 
-METHODS = ("svd", "whiten")
 CALIB_BATCHES = 8  # `laser-tool reduce`'s default --calib-batches, so a whiten cut equals its output
 OPTIMIZER_POLICY = ("AdamW rebuilt at each cut: parameters the cut did not replace keep their moments and "
                     "step count; new factors start with fresh moments; the learning rate stays a function "
@@ -57,7 +68,6 @@ def structural_rank(module) -> int:
 
 def layer_stats(model, names) -> dict:
     """{name: stable rank, effective rank, top singular value, structural rank} of the named layers."""
-    from laser_tool.surgery import slots
     by_name = {s.name: s.module for s in slots(model)}
     out = {}
     for n in names:
@@ -73,7 +83,7 @@ def parse_at(text, epochs: int):
     if t == "auto":
         return "auto"
     at = []
-    for part in t.split(","):
+    for part in comma_list(t, "--reduce-at", example="1 or 1,2 or auto"):
         try:
             e = float(part)
         except ValueError:
@@ -108,7 +118,7 @@ def auto_ranks(stable: dict, shapes: dict, budget: float) -> dict:
         out = {}
         for n, sr in stable.items():
             d_out, d_in = shapes[n]
-            top = min(math.ceil(d_out * d_in / (d_out + d_in)) - 1, d_out, d_in)
+            top = min(math.ceil(break_even_rank(d_out, d_in)) - 1, d_out, d_in)
             out[n] = max(1, min(top, math.floor(c * sr)))
         return out
 
@@ -126,8 +136,6 @@ def auto_ranks(stable: dict, shapes: dict, budget: float) -> dict:
 
 def name_part(cfg) -> str:
     """'cut1-to-params0.5-3f2a1c': the default run name's progressive part (selectors and method hashed)."""
-    import hashlib
-    import re
     h = hashlib.sha1(repr((cfg.reduce_layers, cfg.reduce_method, cfg.reduce_tolerance, cfg.reduce_window))
                      .encode()).hexdigest()[:6]
     return re.sub(r"[^A-Za-z0-9.,_-]+", "", f"cut{cfg.reduce_at}-to-{cfg.reduce_to or 'layer'}") + f"-{h}"
@@ -145,12 +153,9 @@ def plan_for(cfg, spec, steps_per_epoch=None, splits=None, device="cpu", fused=F
 def check(cfg) -> None:
     """Refuse bad progressive settings before the run directory or the data is touched (the model's
     input and output sizes come from the dataset's description, not its files)."""
-    from laser_tool.data import DATASETS, canonical_name
     if cfg.reduce_at is None and not (cfg.reduce_to or cfg.reduce_layers):
         return
-    info = DATASETS[canonical_name(cfg.dataset)]
-    plan_for(cfg, replace(cfg.model, image_size=info.image_size, channels=info.channels,
-                          num_classes=info.num_classes))
+    plan_for(cfg, fit_model(cfg.model, cfg.dataset))
 
 
 class Progressive:
@@ -166,7 +171,7 @@ class Progressive:
         self.at = parse_at(cfg.reduce_at, cfg.epochs)
         self.auto = self.at == "auto"
         per_layer = any(split_selector(s)[1] is not None for s in cfg.reduce_layers)
-        specs = [s.strip() for s in cfg.reduce_to.split(",")] if cfg.reduce_to else []
+        specs = comma_list(cfg.reduce_to, "--reduce-to", example="params:0.5") if cfg.reduce_to else []
         model = build_model(spec)
         if self.auto:
             self._check_auto(model, specs, per_layer)
@@ -241,8 +246,6 @@ class Progressive:
     def resumed_layers(state_file) -> dict:
         """The factored layers (ModelSpec.layers overrides) a resume point holds, read from its metadata,
         so the model can be rebuilt with that structure before its tensors are loaded."""
-        import json
-        from safetensors import safe_open
         try:
             with safe_open(str(state_file), "pt") as f:
                 counters = json.loads(f.metadata()["counters"])
@@ -307,7 +310,6 @@ class Progressive:
         if ranks is None:
             chosen = select(model, self.cfg.reduce_layers, spec)
         else:
-            from laser_tool.surgery import find_slot
             chosen = {n: (find_slot(model, n), parse_spec(str(r))) for n, r in ranks.items()}
         params_before = count_params(model)
         layers, overrides = self._truncate(model, chosen)
@@ -372,7 +374,7 @@ class Progressive:
 
     def _rebuild_optimizer(self, model, old):
         """A new AdamW over the new parameter list; unchanged parameters keep their state."""
-        new = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, fused=self.fused)
+        new = make_optimizer(model, self.cfg.lr, self.cfg.weight_decay, fused=self.fused, decay_all=self.cfg.decay_all)
         for group in new.param_groups:
             group["lr"] = old.param_groups[0]["lr"]
             for q in group["params"]:

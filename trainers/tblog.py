@@ -8,6 +8,8 @@ points a killed run wrote past its resume point instead of showing them twice.
 """
 from pathlib import Path
 
+from laser_tool.errors import UserError
+
 GROUPS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
           "val_acc": "accuracy/val", "lr": "lr", "seconds": "time/epoch_seconds",
           "images_per_s": "time/images_per_s"}
@@ -26,7 +28,6 @@ class TBLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package
-            from laser_tool.errors import UserError
             raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_epoch + 1 if start_epoch else None)
 

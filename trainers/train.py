@@ -13,39 +13,37 @@ train(cfg) makes or continues runs/NAME/:
 Every file is written atomically. Resuming replays nothing: the data order and augmentation are pure
 functions of (seed, epoch, step), and the RNG that dropout uses is restored from the resume point, so
 on the CPU an interrupted and resumed run ends bitwise identical to an uninterrupted one.
+What each epoch and the end write is records.py's.
 """
 import contextlib
-import dataclasses
 import json
 import math
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from laser_tool.budget import structure_record
-from laser_tool.checkpoint import load_model, save_model
-from laser_tool.data import Augment, BatchLoader, default_augment, load_dataset
+from laser_tool.data import Augment, BatchLoader, default_augment, fit_model, load_dataset
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
-from laser_tool.evaluate import eval_amp_dtype, evaluate, evaluate_with_predictions, precision_name, predict
-from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
+from laser_tool.fileio import atomic_write_json, deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.predictions import save_predictions
-from laser_tool.surgery import KINDS
+from laser_tool.models.evaluate import eval_amp_dtype, evaluate
+from laser_tool.runs.checkpoint import save_model
+from laser_tool.runs.safety import finished, guarded, remove_run
+from laser_tool.signals import Interrupted, StopFlag, signal_name
+from laser_tool.vocab import STRUCTURED
 
 from . import distributed as dist_
 from . import init_from as init_
 from . import progressive
 from .config import TrainConfig
 from .optim import lr_at, make_optimizer, set_lr
-from .provenance import device_name, git_commit, versions
-from .rundir import WRITER, finished, guarded, remove_run
-from .signals import Interrupted, StopFlag, signal_name
+from .records import end_of_epoch, finish, run_config, write_metrics
 from .state import load_state, save_state
 from .tblog import TBLog
 
@@ -58,7 +56,7 @@ def default_name(cfg: TrainConfig) -> str:
         return f"{Path(cfg.init_from).name}-ft{cfg.epochs}-seed{cfg.seed}"
     m = cfg.model
     parts = [m.arch, cfg.dataset, m.variant or "baseline"]
-    if m.variant in KINDS:
+    if m.variant in STRUCTURED:
         setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
         budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
         parts += ["+".join(m.targets), budget]
@@ -106,11 +104,6 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
                     f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
 
 
-def fit_spec_to_data(spec, splits):
-    """The model's input and output sizes come from the dataset."""
-    return replace(spec, image_size=splits.image_size, channels=splits.channels, num_classes=splits.num_classes)
-
-
 def check_finite(loss_sum, run_dir, epoch, step):
     if not math.isfinite(loss_sum.item()):
         raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; the last good checkpoint "
@@ -125,6 +118,28 @@ def interrupted(d, where, signum=signal.SIGINT):
         print(f"\ninterrupted{by} {where}: saved; run the same command again to resume", file=sys.stderr)
     dist_.cleanup(d)
     raise Interrupted(signum)
+
+@dataclass
+class Job:
+    """One training run in progress: what the loop reads and the parts a progressive cut replaces."""
+    cfg: TrainConfig
+    d: object                 # distributed.Dist
+    device: torch.device
+    run_dir: Path
+    splits: object
+    spec: ModelSpec
+    loader: BatchLoader
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    prog: object              # progressive.Progressive or None
+    model: torch.nn.Module    # the raw model (checkpoints, cuts)
+    optimizer: object
+    scaler: object
+    amp_dtype: object
+    config: dict
+    counters: dict
+    wrapped: torch.nn.Module = None  # what the loop calls: compiled and/or DDP-wrapped
 
 
 @guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
@@ -149,13 +164,24 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         if d.is_main:
             print(f"{run_dir}: already complete", file=sys.stderr)
         return run_dir
-
     if source:  # the source's split, or its training images could sit in our validation set
         init_.check_split(cfg, source, cfg.init_from)
+    job = prepare(cfg, d, device, run_dir, source)
+    run_epochs(job, progress, _interrupt_at_step)
+    if d.is_main:
+        finish(run_dir, job.model, job.config, job.counters, job.splits, cfg, job.spec, device, job.amp_dtype,
+               count_params(job.model))
+    dist_.barrier(d)
+    dist_.cleanup(d)
+    return run_dir
+
+
+def prepare(cfg, d, device, run_dir: Path, source) -> Job:
+    """The data, loader and schedule; the model (built, or rebuilt with a resume point's factored layers),
+    optimizer and scaler, restored from the resume point if there is one; config.json written."""
     splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset)
     # config["train"] keeps what was asked, for comparisons; "model" what was built
-    spec = ModelSpec.from_dict(source["model"]) if source else fit_spec_to_data(cfg.model, splits)
-
+    spec = ModelSpec.from_dict(source["model"]) if source else fit_model(cfg.model, splits)
     micro, rem = divmod(cfg.batch_size, d.world_size * cfg.grad_accum)
     if rem or micro < 1:
         raise UserError(f"--batch-size {cfg.batch_size} is not divisible by world size {d.world_size} x "
@@ -178,7 +204,6 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     model = build_model(spec)
     init_info = init_.load_init_weights(model, cfg.init_from) if source else None
     model = model.to(device)
-    params = count_params(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=device.type == "cuda",
                                decay_all=cfg.decay_all)
     amp_dtype = eval_amp_dtype(device, cfg.amp)  # training and every evaluation use the same precision
@@ -186,43 +211,14 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    config = {
-        "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(), "params": params,
-        "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step",
-                     "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "total_steps": total_steps},
-        "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
-        "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
-                  "val_indices": splits.val_indices, "source": splits.source},
-        # What the requests (train.augment, train.amp, train.decay_all) resolved to.
-        "resolved": {"augment": dataclasses.asdict(augment), "amp": precision_name(amp_dtype),
-                     "eval_precision": precision_name(amp_dtype),
-                     "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
-        "versions": versions(), "git_commit": git_commit(),
-        "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
-    }
-    if spec.variant in KINDS:  # the budget asked for and reached, per layer, with any lr multipliers
-        config["structure"] = structure_record(model, spec)
-    if source:
-        config["init_source"] = init_info  # "init_from" is the request (a path)
-        config.update(init_.inherited(source, cfg))
-    # The request's keys, flattened for readers who just want the usual keys (compare, reduce); no
-    # resolved value shares a name with them.
-    config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
-
-    counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
-                "history": [], "partial": None}
-    if state_file.exists():
-        counters = load_state(state_file, model, optimizer, scaler, device)
-        if d.is_main:
-            print(f"{run_dir}: resuming at epoch {counters['epoch'] + 1}, step {counters['step_in_epoch']}",
-                  file=sys.stderr)
+    schedule = dict(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, total_steps=total_steps)
+    config = run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule, micro, source, init_info)
+    counters = resume_point(state_file, model, optimizer, scaler, device, d, run_dir)
     if prog is not None:
         prog.start(model, counters, config)
     if d.is_main:
         atomic_write_json(run_dir / "config.json", config)
         write_metrics(run_dir, counters["history"])
-
     if source and not counters["history"] and counters["best_epoch"] < 0:
         # The starting model is the epoch-0 candidate of the validation selection: a fine-tune
         # (e.g. healing) that never beats it on validation keeps it, so it can never end up worse.
@@ -230,89 +226,51 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
         counters.update(best_val_acc=val0, best_epoch=0, init_val_acc=val0)
         if d.is_main:
             save_model(run_dir / "model.safetensors", model, config)
+    return Job(cfg, d, device, run_dir, splits, spec, loader, steps_per_epoch, total_steps, warmup_steps, prog,
+               model, optimizer, scaler, amp_dtype, config, counters)
 
-    raw_model = model
-    model = wrap_model(raw_model, cfg, device, d)
+
+def resume_point(state_file: Path, model, optimizer, scaler, device, d, run_dir: Path) -> dict:
+    """The counters (epoch, step, best so far, history) of a fresh run, or restored with everything else."""
+    counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
+                "history": [], "partial": None}
+    if state_file.exists():
+        counters = load_state(state_file, model, optimizer, scaler, device)
+        if d.is_main:
+            print(f"{run_dir}: resuming at epoch {counters['epoch'] + 1}, step {counters['step_in_epoch']}",
+                  file=sys.stderr)
+    return counters
+
+
+def run_epochs(job: Job, progress, interrupt_at_step) -> None:
+    """Every epoch left: train it, then (rank 0) evaluate and write its files; a stop signal saves the
+    resume point at the next step (or the epoch's end) and raises Interrupted."""
+    cfg, d, counters = job.cfg, job.d, job.counters
+    job.wrapped = wrap_model(job.model, cfg, job.device, d)
     show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
-    tb = TBLog(run_dir, counters["epoch"]) if cfg.tensorboard and d.is_main else None
-
+    tb = TBLog(job.run_dir, counters["epoch"]) if cfg.tensorboard and d.is_main else None
     with StopFlag() as stop:
         for epoch in range(counters["epoch"], cfg.epochs):
-            model.train()
-            # A resumed epoch's partial totals are over all ranks (summed when it stopped): rank 0 carries them.
-            p = (counters["partial"] if d.is_main else None) or {"loss_sum": 0.0, "correct": 0, "seen": 0,
-                                                                   "seconds": 0.0}
-            loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float64, device=device)
-            correct = torch.tensor(p["correct"], dtype=torch.int64, device=device)
-            seen, seconds = p["seen"], p["seconds"]
-            first_micro = counters["step_in_epoch"] * cfg.grad_accum
-            bar = _bar(show_bar, steps_per_epoch, counters["step_in_epoch"], epoch, cfg.epochs)
-            t0 = time.perf_counter()
-            stopped = False
-            for i, (x, y) in enumerate(loader.epoch(epoch, first_micro), start=first_micro):
-                if i >= steps_per_epoch * cfg.grad_accum:
-                    break
-                last_micro = (i + 1) % cfg.grad_accum == 0
-                if i % cfg.grad_accum == 0:
-                    if prog is not None and prog.due(counters):  # trainers/progressive.py: cut rank now
-                        optimizer = prog.cut(raw_model, optimizer, counters, config, run_dir, d.is_main)
-                        model = wrap_model(raw_model, cfg, device, d)
-                    set_lr(optimizer, lr_at(counters["global_step"], total_steps, warmup_steps, cfg.lr))
-                sync_ctx = model.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
-                with sync_ctx:
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                        logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().double() * len(y)
-                correct += (logits.argmax(-1) == y).sum()
-                seen += len(y)
-                if not last_micro:
-                    continue
-                scaler.unscale_(optimizer)
-                if cfg.grad_clip is not None:  # None: --grad-clip off
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                counters["global_step"] += 1
-                counters["step_in_epoch"] += 1
-                step = counters["step_in_epoch"]
-                if step % 25 == 0 or step == steps_per_epoch:
-                    check_finite(loss_sum, run_dir, epoch, step)
-                    if bar is not None:
-                        el = seconds + time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                        img_s=f"{seen * d.world_size / max(el, 1e-9):.0f}")
-                if bar is not None:
-                    bar.update(1)
-                if _interrupt_at_step is not None and counters["global_step"] == _interrupt_at_step:
-                    stop.set = True
-                if d.enabled and step % 25 == 0:  # all ranks must agree to stop at the same step
-                    stop.set = dist_.any_rank(d, stop.set, device)
-                if stop.set and step < steps_per_epoch and (not d.enabled or step % 25 == 0):
-                    stopped = True  # mid-epoch; at an epoch's end the normal save below serves
-                    break
-            seconds += time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
+            bar = _bar(show_bar, job.steps_per_epoch, counters["step_in_epoch"], epoch, cfg.epochs)
+            loss_sum, correct, seen, seconds, stopped = train_epoch(job, epoch, stop, bar, interrupt_at_step)
             if stopped:
                 if d.enabled:  # every rank stops at the same step; the saved totals cover them all
                     loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
                 counters["partial"] = {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
-                    save_state(state_file, raw_model, optimizer, scaler, counters, config)
+                    save_state(job.run_dir / "state.safetensors", job.model, job.optimizer, job.scaler, counters,
+                               job.config)
                 interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}", stop.signum)
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
-            check_finite(loss_sum, run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
-            extra = prog.end_epoch(raw_model, counters) if prog is not None else None  # every rank: auto reads it
+            check_finite(loss_sum, job.run_dir, epoch, counters["step_in_epoch"])  # another rank's NaN shows here
+            extra = job.prog.end_epoch(job.model, counters) if job.prog is not None else None  # every rank
             if d.is_main:
                 with deferred_commit():  # the epoch's files land together, or (disk full) none of them
-                    end_of_epoch(run_dir, raw_model, optimizer, scaler, counters, config, splits, cfg, device,
-                                 amp_dtype, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds,
-                                 extra=extra)
+                    end_of_epoch(job.run_dir, job.model, job.optimizer, job.scaler, counters, job.config, job.splits,
+                                 cfg, job.device, job.amp_dtype, epoch, loss_sum.item() / seen,
+                                 correct.item() / seen, seen, seconds, extra=extra)
                 if tb is not None:
                     tb.epoch(counters["history"][-1])
             else:
@@ -320,14 +278,76 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
             dist_.barrier(d)
             if stop.set and epoch + 1 < cfg.epochs:
                 interrupted(d, f"after epoch {epoch + 1}", stop.signum)
-
     if tb is not None:
         tb.close()
-    if d.is_main:
-        finish(run_dir, raw_model, config, counters, splits, cfg, spec, device, amp_dtype, count_params(raw_model))
-    dist_.barrier(d)
-    dist_.cleanup(d)
-    return run_dir
+
+
+def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
+    """The optimizer steps of one epoch from where the counters stand (a resumed epoch carries its
+    partial totals); returns (loss sum, correct, images, seconds, stopped early)."""
+    cfg, d, counters, device = job.cfg, job.d, job.counters, job.device
+    job.wrapped.train()
+    # A resumed epoch's partial totals are over all ranks (summed when it stopped): rank 0 carries them.
+    p = (counters["partial"] if d.is_main else None) or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float64, device=device)
+    correct = torch.tensor(p["correct"], dtype=torch.int64, device=device)
+    seen, seconds = p["seen"], p["seconds"]
+    first_micro = counters["step_in_epoch"] * cfg.grad_accum
+    t0 = time.perf_counter()
+    stopped = False
+    for i, (x, y) in enumerate(job.loader.epoch(epoch, first_micro), start=first_micro):
+        if i >= job.steps_per_epoch * cfg.grad_accum:
+            break
+        last_micro = (i + 1) % cfg.grad_accum == 0
+        if i % cfg.grad_accum == 0:
+            if job.prog is not None and job.prog.due(counters):  # trainers/progressive.py: cut rank now
+                job.optimizer = job.prog.cut(job.model, job.optimizer, counters, job.config, job.run_dir, d.is_main)
+                job.wrapped = wrap_model(job.model, cfg, device, d)
+            set_lr(job.optimizer, lr_at(counters["global_step"], job.total_steps, job.warmup_steps, cfg.lr))
+        sync_ctx = job.wrapped.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
+        with sync_ctx:
+            with torch.autocast(device.type, dtype=job.amp_dtype or torch.bfloat16, enabled=job.amp_dtype is not None):
+                logits = job.wrapped(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            job.scaler.scale(loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(-1) == y).sum()
+        seen += len(y)
+        if not last_micro:
+            continue
+        optimizer_step(job)
+        step = counters["step_in_epoch"]
+        if step % 25 == 0 or step == job.steps_per_epoch:
+            check_finite(loss_sum, job.run_dir, epoch, step)
+            if bar is not None:
+                el = seconds + time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen * d.world_size / max(el, 1e-9):.0f}")
+        if bar is not None:
+            bar.update(1)
+        if interrupt_at_step is not None and counters["global_step"] == interrupt_at_step:
+            stop.set = True
+        if d.enabled and step % 25 == 0:  # all ranks must agree to stop at the same step
+            stop.set = dist_.any_rank(d, stop.set, device)
+        if stop.set and step < job.steps_per_epoch and (not d.enabled or step % 25 == 0):
+            stopped = True  # mid-epoch; at an epoch's end the normal save below serves
+            break
+    seconds += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return loss_sum, correct, seen, seconds, stopped
+
+
+def optimizer_step(job: Job) -> None:
+    """Unscale, clip, step, zero the gradients, count the step."""
+    job.scaler.unscale_(job.optimizer)
+    if job.cfg.grad_clip is not None:  # None: --grad-clip off
+        torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.grad_clip)
+    job.scaler.step(job.optimizer)
+    job.scaler.update()
+    job.optimizer.zero_grad(set_to_none=True)
+    job.counters["global_step"] += 1
+    job.counters["step_in_epoch"] += 1
 
 
 def wrap_model(raw_model, cfg, device, d):
@@ -346,52 +366,3 @@ def _bar(show, total, initial, epoch, epochs):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=0.5)
-
-
-def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cfg, device, amp_dtype, epoch,
-                 train_loss, train_acc, images, seconds, extra=None):
-    val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
-    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-           "images_per_s": images / max(seconds, 1e-9), **(extra or {})}
-    counters["history"].append(row)
-    if val_acc > counters["best_val_acc"]:
-        counters["best_val_acc"], counters["best_epoch"] = val_acc, epoch + 1
-        save_model(run_dir / "model.safetensors", model, config)
-    save_model(run_dir / "last.safetensors", model, config)
-    counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
-    # The resume point is written last: everything before it is re-derivable if we crash in between.
-    save_state(run_dir / "state.safetensors", model, optimizer, scaler, counters, config)
-    write_metrics(run_dir, counters["history"])
-    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-          f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)
-
-
-def write_metrics(run_dir, history):
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-
-
-def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtype, params):
-    """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
-    _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
-    best, _ = load_model(run_dir / "model.safetensors", device)
-    # The selected model's per-image test predictions come from this same pass (compare pairs runs by them).
-    _, test_best, test_pred = evaluate_with_predictions(best, splits.test_x, splits.test_y, cfg.eval_batch_size,
-                                                        device, amp_dtype)
-    val_pred = predict(best, splits.val_x, cfg.eval_batch_size, device, amp_dtype) if len(splits.val_x) else None
-    hist = counters["history"]
-    final = {
-        "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
-        "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
-        "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
-        "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
-        "dataset": cfg.dataset, "arch": spec.arch, "seed": cfg.seed, "eval_precision": precision_name(amp_dtype),
-        "threads": torch.get_num_threads(),
-    }
-    if "init_val_acc" in counters:
-        final["init_val_acc"] = counters["init_val_acc"]
-    with deferred_commit():  # per-image predictions land with final.json
-        save_predictions(run_dir, splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
-        atomic_write_json(run_dir / "final.json", final)
-    print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
-          f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)

@@ -1,0 +1,39 @@
+"""The `laser-tool` command line: a thin Click group; each verb group lives in its own module, and
+imports the work it calls only when run (start-up time)."""
+import sys
+
+import click
+
+from ..errors import UserError
+from .compare import compare
+from .info import info
+from .posthoc import reduce_cmd, search_cmd, spectrum_cmd
+from .study import study
+from .train import train
+
+
+class Group(click.Group):
+    """Turns a UserError (or a bad option value) anywhere below into one line on stderr and exit code 2,
+    no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except click.UsageError as e:  # a bad option value: one line too, with where to look
+            sub = f" {ctx.invoked_subcommand}" if ctx.invoked_subcommand else ""
+            msg = " ".join(e.format_message().split())
+            click.echo(f"error: {msg} (see `laser-tool{sub} --help`)", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="laser-tool")
+def main():
+    """Train small or cut after? Train ViTs with structured layers, reduce them post hoc, compare."""
+
+
+for _command in (info, train, compare, study, reduce_cmd, search_cmd, spectrum_cmd):
+    main.add_command(_command)

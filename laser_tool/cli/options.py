@@ -1,0 +1,96 @@
+"""Click options shared by several commands (the model description, a gradient-clip value, a time
+limit) and their conversion to specs. Commands import these; main.py only assembles the group.
+"""
+from dataclasses import fields, replace
+
+import click
+
+from ..errors import UserError
+from ..lists import comma_list
+from ..vocab import ARCHS, DYAD_VARIANTS, INITS, PARAMS, TARGETS, VARIANTS
+
+
+def model_options(f):
+    """Options that describe a model: shared by `info` and `train`."""
+    opts = [
+        click.option("--arch", type=click.Choice(ARCHS), help="Architecture."),
+        click.option("--variant", type=click.Choice(VARIANTS), help="Train-time variant (default: baseline)."),
+        click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
+                     help="Layers the variant replaces (repeatable)."),
+        click.option("--scale", type=float, help="Low-rank r / SKL scale (default 0.5)."),
+        click.option("--blocks", help="Comma-separated block indices the variant applies to (default all)."),
+        click.option("--n-dyad", type=int, help="DYAD blocks (default 8)."),
+        click.option("--dyad-variant", type=click.Choice(DYAD_VARIANTS), help="DYAD permutation side."),
+        click.option("--monarch-blocks", type=int, help="Monarch blocks (default 4)."),
+        click.option("--btt-rank", type=int, help="BTT rank (default 1)."),
+        click.option("--keep", type=float, help="Fraction of each targeted layer's parameters to keep, in (0, 1]; "
+                                                "sets the variant's rank / blocks (replaces --scale etc.)."),
+        click.option("--param", type=click.Choice(PARAMS),
+                     help="standard (the seed's) or structured: per-factor init and lr multipliers (Qiu et al.)."),
+        click.option("--init", type=click.Choice(INITS), help="spectral: low-rank factors from a dense init's SVD."),
+        click.option("--dim", type=int), click.option("--depth", type=int), click.option("--heads", type=int),
+        click.option("--dim-head", type=int), click.option("--mlp-dim", type=int, help="FFN hidden width."),
+        click.option("--patch-size", type=int), click.option("--image-size", type=int),
+        click.option("--channels", type=int), click.option("--num-classes", type=int),
+        click.option("--dropout", type=float), click.option("--emb-dropout", type=float),
+        click.option("--attn-dropout", type=float, help="Dropout on attention probabilities (0; the seed has none)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def model_keys() -> tuple:
+    """The ModelSpec fields a command's options may set (all but the post-hoc `layers`)."""
+    from ..models import ModelSpec
+    return tuple(f.name for f in fields(ModelSpec) if f.name != "layers")
+
+
+def spec_from_options(opts: dict, base=None):
+    """A ModelSpec from CLI options; options left unset keep `base`'s values."""
+    from ..models import ModelSpec
+    return replace(base or ModelSpec(), **model_settings(opts))
+
+
+def model_settings(opts: dict) -> dict:
+    """The model options given, checked and converted to ModelSpec values (--blocks 0,1 -> [0, 1])."""
+    given = {k: opts[k] for k in model_keys() if opts.get(k) not in (None, ())}
+    setting = [f"--{k.replace('_', '-')}" for k in ("scale", "n_dyad", "monarch_blocks", "btt_rank") if k in given]
+    if "keep" in given and setting:
+        raise UserError(f"give --keep or {setting[0]}, not both: --keep sets the structure from the budget")
+    if "targets" in given:
+        given["targets"] = list(given["targets"])
+    if "blocks" in given:
+        given["blocks"] = comma_list(given["blocks"], "--blocks", int, example="0,1")
+    return given
+
+
+class GradClip(click.ParamType):
+    """A positive max gradient norm, or `off` for no clipping (0 is refused, not read as off)."""
+    name = "FLOAT|off"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "off":
+            return value
+        if str(value).strip().lower() in ("off", "none"):
+            return "off"
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--grad-clip {value!r}: give a positive max norm such as 1.0, or off") from None
+
+
+def minutes(text):
+    """--time as minutes (90) or H:MM[:SS] (1:30:00)."""
+    if text is None:
+        return None
+    try:
+        parts = [int(x) for x in str(text).split(":")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 3 or min(parts) < 0:
+        raise UserError(f"--time {text}: give minutes (90) or H:MM:SS (1:30:00)")
+    if len(parts) == 1:
+        return parts[0]
+    h, m, sec = (parts + [0])[:3]
+    return h * 60 + m + (1 if sec else 0)

@@ -1,0 +1,181 @@
+"""Running a study's steps: one after another, N at once on this machine, or as submitit jobs.
+
+Launchers (`study --launcher`):
+  process  the default: with --jobs 1 every step runs in this process, one after another; with
+           --jobs N up to N steps run at once, each in a fresh (spawned) process with its own log
+           in STUDY/logs/NAME.log;
+  local    the same through submitit's LocalExecutor (what the tests use for the Slurm path);
+  slurm    every step is a Slurm job submitted with submitit: an array per wave (train, reduce,
+           heal), each wave depending on the one before (afterany: a failed run fails only its own
+           children, which then stop with a clear message).
+A step whose parent (the run it reduces or heals) did not finish is not started. Every run lands in
+STUDY/runs/NAME, so whatever finished is never redone and an unfinished train run resumes.
+
+Same results at any --jobs: a run's data order, augmentation and dropout depend only on its seed, and
+each run is given the same number of torch threads (recorded as `threads` in its config.json and
+final.json; CPU results can depend on it). The default is the CPUs divided by --jobs.
+
+Preemption: the trainer turns SIGTERM/SIGUSR1/SIGUSR2 into "save at the next step, then stop"
+(laser_tool/signals.py); a submitit job then hands over to submitit's own handler, which calls
+StepJob.checkpoint() and requeues the job; the requeued job resumes from the saved state.
+"""
+import json
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainers import train as trainer
+from ..errors import UserError
+from ..fileio import remove_debris
+from ..posthoc import reduce as reducer
+from ..runs.reader import finished_run
+from ..runs.safety import remove_run
+from ..signals import Interrupted, exit_code
+
+LAUNCHERS = ("process", "local", "slurm")
+STUDY_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the study's own stop signals (its steps handle theirs)
+
+
+@dataclass
+class Launch:
+    jobs: int = 1                     # steps at once (Slurm: the array's parallelism)
+    launcher: str = "process"
+    threads: int = None               # torch threads per run; None: CPUs // jobs (serial: left as is)
+    gpus_per_job: int = 1
+    jobs_per_gpu: int = None          # several small runs sharing one GPU
+    slurm: dict = field(default_factory=dict)  # partition, gpus_per_node, time (minutes), account, ...
+    wait: bool = True                 # Slurm: stay and watch until every job ends
+    poll_s: float = 1.0
+
+
+def check_launch(launch: Launch, device: str) -> Launch:
+    """Validate the launch options (one clear line each) and fill in the thread count."""
+    if launch.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {launch.launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    for flag, v in (("--jobs", launch.jobs), ("--gpus-per-job", launch.gpus_per_job), ("--jobs-per-gpu", launch.jobs_per_gpu)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} {v}: need at least 1")
+    if launch.launcher in ("local", "slurm"):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise UserError(f"--launcher {launch.launcher} needs submitit: pip install submitit") from None
+    if launch.launcher == "slurm":
+        if not shutil.which("sbatch"):
+            raise UserError("--launcher slurm: sbatch is not on PATH; run the study from a Slurm login node")
+    if device != "cpu" and launch.launcher != "slurm":
+        gpus = torch.cuda.device_count() if device != "cpu" else 0
+        per_gpu = launch.jobs_per_gpu or 1
+        if gpus and launch.jobs * launch.gpus_per_job > gpus * per_gpu:
+            raise UserError(f"--jobs {launch.jobs} x --gpus-per-job {launch.gpus_per_job} needs more than the "
+                            f"{gpus} GPU(s) here; lower --jobs or let runs share GPUs with --jobs-per-gpu K")
+    if launch.threads is None and launch.jobs > 1 and launch.launcher != "slurm":  # Slurm: the node's own
+        launch.threads = max(1, (os.cpu_count() or 1) // launch.jobs)
+    if launch.threads is not None and launch.threads < 1:
+        raise UserError(f"--threads {launch.threads}: need at least 1")
+    return launch
+
+
+def gpus_for_slot(slot: int, launch: Launch) -> str:
+    """CUDA_VISIBLE_DEVICES of the worker in `slot`: its own GPU(s), or a share of one."""
+    if launch.jobs_per_gpu:
+        return str(slot // launch.jobs_per_gpu)
+    g = launch.gpus_per_job
+    return ",".join(str(i) for i in range(slot * g, slot * g + g))
+
+
+def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, siblings=()) -> None:
+    """Do one step in this process. Modules, not names: tests count calls by patching them.
+
+    `siblings`: other unfinished reduce steps of the step's group (same baseline and method, other
+    budgets), done in the same call so they share one decomposition and calibration pass."""
+    if step.kind in ("train", "heal"):  # healing is training from the reduced run (train --init-from)
+        if step.parent and finished_run(runs / step.parent) is None:
+            raise UserError(f"{step.parent} did not finish, so {step.name} cannot start")
+        trainer.train(step.cfg)
+        return
+    parent = runs / step.parent
+    if finished_run(parent) is None:  # e.g. a Slurm wave whose parent job failed
+        raise UserError(f"{step.parent} did not finish, so {step.name} cannot start")
+    cache = {} if splits_cache is None else splits_cache
+    if step.seed not in cache:  # one load of the data per seed, shared by its reductions
+        cache[step.seed] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
+    group = [step, *siblings]
+    for g in group:
+        out = runs / g.name
+        if out.exists() or out.is_symlink():  # a reduce output appears whole (renamed into place) or not at
+            remove_run(out, what="study")       # all; only a directory laser-tool wrote is removed
+    remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
+    reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=step.method,
+                               store="factored", outs={g.name: runs / g.name for g in group}, device=device,
+                               splits=cache[step.seed])
+
+
+def set_threads(threads):
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class StepJob:
+    """One step as a submitit job. checkpoint() is submitit's preemption hook: requeue the same step,
+    which resumes from its run directory (the trainer saved its state before handing over)."""
+
+    def __init__(self, step, runs, device, data_dir, threads):
+        self.step, self.runs, self.device, self.data_dir, self.threads = step, Path(runs), device, data_dir, threads
+
+    def __call__(self):
+        set_threads(self.threads)
+        try:
+            run_step(self.step, self.runs, self.device, self.data_dir)
+        except UserError as e:
+            return {"status": "failed", "error": str(e)}
+        except Interrupted as e:
+            if e.preempted:  # saved: now let submitit's own handler checkpoint and requeue the job
+                from submitit.core.job_environment import JobEnvironment
+                signal.raise_signal(JobEnvironment._usr_sig())
+            return {"status": "interrupted", "exit_code": e.exit_code}
+        done = finished_run(self.runs / self.step.name)
+        return {"status": "done", "test_acc": done.acc if done is not None else None}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(StepJob(self.step, self.runs, self.device, self.data_dir,
+                                                          self.threads))
+
+
+def child(step, runs, device, data_dir, threads, cuda, log_path):
+    """A spawned worker: its output goes to the step's log; exit 0 done, 2 failed, 128+n interrupted."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    if cuda is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    set_threads(threads)
+    try:
+        run_step(step, runs, device, data_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        sys.exit(exit_code(e))
+
+
+def last_error(log_path: Path) -> str:
+    try:
+        lines = [x for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errs = [x[7:] for x in lines if x.startswith("error: ")]
+    return errs[-1] if errs else (lines[-1][-300:] if lines else f"no output (see {log_path})")
+
+
+@dataclass
+class Outcome:
+    failed: list = field(default_factory=list)   # steps that ran and did not finish, or could not start
+    work: int = 0                                  # steps finished by this invocation
+    pending: list = field(default_factory=list)    # steps left queued on the cluster (not waited for)

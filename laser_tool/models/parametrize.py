@@ -1,0 +1,112 @@
+"""How a structured layer's factors start and learn: `--param structured` and `--init spectral`.
+
+`standard` (the seed's) gives every factor an nn.Linear-style init and the dense learning rate; a
+product of factors then starts at a different scale and its features move at a different speed than the
+dense layer it replaces. `structured` follows Qiu et al. 2024 (compute-better-spent, nn/cola_nn.py):
+each factor, seen as a matrix with fan-in f_in and fan-out f_out, starts at
+    std = sqrt(1/f_in) * min(1, sqrt(f_out/f_in))          (muP: spectral norm ~ sqrt(f_out/f_in))
+and learns at lr * d_in / f_in / n_factors, with d_in the replaced layer's input width, so that each
+factor's feature update is about a dense layer's share (their heuristic; scalars and biases keep the dense
+rate, the dense layers and the baseline are untouched). For DYAD the two block-diagonal terms are summed,
+not chained; the same rule gives each n_dyad/2, i.e. the dense rate per unit of fan-in (2*d_in/n_dyad).
+
+`spectral` (low-rank only, Khodak et al. 2021): the factors are U sqrt(S) and sqrt(S) V^T of the SVD of
+the dense layer's own initial matrix, truncated to the rank, so at full rank the layer starts as exactly
+that dense layer.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from .layers import DyadLinear, LowRankLinear, SKLinear
+
+
+def factor_fans(layer: nn.Module) -> dict:
+    """{parameter name: (fan_in, fan_out)} for each weight factor of a structured layer."""
+    if hasattr(layer, "factor_fans"):
+        return layer.factor_fans()
+    if isinstance(layer, LowRankLinear):
+        return {"down.weight": (layer.in_features, layer.rank), "up.weight": (layer.rank, layer.out_features)}
+    if isinstance(layer, SKLinear):
+        # A sum of r Kronecker products is a two-core tensor train of rank r: B reads sn inputs and writes
+        # sm*r, A reads sn*r and writes sm.
+        return {"B": (layer.sn, layer.sm * layer.rank), "A": (layer.sn * layer.rank, layer.sm)}
+    if isinstance(layer, DyadLinear):
+        bi, bo = layer.in_features // layer.n_dyad, layer.out_features // layer.n_dyad
+        return {"w_lower": (bi, bo), "w_upper": (bi, bo)}
+    raise UserError(f"{type(layer).__name__} has no structured parameterisation")
+
+
+def init_std(fan_in: int, fan_out: int) -> float:
+    return math.sqrt(1 / fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+
+
+def structured_multipliers(layer: nn.Module) -> dict:
+    fans = factor_fans(layer)
+    return {name: layer.in_features / fan_in / len(fans) for name, (fan_in, _) in fans.items()}
+
+
+@torch.no_grad()
+def make_structured(layer: nn.Module, init: bool = True) -> nn.Module:
+    """Give `layer` the structured init (unless init=False, e.g. after a spectral init) and multipliers."""
+    if init:
+        for name, (fan_in, fan_out) in factor_fans(layer).items():
+            layer.get_parameter(name).normal_(0.0, init_std(fan_in, fan_out))
+    layer.lr_mult = structured_multipliers(layer)   # read by trainers/optim.make_optimizer
+    return layer
+
+
+@torch.no_grad()
+def spectral_init(layer: nn.Module, W: torch.Tensor, bias) -> nn.Module:
+    """Low-rank factors from the SVD of the dense (d_out, d_in) matrix W: U sqrt(S), sqrt(S) V^T."""
+    if not isinstance(layer, LowRankLinear):
+        raise UserError("--init spectral applies only to the lowrank variant; drop it or use --variant lowrank")
+    U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+    r = layer.rank
+    if r > S.numel():
+        raise UserError(f"low-rank layer rank {r} exceeds the dense matrix's rank {S.numel()}")
+    root = S[:r].sqrt()
+    layer.up.weight.copy_(U[:, :r] * root)
+    layer.down.weight.copy_(root[:, None] * Vh[:r])
+    layer.down.bias.zero_()                        # so the layer's bias is exactly the dense one
+    if bias is None:
+        layer.up.bias.zero_()
+    else:
+        layer.up.bias.copy_(bias.detach())
+    return layer
+
+
+def lr_multipliers(model: nn.Module) -> dict:
+    """{parameter name: learning-rate multiplier} for every parameter whose multiplier is not 1."""
+    out = {}
+    for mname, m in model.named_modules():
+        for pname, mult in getattr(m, "lr_mult", {}).items():
+            out[f"{mname}.{pname}" if mname else pname] = mult
+    return out
+
+
+def update_ratio(make_layer, d_in: int, d_out: int, param: str, opt: str = "sgd", seed: int = 0) -> float:
+    """RMS change of a layer's output on a fixed batch after one optimizer step (lr 1e-3, each parameter
+    at its lr multiplier), over a dense nn.Linear's: how well a parameterisation sizes its updates.
+    `make_layer()` builds the layer (seeded like the dense one); `param` structured applies the rule."""
+    g = torch.Generator().manual_seed(seed)
+    x, up = torch.randn(64, d_in, generator=g), torch.randn(64, d_out, generator=g)
+
+    def step(layer):
+        mult = getattr(layer, "lr_mult", {})
+        groups = [{"params": [p], "lr": 1e-3 * mult.get(n, 1.0)} for n, p in layer.named_parameters()]
+        o = torch.optim.SGD(groups) if opt == "sgd" else torch.optim.Adam(groups)
+        y0 = layer(x).detach()
+        (layer(x) * up).sum().div(len(x)).backward()
+        o.step()
+        with torch.no_grad():
+            return (layer(x) - y0).pow(2).mean().sqrt().item()
+    torch.manual_seed(seed)
+    dense = step(nn.Linear(d_in, d_out))
+    torch.manual_seed(seed)
+    layer = make_layer()
+    if param == "structured":
+        make_structured(layer)
+    return step(layer) / dense

@@ -1,0 +1,76 @@
+"""Calibration for the activation-aware methods: batches from the training split only (a fixed
+function of the run's seed), and one pass that gathers each selected layer's statistics (Calib)."""
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..models.surgery import slots
+from .decompose import Calib
+
+CALIB_BATCH_SIZE = 128
+
+
+def calibration_batches(splits, n_batches: int, seed: int, batch_size: int = CALIB_BATCH_SIZE):
+    """(images, labels) pairs from the training split, a fixed function of the run's seed."""
+    if n_batches < 1:
+        raise UserError(f"--calib-batches {n_batches}: activation-aware methods need at least one batch")
+    n = len(splits.train_x)
+    if n == 0:
+        raise UserError("the training split is empty: no calibration data for an activation-aware method; "
+                        "use --method svd or a run with training data")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:n_batches * batch_size]
+    return [(splits.train_x[idx[i:i + batch_size]], splits.train_y[idx[i:i + batch_size]])
+            for i in range(0, len(idx), batch_size)]
+
+
+def collect_calibration(model, names, batches, method: str, device="cpu") -> dict:
+    """{layer name: Calib} from one pass (two for fisher: it needs a backward) over the batches.
+
+    Statistics are taken on the unreduced model for every selected layer at once, as SVD-LLM does.
+    """
+    by_name = {s.name: s for s in slots(model)}
+    stats = {n: Calib() for n in names}
+    captured = {}
+
+    def hook(name):
+        def fn(module, args, out):
+            x = args[0].detach()
+            c = stats[name]
+            x2 = x.reshape(-1, x.shape[-1]).double()
+            if method == "whiten":
+                c.xtx = x2.T @ x2 if c.xtx is None else c.xtx + x2.T @ x2
+            if method == "asvd":
+                a = x2.abs().sum(0)
+                c.abs_sum = a if c.abs_sum is None else c.abs_sum + a
+            c.tokens += x2.shape[0]
+            if method == "fisher":
+                captured[name] = (x.reshape(x.shape[0], -1, x.shape[-1]), out)
+        return fn
+
+    handles = [by_name[n].module.register_forward_hook(hook(n)) for n in names]
+    model.eval()
+    try:
+        for images, labels in batches:
+            x = images.to(device).float().div_(255)
+            if method != "fisher":
+                with torch.no_grad():
+                    model(x)
+                continue
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x).float(), labels.to(device), reduction="sum")
+                grads = torch.autograd.grad(loss, [captured[n][1] for n in names])
+            for n, g in zip(names, grads):
+                xin = captured[n][0]
+                g = g.reshape(xin.shape[0], -1, g.shape[-1]).double()
+                xin = xin.double()
+                # Per-sample gradient G_b = g_b^T x_b; its squared row norms are g_b^T (x_b x_b^T) g_b,
+                # which never forms the (batch, d_out, d_in) gradient tensor.
+                K = xin @ xin.transpose(1, 2)
+                rows = torch.einsum("bti,btu,bui->i", g, K, g).cpu()
+                c = stats[n]
+                c.row_fisher = rows if c.row_fisher is None else c.row_fisher + rows
+            captured.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

@@ -1,0 +1,324 @@
+"""Rank search under a parameter budget, on the validation split.
+
+1. Sensitivity table. For every selected layer and every rank of the grid, reduce that layer alone
+   and measure validation accuracy. Fast because
+   - each layer is decomposed once (decompose.Decomposition) and every rank is sliced from it;
+   - the network is run in stages (`staged`): the activations entering the layer under test are
+     cached once, so a candidate re-runs only the network from that layer on (for vit-tiny: the
+     stage inside the block that holds the layer, then the later blocks and the head);
+   - evaluation is batched on the device, with the batches `evaluate` uses, so the numbers are the
+     very ones a full evaluation gives (`naive_sweep` is the reference; tests check they agree).
+2. Allocation (threshold search, as ASVD does). A threshold t lets each layer take its cheapest grid
+   rank whose accuracy drop (that layer alone) is <= t. Parameters fall as t grows; we take the
+   smallest t, among the drops in the table, whose allocation fits the budget. The budget params:F
+   counts the selected layers only: their parameters in factored form must be <= F x their current
+   parameters (a layer left alone counts in full).
+3. LASER's greedy compose, done right. From the last layer to the first (LASER's order), try each
+   layer at successively lower grid ranks with the whole allocation in place; accept a step only if
+   validation accuracy is >= the best so far (LASER's script compared with the minimum); a layer
+   stops at its first rejected step. Steps only remove parameters, so the budget stays met.
+4. The test set is evaluated once, at the end, on the chosen model.
+"""
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..device import resolve_device
+from ..errors import UserError
+from ..fileio import atomic_write_json, check_output_file
+from ..models.budget import factored_params
+from ..models.evaluate import evaluate
+from ..models.layers import dense_weight
+from ..models.selectors import match_all
+from ..models.surgery import find_slot, slots
+from ..models.vit_tiny import ViTTiny
+from ..runs.checkpoint import load_run
+from ..runs.writer import check_out, run_root
+from .calibration import calibration_batches, collect_calibration
+from .decompose import Decomposition, energy_kept, singular_values
+from .ranks import parse_spec, resolve_rank
+from .reduce import check_batch_size, n_params, reduce_run, reduced_module, run_data, warn
+
+DEFAULT_GRID = ("params:0.05", "params:0.1", "params:0.2", "params:0.3", "params:0.4", "params:0.5",
+                "params:0.6", "params:0.8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a model in stages
+
+
+class Staged:
+    """prefix(images) -> state; stages[k] = (layer names it holds, fn(state) -> next state); the last
+    stage returns logits. Stage functions look modules up when called, so a swapped layer is used."""
+
+    def __init__(self, prefix, stages):
+        self.prefix, self.stages = prefix, stages
+        self.index = {n: k for k, (names, _) in enumerate(stages) for n in names}
+
+    def run_from(self, k, state):
+        for _, fn in self.stages[k:]:
+            state = fn(state)
+        return state
+
+
+def _lsa_core(attn, h):
+    """LSA.forward up to (not including) to_out: the attention output that to_out projects."""
+    return h, attn.attend(h)
+
+
+def _vit_tiny_stages(model):
+    """ViTTiny.forward cut before every Linear layer; the same ops in the same order."""
+    def tokens(x):
+        return model.add_tokens(model.embed.proj(x))
+
+    stages = [(["embed"], tokens)]
+    for i, blk in enumerate(model.blocks):
+        a, f = blk["attn"], blk["ffn"]
+        stages += [([f"blocks.{i}.attn.qkv"], lambda h, a=a: _lsa_core(a, h)),
+                   ([f"blocks.{i}.attn.out"], lambda st, a=a: a.out_drop(a.to_out(st[1])) + st[0]),
+                   ([f"blocks.{i}.ffn.in"], lambda h, f=f: (h, f.drop(F.gelu(f.fc_in(h))))),
+                   ([f"blocks.{i}.ffn.out"], lambda st, f=f: f.drop(f.fc_out(st[1])) + st[0])]
+    stages += [([], lambda h: model.head_norm(h[:, 0])), (["head"], lambda z: model.head(z))]
+    return Staged(model.embed.patches, stages)
+
+
+def staged(model, check_images=None) -> Staged:
+    """Stages for `model`. x-transformers threads the previous layer's attention logits through one
+    long loop (residual_attn), so an xt-vit splits only before its head. If `check_images` is given,
+    the split must reproduce model(x) bit for bit, or we fall back to one stage."""
+    names = [s.name for s in slots(model)]
+    if isinstance(model, ViTTiny):
+        st = _vit_tiny_stages(model)
+    elif hasattr(model, "mlp_head"):
+        st = Staged(lambda img: img, [([n for n in names if n != "head"],
+                                       lambda img: model(img, return_embeddings=True).mean(dim=-2)),
+                                      (["head"], lambda z: model.mlp_head(z))])
+    else:
+        st = Staged(lambda img: img, [(names, model)])
+    if check_images is not None:
+        with torch.no_grad():
+            if not torch.equal(st.run_from(0, st.prefix(check_images)), model(check_images)):
+                warn("the staged forward differs from the model's own; searching without activation caching")
+                st = Staged(lambda img: img, [(names, model)])
+    missing = [n for n in names if n not in st.index]
+    if missing:
+        raise RuntimeError(f"stages miss layers {missing}")
+    return st
+
+
+# ---------------------------------------------------------------------------------------------
+# The sensitivity sweep: cached, and the naive reference
+
+
+def _batches(images, batch_size, device):
+    # Exactly evaluate()'s batches and preprocessing, so the logits are the same bits.
+    return [images[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
+            for i in range(0, len(images), batch_size)]
+
+
+def layer_grid(slot, specs, s) -> list:
+    """Distinct ranks the grid SPECs give this layer, largest first; SPECs that fall outside 1..max skip."""
+    m = slot.module
+    out = set()
+    for spec in specs:
+        try:
+            out.add(resolve_rank(spec, m.out_features, m.in_features, s, slot.name))
+        except UserError:
+            pass
+    return sorted(out, reverse=True)
+
+
+@torch.no_grad()
+def sweep(model, names, specs, images, labels, batch_size=500, device="cpu", method="svd", calib=None):
+    """Sensitivity table {layer: [{rank, val_acc, val_loss, ...}]} and the decompositions used."""
+    model.eval()
+    device = torch.device(device)
+    xs, ys = _batches(images, batch_size, device), labels.to(device).split(batch_size)
+    st = staged(model, xs[0] if xs else None)
+    by_name = {s.name: s for s in slots(model)}
+    todo = sorted(names, key=lambda n: st.index[n])
+    table, decomps = {}, {}
+    cache, at = [st.prefix(x) for x in xs], 0             # cache[i] = input of stage `at`, batch i
+    for name in todo:
+        k = st.index[name]
+        while at < k:                                     # advance the cache with the original layers
+            cache = [st.stages[at][1](c) for c in cache]
+            at += 1
+        slot = by_name[name]
+        orig = slot.module
+        W = dense_weight(orig).detach()
+        dec = Decomposition(W, method, (calib or {}).get(name))
+        s = dec.s if method == "svd" else singular_values(W)
+        decomps[name] = dec
+        rows = []
+        for r in layer_grid(slot, specs, s):
+            slot.set(reduced_module(orig, *dec.factors(r), "dense")[0])
+            try:
+                loss, correct = 0.0, 0
+                for c, y in zip(cache, ys):
+                    logits = st.run_from(k, c)
+                    loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+                    correct += (logits.argmax(-1) == y).sum().item()
+            finally:
+                slot.set(orig)
+            n = max(len(images), 1)
+            rows.append(dict(rank=r, val_acc=correct / n, val_loss=loss / n, energy=energy_kept(s, r),
+                             params=factored_params(W.shape[0], W.shape[1], r, orig.bias is not None)))
+        table[name] = rows
+    return table, decomps
+
+
+def naive_sweep(run, ranks: dict, images, labels, batch_size=500, device="cpu", method="svd", calib=None):
+    """LASER's way, the reference: for each (layer, rank) in `ranks` ({layer: [ranks]}) reload the
+    checkpoint, decompose the layer, write the truncated matrix back and evaluate the whole model."""
+    table = {}
+    for name, rs in ranks.items():
+        table[name] = []
+        for r in rs:
+            model, _ = load_run(run, device)
+            slot = find_slot(model, name)
+            dec = Decomposition(dense_weight(slot.module).detach(), method, (calib or {}).get(name))
+            slot.set(reduced_module(slot.module, *dec.factors(r), "dense")[0])
+            loss, acc = evaluate(model, images, labels, batch_size, device)
+            table[name].append(dict(rank=r, val_acc=acc, val_loss=loss))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation and compose
+
+
+def parse_budget(text) -> float:
+    t = str(text).strip()
+    if not t.startswith("params:"):
+        raise UserError(f"cannot parse --budget {t!r}; use params:F, the fraction of the selected layers' "
+                        f"parameters to keep, e.g. params:0.5")
+    return parse_spec(t).value
+
+
+def allocate(table, base_acc, layer_params, budget_params):
+    """(threshold, {layer: rank}) by threshold search; UserError if no allocation fits."""
+    opts = {n: [(layer_params[n], None, base_acc)] +
+               [(c["params"], c["rank"], c["val_acc"]) for c in rows if c["params"] < layer_params[n]]
+            for n, rows in table.items()}
+    floor = sum(min(o[0] for o in os_) for os_ in opts.values())
+    if floor > budget_params:
+        raise UserError(f"the budget cannot be met: the smallest grid ranks still leave {floor:,} parameters "
+                        f"in the selected layers, above the budget of {budget_params:,.0f}; add lower ranks to "
+                        f"--ranks, select more layers, or raise the budget")
+    drops = sorted({base_acc - o[2] for os_ in opts.values() for o in os_} | {0.0})
+    for t in drops:
+        alloc, total = {}, 0
+        for n, os_ in opts.items():
+            ok = [o for o in os_ if base_acc - o[2] <= t + 1e-12] or [os_[0]]
+            p, r, _ = min(ok, key=lambda o: (o[0], -o[2]))
+            total += p
+            if r is not None:
+                alloc[n] = r
+        if total <= budget_params:
+            return t, alloc
+    raise AssertionError("unreachable: the largest threshold allows every layer's smallest rank")
+
+
+def _apply(model, decomps, alloc, store="factored"):
+    by_name = {s.name: s for s in slots(model)}
+    for n, r in alloc.items():
+        s = by_name[n]
+        s.set(reduced_module(s.module, *decomps[n].factors(r), store)[0])
+    return model
+
+
+def compose(base, decomps, table, alloc, start_acc, val, batch_size, device):
+    """LASER's greedy compose with the right acceptance rule; returns (alloc, acc, steps)."""
+    alloc, best, steps = dict(alloc), start_acc, []
+    for name in reversed(list(table)):
+        for c in table[name]:                       # grid ranks, largest first
+            if name in alloc and c["rank"] >= alloc[name] or c["params"] >= n_params(find_slot(base, name).module):
+                continue
+            trial = dict(alloc, **{name: c["rank"]})
+            acc = evaluate(_apply(copy.deepcopy(base), decomps, trial), *val, batch_size, device)[1]
+            ok = acc >= best
+            steps.append(dict(layer=name, rank=c["rank"], val_acc=acc, best_before=best, accepted=ok))
+            if not ok:
+                break
+            alloc, best = trial, acc
+    return alloc, best, steps
+
+
+def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None, apply=False, out=None,
+               report=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
+               dataset=None) -> dict:
+    """Run the search (module docstring); write the report JSON; with apply, also the reduced run."""
+    t0 = time.time()
+    run, frac = Path(run), parse_budget(budget)
+    specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
+    check_batch_size(batch_size)
+    if report is not None:  # checked before the work: never an input, a device or a directory
+        check_output_file(report, inputs=[run_root(run) or run], what="--report")
+    if apply and out is not None:
+        check_out(out, run)
+    dev = resolve_device(device)
+    model, config = load_run(run, dev)
+    names = [s.name for s in match_all(slots(model), [layers] if isinstance(layers, str) else list(layers or ["*"]))]
+    splits = run_data(config, data_dir, dataset)
+    calib = None
+    if method != "svd":
+        batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
+        calib = collect_calibration(model, names, batches, method, dev)
+    val = (splits.val_x, splits.val_y)
+    if len(splits.val_x) == 0:
+        raise UserError("the run has no validation split (val_size 0); search selects on validation data only")
+    base_loss, base_acc = evaluate(model, *val, batch_size, dev)
+    t_sweep = time.time()
+    table, decomps = sweep(model, names, specs, *val, batch_size, dev, method, calib)
+    t_sweep = time.time() - t_sweep
+    layer_params = {n: n_params(find_slot(model, n).module) for n in names}
+    total = sum(layer_params.values())
+    budget_params = frac * total
+    t, alloc = allocate(table, base_acc, layer_params, budget_params)
+    alloc_acc = evaluate(_apply(copy.deepcopy(model), decomps, alloc), *val, batch_size, dev)[1]
+    chosen, chosen_acc, steps = alloc, alloc_acc, []
+    if do_compose:
+        chosen, chosen_acc, steps = compose(model, decomps, table, alloc, alloc_acc, val, batch_size, dev)
+
+    def params_of(a):
+        return sum(table_params(table, n, a[n]) if n in a else layer_params[n] for n in names)
+
+    chosen = {n: chosen[n] for n in names if n in chosen}
+    final_model = _apply(copy.deepcopy(model), decomps, chosen)
+    test_loss, test_acc = evaluate(final_model, splits.test_x, splits.test_y, batch_size, dev)
+    rep = dict(run=str(run), budget=str(budget), budget_params=budget_params, method=method,
+               layers=names, grid=[str(s) for s in specs], layer_params=layer_params, selected_params=total,
+               base_val_acc=base_acc, base_val_loss=base_loss,
+               table={n: [dict(c, layer_params=layer_params[n]) for c in rows] for n, rows in table.items()},
+               allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
+               compose=dict(enabled=do_compose, steps=steps),
+               # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
+               chosen=dict(ranks=chosen, params=params_of(chosen), val_acc=chosen_acc, test_acc=test_acc,
+                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params,
+                           fraction_kept=params_of(chosen) / total, budget_fraction=frac,
+                           budget_unused=budget_params - params_of(chosen)),
+               calib_batches=calib_batches if method != "svd" else 0, sweep_seconds=round(t_sweep, 3),
+               seconds=round(time.time() - t0, 3), device=str(dev))
+    if report is None:
+        base = run_root(run) or run.with_suffix("")
+        h = hashlib.sha1(json.dumps([str(budget), names, rep["grid"], method]).encode()).hexdigest()[:8]
+        report = base.parent / f"{base.name}-search-{method}-{h}.json"
+    rep["report"] = str(report)
+    if apply:
+        if not chosen:
+            raise UserError("the budget is met without reducing any layer; nothing to --apply")
+        rep["applied"] = str(reduce_run(run, [f"{n}={r}" for n, r in chosen.items()], method=method,
+                                        store="factored", out=out, calib_batches=calib_batches, device=device,
+                                        splits=splits, batch_size=batch_size, extra={"search.json": rep}))
+    atomic_write_json(report, rep)
+    return rep
+
+
+def table_params(table, name, rank):
+    return next(c["params"] for c in table[name] if c["rank"] == rank)

@@ -1,0 +1,166 @@
+"""The one reader of a run directory: finding runs, and reading one (config.json, final.json,
+metrics.jsonl and the checkpoint's header) with its status: complete, incomplete, failed or corrupt,
+and the reason, never an exception for a bad run.
+
+Every question "is this run done, and what did it score?" is answered here: the study skips a
+finished step, a reduction or a heal waits for its parent, the trainer returns at once, and compare
+reads its rows, all through `read_run` / `finished_run`, so they cannot disagree.
+"""
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..models import ModelSpec
+from .checkpoint import check_checkpoint
+
+RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl")
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str                  # complete | incomplete | failed | corrupt
+    reason: str = ""
+    config: dict = None
+    final: dict = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def acc(self) -> float:
+        return float(self.final["test_acc"])
+
+    @property
+    def val_acc(self):
+        v = self.final.get("val_acc")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+
+def _is_run_dir(p: Path) -> bool:
+    return p.is_dir() and any((p / f).exists() for f in RUN_FILES)
+
+
+def find_run_dirs(paths) -> list:
+    """Run directories named directly or found one or two levels below the given folders."""
+    found = []
+    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if not p.exists():
+            raise UserError(f"{p} does not exist; pass run directories or folders that hold them")
+        if _is_run_dir(p):
+            found.append(p)
+            continue
+        if not p.is_dir():
+            raise UserError(f"{p} is not a directory; pass run directories or folders that hold them")
+        for child in sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")):
+            if _is_run_dir(child):
+                found.append(child)
+            else:
+                found += [g for g in sorted(child.iterdir()) if not g.name.startswith(".") and _is_run_dir(g)]
+    unique = list({p.resolve(): p for p in found}.values())
+    if not unique:
+        where = ", ".join(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+        raise UserError(f"no runs found in {where} (a run directory holds config.json and final.json; "
+                        f"looked two levels deep)")
+    return unique
+
+
+def _read_json(path: Path):
+    """(object, None) or (None, why)."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path.name} does not parse ({type(e).__name__}: {str(e)[:60]})"
+
+
+def _check_metrics(path: Path):
+    """(epochs logged, problem or None) for a metrics.jsonl."""
+    if not path.exists():
+        return 0, None
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        return 0, f"metrics.jsonl unreadable ({type(e).__name__})"
+    for i, ln in enumerate(lines, 1):
+        try:
+            json.loads(ln)
+        except json.JSONDecodeError:
+            return i - 1, f"metrics.jsonl line {i} does not parse"
+    return len(lines), None
+
+
+def _stamp(path: Path):
+    """What identifies the run's files as they are now (a cache key): size and mtime of each."""
+    out = []
+    for name in RUN_FILES:
+        try:
+            st = os.stat(path / name)
+            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+_cache = {}  # resolved path -> (stamp, Run): a study asks about the same runs every poll
+
+
+def read_run(path) -> Run:
+    """A Run with its status; never raises for a bad run, the reason goes in Run.reason."""
+    path = Path(path)
+    key, stamp = str(path.absolute()), _stamp(path)
+    hit = _cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = _cache[key] = (stamp, _read(path))
+    return replace(hit[1], path=path, warnings=list(hit[1].warnings))  # callers may add warnings
+
+
+def finished_run(path):
+    """The run if it is complete (final.json, its accuracy and its checkpoint check out), else None."""
+    run = read_run(path)
+    return run if run.status == "complete" else None
+
+
+def _read(path: Path) -> Run:
+    cfg_path, fin_path = path / "config.json", path / "final.json"
+    if not cfg_path.exists():
+        return Run(path, "corrupt", "no config.json")
+    config, why = _read_json(cfg_path)
+    if why or not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return Run(path, "corrupt", why or "config.json has no model spec")
+    try:
+        ModelSpec.from_dict(config["model"]).resolved()
+    except (UserError, TypeError, ValueError, KeyError) as e:
+        return Run(path, "corrupt", f"config.json model spec is invalid: {e}")
+    epochs, metrics_problem = _check_metrics(path / "metrics.jsonl")
+    if not fin_path.exists():
+        planned = config.get("epochs", "?")
+        extra = f"; {metrics_problem}" if metrics_problem else ""
+        return Run(path, "incomplete", f"no final.json: training or stopped after {epochs} of {planned} epochs{extra}",
+                   config)
+    final, why = _read_json(fin_path)
+    if why or not isinstance(final, dict):
+        return Run(path, "corrupt", why or "final.json is not an object", config)
+    if final.get("status", "complete") != "complete":
+        detail = final.get("error") or final.get("reason") or ""
+        return Run(path, "failed", f"status {final.get('status')!r}" + (f": {detail}" if detail else ""), config, final)
+    acc = final.get("test_acc")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:
+        return Run(path, "corrupt", f"final.json test_acc {acc!r} is not an accuracy in [0, 1]", config, final)
+    ckpt = path / "model.safetensors"
+    if ckpt.exists():  # header only: a corrupt or foreign checkpoint is a problem row, not a number
+        try:
+            check_checkpoint(ckpt)
+        except UserError as e:
+            return Run(path, "corrupt", f"model.safetensors: {str(e)[:160]}", config, final)
+    run = Run(path, "complete", config=config, final=final)
+    if metrics_problem:
+        run.warnings.append(f"{metrics_problem}; accuracy taken from final.json")
+    return run

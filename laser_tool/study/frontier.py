@@ -1,0 +1,156 @@
+"""Frontier studies: every way of slimming, at several parameter budgets.
+
+A budget is the fraction of the targeted layers' parameters kept (`keep`). For each seed the plan
+trains one dense baseline, then per budget:
+  narrower      a dense model whose targeted widths are scaled by the budget (FFN hidden width for
+                ffn, the attention head width for attn, both for all)
+  lowrank, skl, dyad, monarch, btt
+                train-time structured layers on the targets at `--keep` budget (`-structured`: with
+                Qiu et al.'s init and learning-rate rule; low-rank structured also starts spectral)
+  progressive   the dense model cut to the budget a third of the way through training, then trained on
+  svd, whiten   the baseline cut post hoc to the budget (factored); every budget of one baseline and
+                method shares one decomposition and one calibration pass
+  healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
+Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
+"""
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..data import fit_model
+from ..errors import UserError
+from ..lists import comma_list
+from ..models import build_model
+from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
+from .steps import heal_step, reduce_step, seed_settings, train_step
+
+# What each --targets value means to each family.
+VARIANT_TARGETS = dict(zip(FRONTIER_TARGETS, (("ffn",), ("attn",), ("attn", "ffn"))))
+SELECTORS = dict(zip(FRONTIER_TARGETS, (("*:mlp",), ("*:attn",), ("*:all",))))
+POST_HOC = CUT_METHODS
+FAMILIES = ("narrower", *STRUCTURED, *(f"{v}-structured" for v in STRUCTURED), "progressive", *POST_HOC)
+PROGRESSIVE_AT = 1 / 3  # of the epochs: dense for the first third (Pufferfish-style warm-up), then cut
+
+
+@dataclass(frozen=True)
+class Frontier:
+    trainer_preset: str      # the trainer preset every run starts from
+    budgets: tuple           # fractions of the targeted layers' parameters kept
+    targets: str             # ffn | attn | all
+    families: tuple
+    heal_epochs: int = 0     # > 0: every post-hoc cut is also healed this many epochs
+    seeds: int = 1
+
+
+FRONTIERS = {
+    # The main job: one CPU command, minutes. Attention and FFN together, since cutting the FFN alone
+    # costs the quick model nothing measurable even at a tenth of its parameters.
+    "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
+                      ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"), heal_epochs=1),
+    # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
+    "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1),
+    # The seed's ViT-tiny on CIFAR-10 (a GPU job).
+    "frontier-seed-vit-tiny": Frontier("seed-vit-tiny", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=10,
+                                       seeds=3),
+}
+
+
+def parse_budgets(text) -> tuple:
+    """'0.5,0.25,0.1' -> (0.5, 0.25, 0.1); each in (0, 1)."""
+    out = []
+    for part in comma_list(text, "--budgets", example="0.5,0.25,0.1"):
+        try:
+            b = float(part)
+        except ValueError:
+            raise UserError(f"--budgets {text!r}: {part!r} is not a number; e.g. --budgets 0.5,0.25,0.1") from None
+        if not 0 < b < 1:
+            raise UserError(f"--budgets {text!r}: budget {b:g} is outside (0, 1); a budget is the fraction of "
+                            f"the targeted layers' parameters kept")
+        out.append(b)
+    return tuple(sorted(set(out), reverse=True))
+
+
+def parse_families(text) -> tuple:
+    fams = tuple(comma_list(text, "--families", example="narrower,lowrank,svd"))
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    return fams
+
+
+def narrower_model(model, targets: str, keep: float):
+    """The dense model whose targeted widths are scaled by `keep` (at least 1)."""
+    s = model.resolved()  # the arch's defaults filled in
+    change = {}
+    if targets in ("ffn", "all"):
+        change["mlp_dim"] = max(1, round(s.mlp_dim * keep))
+    if targets in ("attn", "all"):
+        change["dim_head"] = max(1, round(s.dim_head * keep))
+    return replace(model, **change)
+
+
+def _tag(keep: float) -> str:
+    return f"k{keep:g}"
+
+
+def family_opts(fam: str, keep: float, targets: str, base_cfg) -> dict:
+    """The train settings over the preset that make a train-time family's row at budget `keep`."""
+    if fam == "narrower":
+        m = narrower_model(fit_model(base_cfg.model, base_cfg.dataset), targets, keep)
+        return {k: getattr(m, k) for k in ("mlp_dim", "dim_head") if getattr(m, k) != getattr(base_cfg.model, k)}
+    if fam == "progressive":
+        return {"reduce_at": f"{base_cfg.epochs * PROGRESSIVE_AT:g}", "reduce_to": f"params:{keep:g}",
+                "reduce_layers": list(SELECTORS[targets])}
+    variant, _, structured = fam.partition("-")
+    opts = {"variant": variant, "targets": VARIANT_TARGETS[targets], "keep": keep}
+    if structured:
+        opts["param"] = "structured"
+        if variant == "lowrank":
+            opts["init"] = "spectral"
+    return opts
+
+
+def reachable(st, fam: str, keep: float, notes: list) -> bool:
+    """Whether a step's model can be built: a budget a variant cannot reach is a note in the report,
+    not a failed run."""
+    try:
+        build_model(fit_model(st.cfg.model, st.cfg.dataset))
+        return True
+    except UserError as e:
+        notes.append(f"{fam} at budget {keep:g} is not in this study: {e}")
+        return False
+
+
+def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, families=None, heal_epochs=None,
+                  epochs=None, device="auto", data_dir=None, train_opts=None):
+    """(steps, notes) of a frontier study, in dependency order per seed: the baseline, every train-time
+    family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
+    fr = FRONTIERS[name]
+    budgets = parse_budgets(budgets) if budgets is not None else fr.budgets
+    targets = targets or fr.targets
+    if targets not in VARIANT_TARGETS:
+        raise UserError(f"--targets {targets!r}: choose ffn, attn or all")
+    families = parse_families(families) if families is not None else fr.families
+    heal_epochs = fr.heal_epochs if heal_epochs is None else heal_epochs
+    runs = out / "runs"
+    steps, notes, checked = [], [], {}
+    for seed in range(seeds):
+        extra = seed_settings(seed, runs, train_opts, epochs, device, data_dir)
+        base = train_step(fr.trainer_preset, {}, f"baseline-s{seed}", extra)
+        steps.append(base)
+        for fam in (f for f in families if f not in POST_HOC):
+            for keep in budgets:
+                st = train_step(fr.trainer_preset, family_opts(fam, keep, targets, base.cfg),
+                                f"{fam}-{_tag(keep)}-s{seed}", extra)
+                if (fam, keep) not in checked:
+                    checked[fam, keep] = reachable(st, fam, keep, notes)
+                if checked[fam, keep]:
+                    steps.append(st)
+        for method in (f for f in families if f in POST_HOC):
+            for keep in budgets:
+                cut = f"{method}-{_tag(keep)}-s{seed}"
+                sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
+                steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}"))
+                if heal_epochs:
+                    steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}-s{seed}",
+                                           heal_epochs, seed))
+    return steps, notes

@@ -1,0 +1,105 @@
+"""`laser-tool study`: the whole experiment in one resumable command.
+
+For a preset, plan.py lists every step (train the rows for every seed, cut the baseline post hoc,
+heal); the launcher (launch/) runs the unfinished ones; report.py writes STUDY/report.md: the answer,
+the compare table, the plot and the command that reproduces each row.
+
+Everything lands in STUDY/runs/NAME with deterministic names, so a second invocation finds finished
+runs and skips them, and the trainer resumes an interrupted one from its last state. One live
+invocation per study directory (STUDY/.study.lock).
+"""
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from trainers.train import settings
+from ..data import load_dataset
+from ..errors import UserError
+from ..launch.base import Launch, check_launch
+from ..launch.execute import execute
+from ..launch.status import status_lines, study_lock_target
+from ..lock import output_lock
+from ..runs.reader import finished_run
+from .plan import default_seeds, plan
+from .report import write_report
+
+
+def _busy(target, path, pid, host, since) -> str:
+    who = f"pid {pid} on host {host}, since {since}" if pid else "holder unknown"
+    return (f"{target.parent} is in use by another live `laser-tool study` ({who}); wait for it to end "
+            f"or stop it, then run again")
+
+
+def study_lock(out: Path):
+    """Hold STUDY/.study.lock while an invocation runs (an flock: the kernel releases it when the process
+    ends, even by kill -9); a second live invocation is refused in one line naming the holder."""
+    return output_lock(study_lock_target(out), busy=_busy)
+
+
+def check_same_settings(runs: Path, steps: list) -> None:
+    """Refuse to reuse runs trained with other settings: a study's runs are found again by name, so a
+    second invocation with, say, other --epochs into the same --out would otherwise mix the two."""
+    for st in steps:
+        f = runs / st.name / "config.json"
+        if st.cfg is None or not f.exists():
+            continue
+        try:
+            old = settings(json.loads(f.read_text()))
+        except (OSError, ValueError, AttributeError):
+            raise UserError(f"{f} is unreadable; move {f.parent} away to retrain it") from None
+        new = settings(st.cfg.to_dict())
+        if st.kind == "heal":  # the trainer takes a healed run's model from its source
+            old.pop("model", None), new.pop("model", None)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise UserError(f"{runs.parent} holds runs made with other settings ({st.name}: "
+                            f"{', '.join(diff)} differ); use another --out for these settings")
+
+
+def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+              log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False, train_opts=None,
+              frontier_opts=None):
+    """Run (or continue) a study; returns the path of its report.md, or None while steps are still
+    queued on a cluster (`launch`: how steps run, launch/base.py; default one after another)."""
+    t_start = time.time()
+    out = Path(out or f"studies/{preset}")
+    seeds = default_seeds(preset) if seeds is None else seeds
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: need at least one seed")
+    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    for st in steps:  # every setting in range before any data is read or any run starts
+        if st.kind in ("train", "heal"):
+            st.cfg.validate()
+    if tensorboard:  # watching changes nothing trained (a volatile setting)
+        steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
+    launch = check_launch(launch or Launch(), device)
+    runs = out / "runs"
+    with study_lock(out):
+        check_same_settings(runs, steps)
+        todo = [st for st in steps if st.kind == "train" and finished_run(runs / st.name) is None]
+        if todo:  # a missing dataset is one clear error up front, not one per run
+            c = todo[0].cfg
+            load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
+        res = execute(steps, out, launch, device, data_dir, log)
+        if res.pending:
+            log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
+                f"run the same command again once they end to write the report")
+            return None
+        failed = res.failed
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work) if runs.exists() else None
+    if failed:
+        more = "..." if len(failed) > 4 else ""
+        raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
+                        f"the report lists them; run the same command again to retry")
+    return report
+
+
+def study_status(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+                 train_opts=None, frontier_opts=None) -> list:
+    """`study --status`: the table's lines from the run directories (and Slurm's queue, if used)."""
+    out = Path(out or f"studies/{preset}")
+    seeds = default_seeds(preset) if seeds is None else seeds
+    steps, _ = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    return status_lines(steps, out)

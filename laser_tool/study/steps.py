@@ -1,0 +1,75 @@
+"""A study is a list of steps, each one run directory under STUDY/runs: train a row, reduce a trained
+run post hoc, or heal a reduced one. Every step carries its seed, the command that reproduces it by
+hand, and (train, heal) the TrainConfig the trainer runs."""
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from trainers.config import build_config
+
+HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
+
+
+@dataclass
+class Step:
+    kind: str                      # train | reduce | heal
+    name: str                      # run directory name under STUDY/runs
+    command: str                   # how to reproduce it by hand
+    cfg: object = None             # TrainConfig (train, heal)
+    parent: str = None             # run the step starts from (reduce, heal)
+    selectors: list = field(default_factory=list)
+    method: str = None
+    epochs: int = 0
+    group: str = None              # reduce steps of one group (baseline, method) share one decomposition
+    seed: int = 0                  # the runs of one seed share one data split
+
+
+def flag(k, v) -> str:
+    """A setting as `laser-tool train` takes it on the command line."""
+    f = "--" + k.replace("_", "-")
+    if k == "targets":
+        return " ".join(f"--target {t}" for t in v)
+    if isinstance(v, bool):
+        return f if v else f.replace("--", "--no-", 1)
+    if k == "reduce_layers":
+        return " ".join(f"--reduce-layer {shlex.quote(t)}" for t in v)
+    return f"{f} {v}"
+
+
+def train_config(preset: str, opts: dict):
+    """TrainConfig = defaults <- the trainer's preset <- opts: what `laser-tool train --preset` builds."""
+    return build_config(preset, opts)
+
+
+def seed_settings(seed: int, runs: Path, train_opts=None, epochs=None, device="auto", data_dir=None) -> dict:
+    """The train settings every run of one seed of a study gets on top of the preset."""
+    extra = {**(train_opts or {}), "seed": seed, "out": str(runs), "device": device}
+    if epochs:
+        extra["epochs"] = epochs
+    if data_dir:
+        extra["data_dir"] = str(data_dir)
+    return extra
+
+
+def train_step(preset: str, opts: dict, name: str, extra: dict) -> Step:
+    """A train step: the preset with `opts` and the seed's settings (`extra`) over it."""
+    opts = dict(opts, name=name, **extra)
+    cmd = f"laser-tool train --preset {preset} " + " ".join(flag(k, v) for k, v in opts.items())
+    return Step("train", name, cmd, cfg=train_config(preset, opts), seed=extra["seed"])
+
+
+def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str, seed: int, group=None) -> Step:
+    """A post-hoc reduction of `parent` to factored layers (as `laser-tool reduce ... --store factored`)."""
+    cmd = (f"laser-tool reduce {runs / parent} " + " ".join(f"--layer {shlex.quote(s)}" for s in selectors)
+           + f" --method {method} --store factored --out {runs / name}")
+    return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed)
+
+
+def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int) -> Step:
+    """Healing a reduced run: the baseline's own recipe (batch size, augmentation, label smoothing, weight
+    decay, split) from the reduced weights, a tenth of its lr, no warmup (`train --init-from`)."""
+    cfg = replace(base_cfg, init_from=str(runs / reduced), name=name, epochs=epochs,
+                  lr=base_cfg.lr * HEAL_LR_FACTOR, warmup_epochs=0.0)
+    cmd = (f"laser-tool train --init-from {runs / reduced} --out {runs} --name {name} "
+           f"--epochs {epochs} --lr {cfg.lr:g} --warmup-epochs 0")
+    return Step("heal", name, cmd, cfg=cfg, parent=reduced, epochs=epochs, seed=seed)

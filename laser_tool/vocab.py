@@ -1,0 +1,42 @@
+"""The project's vocabularies, in one place: every name a flag, a config or a table may use for an
+architecture, a train-time variant, a layer role or group, a reduction method or a metric.
+
+Layer roles are what a Linear-like layer does in a block; `info` prints them and every selector
+matches on them:
+  embed, head, attn-q, attn-k, attn-v, attn-qkv (vit-tiny fuses q, k, v), attn-out, ffn-in, ffn-out
+"""
+ARCHS = ("vit-tiny", "xt-vit")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist")   # data/files.py reads each
+# Train-time structured layers (models/layers.py, models/structured.py) and the whole variant list.
+STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")
+VARIANTS = (*STRUCTURED, "half-ffn")
+PARAMS = ("standard", "structured")   # how structured factors start and learn (models/parametrize.py)
+INITS = ("default", "spectral")
+DYAD_VARIANTS = ("it", "ot", "dt")
+
+ATTN_QKV = ("attn-q", "attn-k", "attn-v", "attn-qkv")
+# `--target` groups (train-time variants) -> the roles they replace.
+TARGETS = {
+    "ffn-in": {"ffn-in"},
+    "ffn-out": {"ffn-out"},
+    "ffn": {"ffn-in", "ffn-out"},
+    "attn-out": {"attn-out"},
+    "attn-qkv": set(ATTN_QKV),
+    "attn": {*ATTN_QKV, "attn-out"},
+}
+# LASER's layer types (`reduce --layer B:TYPE`) -> roles.
+LAYER_TYPES = {
+    "q": {"attn-q"}, "k": {"attn-k"}, "v": {"attn-v"}, "qkv": {"attn-qkv"}, "out": {"attn-out"},
+    "fc_in": {"ffn-in"}, "fc_out": {"ffn-out"}, "mlp": {"ffn-in", "ffn-out"},
+    "attn": {*ATTN_QKV, "attn-out"},
+    "all": {*ATTN_QKV, "attn-out", "ffn-in", "ffn-out"},
+}
+
+# Post-hoc truncation methods (posthoc/decompose.py); the ones a progressive cut or a study uses.
+REDUCE_METHODS = ("svd", "whiten", "asvd", "fisher")
+CUT_METHODS = ("svd", "whiten")
+STORES = ("dense", "factored")
+
+METRICS = ("test", "val")   # the accuracy a comparison tests on
+# What a frontier study slims (`study --targets`): the FFN, the attention projections, or both.
+FRONTIER_TARGETS = ("ffn", "attn", "all")

@@ -1,0 +1,184 @@
+"""The package layout holds: imports point down the pipeline (cli -> study -> launch -> trainers / posthoc
+-> analysis -> runs -> models, data -> the ground floor), never in a circle, at module top (except the
+command line's lazy ones), at most 10 levels deep; no private name crosses a module; files and
+functions stay readable. Read from the source with `ast`, nothing imported."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Stage of each package: a module may import its own package or a strictly lower stage.
+STAGES = {"laser_tool": 10, "laser_tool.cli": 9, "laser_tool.study": 8, "laser_tool.launch": 7, "trainers": 6.5,
+          "laser_tool.posthoc": 6, "laser_tool.analysis": 5, "laser_tool.runs": 4, "laser_tool.models": 3,
+          "laser_tool.data": 3, "ground": 1}
+GROUND = {"errors", "device", "fileio", "lock", "signals", "vocab", "lists"}
+MAX_LEVELS, MAX_FILE_LINES, MAX_FUNCTION_LINES = 10, 400, 80
+
+
+def modules() -> dict:
+    """{dotted module name: path} of laser_tool and trainers."""
+    out = {}
+    for pkg in ("laser_tool", "trainers"):
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = p
+    return out
+
+
+def package_of(mod: str) -> str:
+    parts = mod.split(".")
+    if parts[0] == "trainers":
+        return "trainers"
+    if len(parts) == 2 and parts[1] in GROUND:
+        return "ground"
+    return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and f"laser_tool.{parts[1]}" in STAGES) \
+        else "laser_tool"
+
+
+def imports(mod: str, path: Path, known: dict):
+    """[(imported module, line, at module top, names)] of the project's own modules that `mod` imports."""
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    is_pkg = path.name == "__init__.py"
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [(f"{base}.{a.name}", []) if f"{base}.{a.name}" in known else (base, [a.name])
+                       for a in node.names]
+        else:
+            continue
+        for target, names in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != mod:
+                out.append((target, node.lineno, id(node) in top, names))
+    return out
+
+
+def graph():
+    known = modules()
+    return known, {m: imports(m, p, known) for m, p in known.items()}
+
+
+def cycles(edges: dict) -> list:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def levels(edges: dict, faces=()) -> dict:
+    """Floor of each module: 1 + the highest floor it imports (1 for a module importing none of ours).
+    A package's face (its __init__, handing its modules' names on) adds no floor of its own."""
+    memo = {}
+
+    def floor(v):
+        if v not in memo:
+            memo[v] = 0  # a cycle would recurse forever; the cycle test reports it
+            memo[v] = (v not in faces) + max((floor(w) for w in edges.get(v, ())), default=0)
+        return memo[v]
+    return {v: floor(v) for v in edges}
+
+
+def test_no_import_cycle_between_modules_or_packages():
+    _, deps = graph()
+    assert cycles({m: sorted({t for t, _, at_top, _ in ds if at_top}) for m, ds in deps.items()}) == []
+    assert cycles(package_edges(deps)) == []
+
+
+def test_imports_point_down_the_pipeline():
+    known, deps = graph()
+    upward = []
+    for m, ds in deps.items():
+        here = package_of(m)
+        for t, line, _, _ in ds:
+            there = package_of(t)
+            if there != here and not STAGES[there] < STAGES[here]:
+                upward.append(f"{known[m].relative_to(ROOT)}:{line} imports {t} ({here} -> {there})")
+    assert upward == []
+
+
+def test_imports_at_module_top_except_the_command_line():
+    known, deps = graph()
+    lazy = [f"{known[m].relative_to(ROOT)}:{line} imports {t}" for m, ds in deps.items()
+            for t, line, at_top, _ in ds if not at_top and package_of(m) != "laser_tool.cli"]
+    assert lazy == []
+
+
+def package_edges(deps) -> dict:
+    """Package -> packages it imports at module top; each ground-floor module is a package of its own, and
+    the notebook API's face (laser_tool/__init__.py) stands above them all."""
+    def node(m):
+        return m if package_of(m) == "ground" else package_of(m)
+    out = {}
+    for m, ds in deps.items():
+        out.setdefault(node(m), set()).update(node(t) for t, _, at_top, _ in ds if at_top and node(t) != node(m))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_at_most_ten_import_levels():
+    _, deps = graph()
+    floors = levels(package_edges(deps))
+    assert max(floors.values()) <= MAX_LEVELS, sorted(floors.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_no_private_name_crosses_a_module():
+    known, deps = graph()
+    private = [f"{known[m].relative_to(ROOT)}:{line} takes {n} from {t}" for m, ds in deps.items()
+               for t, line, _, names in ds for n in names if n.startswith("_")]
+    assert private == []
+
+
+def test_files_and_functions_stay_readable():
+    known, _ = graph()
+    long_files = [f"{p.relative_to(ROOT)}: {n} lines" for p in known.values()
+                  if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    long_functions = []
+    for p in known.values():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert long_files == [] and long_functions == []
+
+
+def test_the_checker_sees_a_cycle_and_an_upward_import():
+    """The checks above would fail on a new cycle or a climb: shown on a graph made to have both."""
+    assert cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]
+    assert levels({"a": ["b"], "b": ["c"], "c": []}) == {"a": 3, "b": 2, "c": 1}
+    assert package_of("laser_tool.models.spec") == "laser_tool.models" and package_of("laser_tool.errors") == "ground"
+    assert STAGES[package_of("laser_tool.runs.reader")] > STAGES[package_of("laser_tool.models.spec")]
+    assert not STAGES[package_of("laser_tool.analysis.compare")] < STAGES[package_of("laser_tool.runs.reader")]

@@ -1,0 +1,98 @@
+"""What a training run writes: its config.json record, one metrics row, checkpoint and resume point
+per epoch, and at the end final.json with the test accuracy (the test set's only use) and the
+selected model's per-image predictions."""
+import dataclasses
+import json
+import sys
+
+import torch
+
+from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
+from laser_tool.models.evaluate import evaluate, evaluate_with_predictions, precision_name, predict
+from laser_tool.models.surgery import structure_record
+from laser_tool.runs.checkpoint import load_model, save_model
+from laser_tool.runs.predictions import save_predictions
+from laser_tool.runs.safety import WRITER
+from laser_tool.vocab import STRUCTURED
+
+from . import init_from as init_
+from .provenance import device_name, git_commit, versions
+from .state import save_state
+
+
+def run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule: dict, micro: int, source,
+               init_info) -> dict:
+    """config.json: the request (`train`, and its keys flattened), what was built (`model`, `params`,
+    `structure`), the schedule, batching and split, what the requests resolved to, and provenance."""
+    config = {
+        "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step", **schedule},
+        "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
+        "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
+                  "val_indices": splits.val_indices, "source": splits.source},
+        # What the requests (train.augment, train.amp, train.decay_all) resolved to.
+        "resolved": {"augment": dataclasses.asdict(augment), "amp": precision_name(amp_dtype),
+                     "eval_precision": precision_name(amp_dtype),
+                     "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
+        "versions": versions(), "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
+    }
+    if spec.variant in STRUCTURED:  # the budget asked for and reached, per layer, with any lr multipliers
+        config["structure"] = structure_record(model, spec)
+    if source:
+        config["init_source"] = init_info  # "init_from" is the request (a path)
+        config.update(init_.inherited(source, cfg))
+    # The request's keys, flattened for readers who just want the usual keys (compare, reduce); no
+    # resolved value shares a name with them.
+    config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
+    return config
+
+
+def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cfg, device, amp_dtype, epoch,
+                 train_loss, train_acc, images, seconds, extra=None):
+    val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+           "images_per_s": images / max(seconds, 1e-9), **(extra or {})}
+    counters["history"].append(row)
+    if val_acc > counters["best_val_acc"]:
+        counters["best_val_acc"], counters["best_epoch"] = val_acc, epoch + 1
+        save_model(run_dir / "model.safetensors", model, config)
+    save_model(run_dir / "last.safetensors", model, config)
+    counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
+    # The resume point is written last: everything before it is re-derivable if we crash in between.
+    save_state(run_dir / "state.safetensors", model, optimizer, scaler, counters, config)
+    write_metrics(run_dir, counters["history"])
+    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+          f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)
+
+
+def write_metrics(run_dir, history):
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtype, params):
+    """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
+    _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
+    best, _ = load_model(run_dir / "model.safetensors", device)
+    # The selected model's per-image test predictions come from this same pass (compare pairs runs by them).
+    _, test_best, test_pred = evaluate_with_predictions(best, splits.test_x, splits.test_y, cfg.eval_batch_size,
+                                                        device, amp_dtype)
+    val_pred = predict(best, splits.val_x, cfg.eval_batch_size, device, amp_dtype) if len(splits.val_x) else None
+    hist = counters["history"]
+    final = {
+        "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
+        "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
+        "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
+        "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
+        "dataset": cfg.dataset, "arch": spec.arch, "seed": cfg.seed, "eval_precision": precision_name(amp_dtype),
+        "threads": torch.get_num_threads(),
+    }
+    if "init_val_acc" in counters:
+        final["init_val_acc"] = counters["init_val_acc"]
+    with deferred_commit():  # per-image predictions land with final.json
+        save_predictions(run_dir, splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
+        atomic_write_json(run_dir / "final.json", final)
+    print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
+          f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)
