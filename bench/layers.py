@@ -1,6 +1,7 @@
 """Forward+backward time of every structured layer against a dense nn.Linear at the seed's shapes.
 
     .venv/bin/python bench/layers.py [--reps 7] [--threads 1] [--device cpu|cuda|all] [--out FILE]
+    .venv/bin/python bench/layers.py --tiny --out FILE   # smoke test: same code, 256 rows, 1 round
 
 Shapes: FFN 512->256 (ViT-tiny), FFN 256->1024 (xt-vit), attn-out 384->256 (xt-vit); rows = 256 images x
 65 tokens = 16,640. Every variant (low-rank, SKL, DYAD it/ot/dt, Monarch, BTT) is built at `--keep` 0.5 and
@@ -35,12 +36,16 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
-from laser_tool.budget import layer_setting  # noqa: E402
-from laser_tool.parametrize import update_ratio  # noqa: E402
-from laser_tool.surgery import make_layer  # noqa: E402
+from laser_tool.models.surgery import layer_setting  # noqa: E402
+from laser_tool.models.parametrize import update_ratio  # noqa: E402
+from laser_tool.models.surgery import make_layer  # noqa: E402
 
 ROWS = 256 * 65
+TINY = dict(reps=1, warmup=0, rows=256)  # --tiny: the same code paths in a few seconds (numbers mean nothing)
 SHAPES = {"ffn-512x256": (512, 256), "ffn-256x1024": (256, 1024), "attn-out-384x256": (384, 256)}
 KEEPS = (0.5, 0.25)
 VARIANTS = ("lowrank", "skl", "dyad-it", "dyad-ot", "dyad-dt", "monarch", "btt")
@@ -94,10 +99,10 @@ def step(layer, x, g):
     layer(x).backward(g)
 
 
-def bench_shape(d_in, d_out, reps, warmup, device, dtype=torch.float32):
+def bench_shape(d_in, d_out, reps, warmup, device, dtype=torch.float32, n_rows=ROWS):
     layers = {k: m.to(device=device, dtype=dtype) for k, m in make_layers(d_in, d_out).items()}
-    x = torch.randn(ROWS, d_in, device=device, dtype=dtype, requires_grad=True)
-    g = torch.randn(ROWS, d_out, device=device, dtype=dtype)
+    x = torch.randn(n_rows, d_in, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(n_rows, d_out, device=device, dtype=dtype)
     kinds = list(layers)
     times = {k: [] for k in kinds}
     for r in range(warmup + reps):
@@ -110,13 +115,13 @@ def bench_shape(d_in, d_out, reps, warmup, device, dtype=torch.float32):
             if r >= warmup:
                 times[k].append(time.perf_counter() - t0)
     dense_ms = statistics.median(times["dense"]) * 1e3
-    dense_flops, dense_params = flops("dense", layers["dense"], ROWS, d_in, d_out), n_params(layers["dense"])
+    dense_flops, dense_params = flops("dense", layers["dense"], n_rows, d_in, d_out), n_params(layers["dense"])
     out = {}
     for k in kinds:
         ms = statistics.median(times[k]) * 1e3
         row = dict(ms=round(ms, 3), time_ratio=round(ms / dense_ms, 3),
                    param_ratio=round(n_params(layers[k]) / dense_params, 4),
-                   flop_ratio=round(flops(k, layers[k], ROWS, d_in, d_out) / dense_flops, 4),
+                   flop_ratio=round(flops(k, layers[k], n_rows, d_in, d_out) / dense_flops, 4),
                    params=n_params(layers[k]), setting=layer_setting(layers[k]),
                    ms_min=round(min(times[k]) * 1e3, 3), ms_max=round(max(times[k]) * 1e3, 3))
         if k != "dense" and device.type == "cpu":
@@ -141,21 +146,21 @@ def machine_info(device):
     return info
 
 
-def run_device(device, reps, warmup, dtype=torch.float32):
-    result = dict(machine=machine_info(device), rows=ROWS, keeps=list(KEEPS), reps=reps,
+def run_device(device, reps, warmup, dtype=torch.float32, n_rows=ROWS):
+    result = dict(machine=machine_info(device), rows=n_rows, keeps=list(KEEPS), reps=reps,
                   warmup=warmup, dtype=str(dtype).replace("torch.", ""), shapes={})
     t0 = time.time()
     for name, (d_in, d_out) in SHAPES.items():
-        result["shapes"][name] = bench_shape(d_in, d_out, reps, warmup, device, dtype)
-        print_table(device, name, result["shapes"][name])
+        result["shapes"][name] = bench_shape(d_in, d_out, reps, warmup, device, dtype, n_rows)
+        print_table(device, name, result["shapes"][name], n_rows)
     result["wall_s"] = round(time.time() - t0, 1)
     if hasattr(os, "getloadavg"):
         result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
 
 
-def print_table(device, name, rows):
-    print(f"\n[{device}] {name}  (rows {ROWS})")
+def print_table(device, name, rows, n_rows=ROWS):
+    print(f"\n[{device}] {name}  (rows {n_rows})")
     print(f"{'kind':<13} {'setting':<12} {'ms':>8} {'time':>7} {'params':>7} {'flops':>7} "
           f"{'upd sgd std/str':>16} {'upd adam std/str':>17}  goal")
     for k, r in rows.items():
@@ -179,8 +184,10 @@ def main(argv=None):
                     help="all = cpu, plus cuda when available")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                     help="parameter and activation dtype (results of other dtypes are keyed DEVICE-DTYPE)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "layers.json"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", help="results file (default bench/results/layers.json)")
+    ap.add_argument("--rows", type=int, default=ROWS, help="rows of the input (default 256 images x 65 tokens)")
+    args = tiny.parse(ap, argv, TINY, "bench/results/layers.json")
+    args.out = args.out or str(Path(__file__).resolve().parent / "results" / "layers.json")
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
@@ -203,7 +210,9 @@ def main(argv=None):
         dev = torch.device(d)
         # one key per device type (and dtype other than float32); machine.gpu names a CUDA card
         key = d if args.dtype == "float32" else f"{d}-{args.dtype}"
-        doc["devices"][key] = run_device(dev, args.reps, args.warmup, getattr(torch, args.dtype))
+        doc["devices"][key] = run_device(dev, args.reps, args.warmup, getattr(torch, args.dtype), args.rows)
+        if args.tiny:
+            doc["devices"][key]["tiny"] = True
         doc["devices"][key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(out, doc)      # after each device, so a later failure keeps what was measured
     print(f"\nwrote {out}")

@@ -1,6 +1,7 @@
 """Cost of a progressive cut against one training epoch of the quick model. Goal: a cut < 5% of an epoch.
 
     python bench/progressive.py [--run RUN] [--data-dir DIR] [--reps 5] [--out bench/results/progressive.json]
+    python bench/progressive.py --tiny --data-dir DIR --out FILE   # smoke test: 2 steps, 1 rep per method
 
 Measured in one process, so that the machine's load (shared here) weighs on both alike:
   epoch  one training epoch of the quick preset's model on Fashion-MNIST (429 optimizer steps of 128
@@ -25,16 +26,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402
 from laser_tool.data import Augment, BatchLoader, load_dataset  # noqa: E402
+from laser_tool.data import fit_model  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import build_model, count_params  # noqa: E402
 from laser_tool.study import train_config  # noqa: E402
 from trainers.optim import make_optimizer  # noqa: E402
 from trainers.progressive import Progressive  # noqa: E402
-from trainers.train import fit_spec_to_data  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLAN = dict(reduce_at="1", reduce_to="params:0.5", reduce_layers=["*.ffn.*"])
+# --tiny: the same code paths on a 256-image training set (2 steps) and 100 validation images
+TINY = dict(reps=1, val_size=100, train_subset=256)
 
 
 def in_training(run: Path) -> dict:
@@ -61,7 +67,7 @@ def one_epoch(splits):
     """(seconds, model, optimizer) of one dense training epoch of the quick model."""
     cfg = quick()
     torch.manual_seed(0)
-    model = build_model(fit_spec_to_data(cfg.model, splits))
+    model = build_model(fit_model(cfg.model, splits))
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     loader = BatchLoader(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True, drop_last=True,
                          augment=Augment(), seed=0, device=torch.device("cpu"))
@@ -78,7 +84,7 @@ def one_epoch(splits):
 
 def time_cuts(method: str, model, opt, splits, spe: int, reps: int) -> list:
     cfg = quick(method)
-    spec = fit_spec_to_data(cfg.model, splits)
+    spec = fit_model(cfg.model, splits)
     times = []
     for _ in range(reps):
         m = copy.deepcopy(model)
@@ -95,15 +101,21 @@ def time_cuts(method: str, model, opt, splits, spe: int, reps: int) -> list:
     return times
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, help="A finished progressive run, for the cut time its trainer recorded.")
     ap.add_argument("--data-dir", help="Fashion-MNIST folder (default: the system's).")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=RESULTS / "progressive.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, help="results file (default bench/results/progressive.json)")
+    ap.add_argument("--val-size", type=int, help="validation images (default: the dataset's, 5000)")
+    ap.add_argument("--train-subset", type=int, help="training images (default: all)")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    args = tiny.parse(ap, argv, TINY, "bench/results/progressive.json")
+    args.out = args.out or RESULTS / "progressive.json"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    splits = load_dataset("fashion-mnist", args.data_dir, False, None, 0, None)
+    splits = load_dataset("fashion-mnist", args.data_dir, False, args.val_size, 0, args.train_subset)
     epoch, model, opt, spe = one_epoch(splits)
     result = dict(epoch_seconds=round(epoch, 2), steps_per_epoch=spe)
     for method in ("svd", "whiten"):
@@ -119,6 +131,8 @@ def main():
                   torch=torch.__version__,
                   model="quick preset: vit-tiny dim 128 depth 3 heads 4 mlp 256 patch 7, Fashion-MNIST",
                   params_dense=count_params(model))
+    if args.tiny:
+        result["tiny"] = True
     out = {"about": __doc__.splitlines()[0], "results": {"cpu": result}}
     atomic_write_json(args.out, out)
     print(json.dumps(out, indent=2))

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/reduce.py [--device auto] [--val-size 5000] [--train-steps 300] [--run RUN]
                                      [--data-dir DIR] [--out bench/results/reduce.json]
+    .venv/bin/python bench/reduce.py --tiny --data-dir DIR --out FILE   # smoke test, a few seconds on CPU
 
 The model is the seed's vit-tiny (dim 512, depth 4, heads 6, dim_head 64, mlp 256) on Fashion-MNIST
 (28x28x1, patch 4: 50 tokens), trained here for a few hundred steps unless --run names a trained run,
@@ -31,18 +32,28 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from laser_tool.checkpoint import load_run, save_model  # noqa: E402
+import tiny  # noqa: E402
+
+from laser_tool.runs.checkpoint import load_run, save_model  # noqa: E402
 from laser_tool.data import load_dataset  # noqa: E402
-from laser_tool.evaluate import evaluate  # noqa: E402
+from laser_tool.models.evaluate import evaluate  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
-from laser_tool.reduce import pick_device, run_data  # noqa: E402
-from laser_tool.search import naive_sweep, staged, sweep  # noqa: E402
-from laser_tool.surgery import slots  # noqa: E402
+from laser_tool.device import resolve_device  # noqa: E402
+from laser_tool.posthoc.reduce import run_data  # noqa: E402
+from laser_tool.posthoc.search import naive_sweep, staged, sweep  # noqa: E402
+from laser_tool.models.surgery import slots  # noqa: E402
 
 # LASER's rates 1..9.9 give kept fractions rho = 1 - 0.1*rate; eight of them.
 GRID = ["rho:0.9", "rho:0.8", "rho:0.6", "rho:0.4", "rho:0.2", "rho:0.1", "rho:0.05", "rho:0.02"]
+SPEC = dict(arch="vit-tiny", image_size=28, patch_size=4, channels=1, num_classes=10)
+# --tiny: the same code paths with a small ViT (dim 64, depth 2, 7x7 patches), 100 validation images,
+# two training steps and three ranks per layer
+TINY = dict(val_size=100, train_steps=2, batch_size=50)
+TINY_SPEC = dict(SPEC, patch_size=7, dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128)
+TINY_GRID = GRID[::3]
 
 
 def sync(device):
@@ -69,9 +80,9 @@ def rerun_fraction(model, grid, images, batch_size, device) -> float:
     return sum(tail) / (sum(cost) * sum(len(rs) for rs in grid.values()))
 
 
-def train_run(root: Path, data_dir, val_size, steps, device) -> Path:
+def train_run(root: Path, data_dir, val_size, steps, device, spec=SPEC) -> Path:
     """A quickly trained vit-tiny run directory (AdamW, no augmentation)."""
-    spec = ModelSpec(arch="vit-tiny", image_size=28, patch_size=4, channels=1, num_classes=10)
+    spec = ModelSpec(**spec)
     cfg = dict(model=spec.to_dict(), dataset="fashion-mnist", data_dir=data_dir, val_size=val_size,
                train_subset=None, seed=0)
     sp = load_dataset("fashion-mnist", data_dir, False, val_size, 0, None)
@@ -93,7 +104,7 @@ def train_run(root: Path, data_dir, val_size, steps, device) -> Path:
     return run
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--val-size", type=int, default=5000)
@@ -103,14 +114,17 @@ def main():
     ap.add_argument("--data-dir", help="Fashion-MNIST folder (default: the usual places).")
     ap.add_argument("--threads", type=int, help="CPU threads for torch (1 avoids OpenMP spin-waiting "
                     "on a machine shared with other processes).")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "reduce.json"))
-    a = ap.parse_args()
+    ap.add_argument("--out", help="results file (default bench/results/reduce.json)")
+    a = tiny.parse(ap, argv, TINY, "bench/results/reduce.json")
+    a.out = a.out or str(Path(__file__).parent / "results" / "reduce.json")
+    grid_specs = TINY_GRID if a.tiny else GRID
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = pick_device(a.device)
+    device = resolve_device(a.device)
     tmp = tempfile.TemporaryDirectory()
     t = time.time()
-    run = Path(a.run) if a.run else train_run(Path(tmp.name), a.data_dir, a.val_size, a.train_steps, device)
+    run = Path(a.run) if a.run else train_run(Path(tmp.name), a.data_dir, a.val_size, a.train_steps, device,
+                                              TINY_SPEC if a.tiny else SPEC)
     train_s = time.time() - t
     model, cfg = load_run(run, device)
     sp = run_data(cfg, a.data_dir)
@@ -125,7 +139,7 @@ def main():
     # Wall time, plus this process's CPU time: on a shared CPU machine the load of other processes
     # inflates wall time unevenly, CPU time much less.
     t, c = time.time(), time.process_time()
-    cached, _ = sweep(model, names, GRID, sp.val_x, sp.val_y, a.batch_size, device)
+    cached, _ = sweep(model, names, grid_specs, sp.val_x, sp.val_y, a.batch_size, device)
     sync(device)
     cached_s, cached_cpu = time.time() - t, time.process_time() - c
     grid = {n: [c["rank"] for c in rows] for n, rows in cached.items()}
@@ -143,7 +157,7 @@ def main():
     desc = (f"{m.arch} dim {m.dim} depth {m.depth} heads {m.heads} mlp {m.mlp_dim}, "
             f"{cfg['dataset']} {m.image_size}x{m.image_size}x{m.channels}, patch {m.patch_size}")
     entry = dict(device=dev_name, torch=torch.__version__, model=desc,
-                 params=count_params(model), layers=len(names), grid=GRID, candidates=n_cand,
+                 params=count_params(model), layers=len(names), grid=grid_specs, candidates=n_cand,
                  val_images=len(sp.val_x), batch_size=a.batch_size, base_val_acc=base_acc,
                  train_steps=0 if a.run else a.train_steps, train_seconds=round(train_s, 2),
                  full_eval_seconds=round(eval_s, 3), cached_seconds=round(cached_s, 2),
@@ -154,6 +168,8 @@ def main():
                  val_acc_range=[min(c["val_acc"] for r in cached.values() for c in r),
                                 max(c["val_acc"] for r in cached.values() for c in r)],
                  table={n: [[c["rank"], c["val_acc"]] for c in rows] for n, rows in cached.items()})
+    if a.tiny:
+        entry["tiny"] = True
     out = Path(a.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("about", __doc__.strip().splitlines()[0])

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/study.py [--run RUN] [--epochs 1] [--train-subset 10000] [--repeats 3]
                                     [--data-dir DIR] [--out bench/results/study.json]
+    .venv/bin/python bench/study.py --tiny --data-dir DIR --out FILE   # smoke test, a few seconds
 
 The model is the `quick` preset's (vit-tiny dim 128, depth 3, 7x7 patches) on Fashion-MNIST, trained
 here briefly unless --run names a trained run (accuracy does not change the timing). Budgets are the
@@ -26,53 +27,54 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from laser_tool.checkpoint import load_run  # noqa: E402
-from laser_tool.evaluate import evaluate  # noqa: E402
+import tiny  # noqa: E402
+
+from laser_tool.runs.checkpoint import load_run  # noqa: E402
+from laser_tool.models.evaluate import evaluate  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
-from laser_tool import reduce as reducer  # noqa: E402
-from laser_tool.reduce import reduce_run, reduce_run_budgets, run_data  # noqa: E402
+from laser_tool.posthoc import reduce as reducer  # noqa: E402
+from laser_tool.posthoc.reduce import reduce_run, reduce_run_budgets, run_data  # noqa: E402
 
 BUDGETS = {0.5: ["*:all=params:0.5"], 0.25: ["*:all=params:0.25"], 0.1: ["*:all=params:0.1"]}
+# --tiny: the same code paths on 256 training and 100 validation images, one repeat
+TINY = dict(train_subset=256, val_size=100, repeats=1)
 
 
-def train_base(root: Path, epochs: int, subset: int, data_dir) -> Path:
+def train_base(root: Path, epochs: int, subset: int, data_dir, val_size=None) -> Path:
     from trainers import train as trainer
-    from trainers.config import TrainConfig
-    from trainers.presets import PRESETS
-    from laser_tool.models import ModelSpec
-    p = dict(PRESETS["quick"])
-    model = ModelSpec(**p.pop("model"))
-    cfg = replace(TrainConfig(), model=model, **p)
-    cfg = replace(cfg, epochs=epochs, train_subset=subset, out=str(root), name="base", device="cpu",
-                  data_dir=data_dir)
-    return trainer.train(cfg)
+    from trainers.config import build_config
+    return trainer.train(build_config("quick", dict(epochs=epochs, train_subset=subset, out=str(root), name="base",
+                                                    device="cpu", data_dir=data_dir, val_size=val_size)))
 
 
 def _round(d):
     return {k: round(v, 3) for k, v in d.items()}
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-dir")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "study.json"))
-    a = ap.parse_args()
+    ap.add_argument("--val-size", type=int, help="validation images of the run trained here (default 5000)")
+    ap.add_argument("--out", help="results file (default bench/results/study.json)")
+    a = tiny.parse(ap, argv, TINY, "bench/results/study.json")
+    a.out = a.out or str(Path(__file__).parent / "results" / "study.json")
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
         t0 = time.time()
-        run = Path(a.run) if a.run else train_base(work / "runs", a.epochs, a.train_subset, a.data_dir)
+        run = Path(a.run) if a.run else train_base(work / "runs", a.epochs, a.train_subset, a.data_dir,
+                                                   a.val_size)
         train_seconds = time.time() - t0
         config = json.loads((run / "config.json").read_text())
         splits = run_data(config, a.data_dir)
@@ -127,6 +129,8 @@ def main():
                    val_images=len(splits.val_x), test_images=len(splits.test_x),
                    base_test_acc=json.loads((run / "final.json").read_text())["test_acc"],
                    score_seconds=round(score_seconds, 3), results=results)
+        if a.tiny:
+            doc["tiny"] = True
         atomic_write_json(a.out, doc)
         print(json.dumps(doc, indent=2))
     finally:

@@ -12,6 +12,8 @@ images/s of the epochs after the first. Goal: >= 50,000 images/s for ViT-tiny on
 
     python bench/train.py            # CPU, writes bench/results/train.json
     python bench/train.py --gpu      # adds the GPU runs (writes bench/results/train_gpu.json)
+    python bench/train.py --tiny --out FILE [--gpu]   # smoke test of the same code (CPU part: seconds;
+                                                      # --gpu --device cpu: minutes, torch.compile included)
 """
 import argparse
 import hashlib
@@ -28,6 +30,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402
 from laser_tool.data import Augment, BatchLoader  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
@@ -35,6 +40,9 @@ from trainers.optim import make_optimizer  # noqa: E402
 from trainers.presets import PRESETS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --tiny: the same code paths in seconds (the numbers mean nothing). CPU part: one round of two steps of 16
+# images; GPU part: two epochs of 2,000 fake CIFAR images.
+TINY = dict(reps=1, steps=2, batch=16, epochs=2, n_train=2000, val_size=200)
 
 
 def step(model, opt, x, y):
@@ -132,8 +140,8 @@ def write_fake_cifar(root: Path, n_train=50000, n_test=10000):
 
 
 def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
-    import laser_tool.data as data
-    from trainers.config import TrainConfig
+    from laser_tool.data import files as data
+    from trainers.config import build_config
     from trainers.train import train
     root = Path(tempfile.mkdtemp())
     md5 = write_fake_cifar(root, n_train, max(1000, n_train // 5))
@@ -141,10 +149,8 @@ def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
     rows = []
     for preset in ("seed-vit-tiny", "seed-xt"):
         for compile_ in (False, True):
-            p = dict(PRESETS[preset])
-            cfg = TrainConfig(model=ModelSpec(**p.pop("model")), **{**p, "epochs": epochs})
-            cfg = TrainConfig(**{**cfg.__dict__, "data_dir": str(root), "compile": compile_, "device": device, "val_size": val_size,
-                                 "out": str(root / "runs"), "name": f"{preset}-{compile_}"})
+            cfg = build_config(preset, dict(epochs=epochs, data_dir=str(root), compile=compile_, device=device,
+                                            val_size=val_size, out=str(root / "runs"), name=f"{preset}-{compile_}"))
             t = time.perf_counter()
             run = train(cfg, progress=False)
             wall = time.perf_counter() - t
@@ -159,7 +165,7 @@ def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
             "goal": "ViT-tiny >= 50,000 training images/s on one H100/H200"}
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--epochs", type=int, default=4)
@@ -169,15 +175,21 @@ def main():
     ap.add_argument("--n-train", type=int, default=50000, help="GPU part: fake CIFAR training images")
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--device", default="cuda", help="GPU part: device (cpu only to smoke-test the script)")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, help="results file (default bench/results/train.json; with --gpu "
+                    "$OUT/train_gpu.json, or bench/results/train_gpu.json when $OUT is not set)")
+    args = tiny.parse(ap, argv, TINY, "bench/results")
     if args.gpu:
         out = gpu_bench(args.epochs, args.n_train, args.val_size, args.device)
-        atomic_write_json(Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)
+        if args.tiny:
+            out["tiny"] = True
+        atomic_write_json(args.out or Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)
         print(json.dumps(out, indent=2))
         return
     out = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "torch": torch.__version__}, "cpu": cpu_bench(args.reps, args.steps, args.batch)}
-    atomic_write_json(RESULTS / "train.json", out)
+    if args.tiny:
+        out["tiny"] = True
+    atomic_write_json(args.out or RESULTS / "train.json", out)
     print(json.dumps(out, indent=2))
 
 

@@ -166,7 +166,7 @@ def remove_debris(folder, names=None) -> list:
 # Vetting output paths before the work
 
 
-def _inside(path: Path, inputs) -> Path:
+def inside(path: Path, inputs) -> Path:
     """The input `path` lies in (or is), or None."""
     rp = path.resolve()
     for i in inputs:
@@ -201,18 +201,22 @@ def check_writable_dir(folder: Path, what: str) -> None:
         raise UserError(f"{what}: cannot write in {p} ({e.strerror or e}); pick a writable place") from None
 
 
-def check_output_file(path, inputs=(), what="--out") -> Path:
+def check_output_file(path, inputs=(), what="--out", replace=True) -> Path:
     """Refuse an output file path before any work: inside an input run, an existing non-regular
-    file (device, directory, symlink), too long, or in a place we cannot write."""
+    file (device, directory, symlink), too long, or in a place we cannot write; with replace=False also
+    an existing file (laser-tool cannot tell whose it is: --overwrite says it may go)."""
     path = Path(path)
     check_path_length(path, what)
-    hit = _inside(path, inputs)
+    hit = inside(path, inputs)
     if hit is not None:
         raise UserError(f"{what} {path} is inside the input {hit}; inputs are never modified, pick another path")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         kind = "a directory" if path.is_dir() and not path.is_symlink() else \
             "a symbolic link" if path.is_symlink() else "not a regular file"
         raise UserError(f"{what} {path} is {kind}; give the path of a regular file to write")
+    if not replace and path.exists():
+        raise UserError(f"{what} {path} already exists and may not be laser-tool's; pass --overwrite to replace "
+                        f"it, or pick another path")
     check_writable_dir(path.parent, what)
     return path
 
@@ -221,7 +225,7 @@ def check_output_dir(path, inputs=(), what="--out") -> Path:
     """Refuse an output directory path before any work (it must not exist yet: runs are new)."""
     path = Path(path)
     check_path_length(path, what)
-    hit = _inside(path, inputs)
+    hit = inside(path, inputs)
     if hit is not None:
         raise UserError(f"{what} {path} is inside the input run {hit}; the input is never modified, pick another place")
     if path.is_symlink() or path.exists():

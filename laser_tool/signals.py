@@ -45,7 +45,13 @@ def signal_name(signum) -> str:
 class StopFlag:
     """While active, the stop signals set `.set` (and `.signum`, the first one) instead of killing, and
     call `on_stop()` once. A second Ctrl-C raises KeyboardInterrupt (abort now); any other repeated
-    signal is ignored, since a stop is already on its way."""
+    signal is ignored, since a stop is already on its way.
+
+    Guards nest (a serial study's around the trainer's): a guard entered while an outer one has already
+    caught a signal starts stopped, so a SIGTERM that arrives while a study is starting a training reaches
+    that training, which stops at its first step instead of running all its epochs."""
+
+    _active = []  # the guards entered in this process, outermost first
 
     def __init__(self, signals=STOP_SIGNALS, on_stop=None):
         self.set = False
@@ -54,6 +60,10 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
+        pending = next((g for g in StopFlag._active if g.set), None)
+        if pending is not None:
+            self.set, self.signum = True, pending.signum
+        StopFlag._active.append(self)
         for s in self._signals:
             try:
                 self._old[s] = signal.signal(s, self._handle)
@@ -74,3 +84,8 @@ class StopFlag:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old = {}
+        StopFlag._active.remove(self)
+        if self.set:  # what the inner guard caught, the outer ones know too
+            for g in StopFlag._active:
+                if not g.set:
+                    g.set, g.signum = True, self.signum

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from laser_tool.runs.checkpoint import check_checkpoint, checkpoint_path, load_model
 from laser_tool.errors import UserError
+from laser_tool.runs.reader import check_input_run
 
 # Settings that fix which images are training, validation and test images.
 SPLIT_KEYS = ("dataset", "val_size", "seed", "train_subset")
@@ -18,6 +19,7 @@ SPLIT_KEYS = ("dataset", "val_size", "seed", "train_subset")
 def source_config(path) -> dict:
     """The config of the run (or checkpoint file) to start from, checked against the file's header
     (one clear error for a file without a usable model spec); the tensors are read once, later."""
+    check_input_run(path, "--init-from")
     return check_checkpoint(checkpoint_path(Path(path)))[1]
 
 

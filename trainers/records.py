@@ -7,11 +7,12 @@ import sys
 
 import torch
 
-from laser_tool.fileio import atomic_write_json, atomic_write_text, deferred_commit
+from laser_tool.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models.evaluate import evaluate, evaluate_with_predictions, precision_name, predict
 from laser_tool.models.surgery import structure_record
 from laser_tool.runs.checkpoint import load_model, save_model
-from laser_tool.runs.predictions import save_predictions
+from laser_tool.runs.predictions import FILE as PREDICTIONS, predictions_bytes
+from laser_tool.runs.reader import digests
 from laser_tool.runs.safety import WRITER
 from laser_tool.vocab import STRUCTURED
 
@@ -91,8 +92,10 @@ def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtyp
     }
     if "init_val_acc" in counters:
         final["init_val_acc"] = counters["init_val_acc"]
+    preds = predictions_bytes(splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
+    final["digests"] = digests(run_dir, written={PREDICTIONS: preds})  # the run vouches for its files
     with deferred_commit():  # per-image predictions land with final.json
-        save_predictions(run_dir, splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
+        atomic_write_bytes(run_dir / PREDICTIONS, preds)
         atomic_write_json(run_dir / "final.json", final)
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
           f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)

@@ -13,7 +13,8 @@ import click
 @click.option("--metric", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Accuracy the differences and p-values use (both are in the table and in json).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
-def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out or --plot file.")
+def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path, overwrite):
     """Group runs by spec and recipe across seeds: test and validation accuracy, 95% CI, the difference
     to the same-recipe baseline with a paired test where runs are paired (McNemar on the test images for
     one seed, paired t over shared seeds, else Welch), Holm-adjusted p, speed.
@@ -30,7 +31,7 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path)
     inputs = find_run_dirs(paths)
     for path, what in ((out_path, "--out"), (plot_path, "--plot")):  # before the work, never into a run
         if path is not None:
-            check_output_file(path, inputs=inputs, what=what)
+            check_output_file(path, inputs=inputs, what=what, replace=overwrite)
     result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device, metric=metric)
     text = render(result, fmt)
     if out_path:

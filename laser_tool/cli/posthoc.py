@@ -158,7 +158,8 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
 @click.option("--over-training", is_flag=True,
               help="A progressive run's per-epoch statistics (from metrics.jsonl) instead; --plot draws them "
                    "against epochs with the cuts marked.")
-def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out or --plot file.")
+def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training, overwrite):
     """Per layer: singular values, stable rank, effective rank, energy kept at candidate ranks, and
     the count above a Marchenko-Pastur noise threshold (noise level from the median singular value).
 
@@ -169,9 +170,13 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
     being initialisation: structural rank, stable rank, effective rank, top singular value. JSON
     also lists the cuts (step, epoch, ranks).
     """
+    from ..fileio import check_output_file
+    from ..runs.writer import run_root
+    for path, what in ((out, "--out"), (plot, "--plot")):  # before the work: never the input, /dev/null, ...
+        if path is not None:
+            check_output_file(path, inputs=[run_root(run) or run], what=what, replace=overwrite)
     if over_training:
         return _over_training(run, layers, fmt, out, plot)
-    from ..fileio import check_output_file
     from ..models.layers import dense_weight, layer_kind
     from ..models.selectors import match_all
     from ..models.surgery import slots
@@ -179,11 +184,7 @@ def spectrum_cmd(run, layers, ranks, fmt, out, plot, over_training):
     from ..posthoc.spectrum import spectrum_row
     from ..posthoc.spectrum_plot import plot_spectra
     from ..runs.checkpoint import load_run
-    from ..runs.writer import run_root
     specs = [parse_spec(s) for s in comma_list(ranks, "--ranks", example="rho:0.1,params:0.5")]
-    for path, what in ((out, "--out"), (plot, "--plot")):  # before the work: never the input, /dev/null, ...
-        if path is not None:
-            check_output_file(path, inputs=[run_root(run) or run], what=what)
     model, _ = load_run(run)
     rows = [spectrum_row(s.name, dense_weight(s.module).detach(), layer_kind(s.module), specs)
             for s in match_all(slots(model), layers or ["*"])]

@@ -19,10 +19,12 @@ Preemption: the trainer turns SIGTERM/SIGUSR1/SIGUSR2 into "save at the next ste
 (laser_tool/signals.py); a submitit job then hands over to submitit's own handler, which calls
 StepJob.checkpoint() and requeues the job; the requeued job resumes from the saved state.
 """
+import ctypes
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from ..runs.safety import remove_run
 from ..signals import Interrupted, exit_code
 
 LAUNCHERS = ("process", "local", "slurm")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 STUDY_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the study's own stop signals (its steps handle theirs)
 
 
@@ -51,6 +54,7 @@ class Launch:
     slurm: dict = field(default_factory=dict)  # partition, gpus_per_node, time (minutes), account, ...
     wait: bool = True                 # Slurm: stay and watch until every job ends
     poll_s: float = 1.0
+    on_done: object = None            # called with a step's name when this invocation finishes it
 
 
 def check_launch(launch: Launch, device: str) -> Launch:
@@ -66,8 +70,7 @@ def check_launch(launch: Launch, device: str) -> Launch:
         except ImportError:
             raise UserError(f"--launcher {launch.launcher} needs submitit: pip install submitit") from None
     if launch.launcher == "slurm":
-        if not shutil.which("sbatch"):
-            raise UserError("--launcher slurm: sbatch is not on PATH; run the study from a Slurm login node")
+        check_slurm()
     if device != "cpu" and launch.launcher != "slurm":
         gpus = torch.cuda.device_count() if device != "cpu" else 0
         per_gpu = launch.jobs_per_gpu or 1
@@ -79,6 +82,22 @@ def check_launch(launch: Launch, device: str) -> Launch:
     if launch.threads is not None and launch.threads < 1:
         raise UserError(f"--threads {launch.threads}: need at least 1")
     return launch
+
+
+def check_slurm() -> None:
+    """A Slurm client that can reach its cluster: sbatch, srun (submitit needs it) and squeue on PATH, and
+    the controller answering squeue; else one line naming what is missing."""
+    for tool in ("sbatch", "srun", "squeue"):
+        if not shutil.which(tool):
+            raise UserError(f"--launcher slurm: {tool} is not on PATH; run the study from a Slurm login node")
+    try:
+        p = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"--launcher slurm: squeue did not answer ({e}); is the Slurm controller reachable?") from None
+    if p.returncode:
+        why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[0][:200]
+        raise UserError(f"--launcher slurm: the Slurm controller is not reachable (squeue: {why}); run the study "
+                        f"where Slurm works")
 
 
 def gpus_for_slot(slot: int, launch: Launch) -> str:
@@ -148,8 +167,21 @@ class StepJob:
                                                           self.threads))
 
 
-def child(step, runs, device, data_dir, threads, cuda, log_path):
+def die_with(parent: int) -> None:
+    """Linux: have the kernel kill this worker the moment the study that started it dies (even by kill -9),
+    so no orphan goes on training or holds a run's lock against a rerun."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the study's own signal handling stops its workers
+        return
+    if os.getppid() != parent:  # the study died before the request took effect
+        os._exit(128 + signal.SIGKILL)
+
+
+def child(step, runs, device, data_dir, threads, cuda, log_path, parent=None):
     """A spawned worker: its output goes to the step's log; exit 0 done, 2 failed, 128+n interrupted."""
+    if parent is not None:
+        die_with(parent)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -179,3 +211,10 @@ class Outcome:
     failed: list = field(default_factory=list)   # steps that ran and did not finish, or could not start
     work: int = 0                                  # steps finished by this invocation
     pending: list = field(default_factory=list)    # steps left queued on the cluster (not waited for)
+    on_done: object = None                         # Launch.on_done
+
+    def finished(self, name: str) -> None:
+        """One more step finished by this invocation (the study's journal counts it as it happens)."""
+        self.work += 1
+        if self.on_done is not None:
+            self.on_done(name)

@@ -20,7 +20,7 @@ from .table import Table
 
 def run_serial(steps, runs, launch, device, data_dir, log) -> Outcome:
     """One step after another in this process (a Ctrl-C or SIGTERM reaches the trainer directly)."""
-    res, splits_cache, n0 = Outcome(), {}, torch.get_num_threads()
+    res, splits_cache, n0 = Outcome(on_done=launch.on_done), {}, torch.get_num_threads()
     set_threads(launch.threads)
     try:
         with StopFlag(STUDY_SIGNALS) as stop:  # a signal between trainings (e.g. in a reduction) stops here
@@ -46,7 +46,7 @@ def run_serial(steps, runs, launch, device, data_dir, log) -> Outcome:
                     log(f"{tag}: FAILED: {e}")
                     res.failed.append(st.name)
                     continue
-                res.work += 1
+                res.finished(st.name)
                 log(f"{tag}: done, test acc {finished_run(run).acc:.4f} ({time.time() - t0:.0f} s)")
             if stop.set:
                 raise Interrupted(stop.signum, "study interrupted")
@@ -67,7 +67,8 @@ class Processes:
         logs.mkdir(parents=True, exist_ok=True)
         cuda = gpus_for_slot(slot, self.launch) if self.device != "cpu" else None
         p = self.ctx.Process(target=child, name=st.name, args=(st, self.out / "runs", self.device, self.data_dir,
-                                                                self.launch.threads, cuda, logs / f"{st.name}.log"))
+                                                                self.launch.threads, cuda, logs / f"{st.name}.log",
+                                                                os.getpid()))
         p.start()
         return p
 
@@ -133,7 +134,7 @@ class SubmititLocal:
 
 def run_parallel(steps, runs, launch, backend, log) -> Outcome:
     """Up to --jobs steps at once; a reduce or heal starts once its parent run has finished."""
-    res, idx, states = Outcome(), {st.name: i for i, st in enumerate(steps, 1)}, {}
+    res, idx, states = Outcome(on_done=launch.on_done), {st.name: i for i, st in enumerate(steps, 1)}, {}
     table = Table(steps, runs)
     tag = lambda st: f"[{idx[st.name]}/{len(steps)}] {st.kind:<6} {st.name}"
 
@@ -179,7 +180,7 @@ def run_parallel(steps, runs, launch, backend, log) -> Outcome:
                 status, msg = r
                 done = finished_run(runs / name) if status == "done" else None
                 if done is not None:
-                    res.work += 1
+                    res.finished(name)
                     states[name] = ("done", "")
                     say(f"{tag(st)}: done, test acc {done.acc:.4f} ({time.time() - t0:.0f} s)")
                 elif status == "interrupted":  # not finished: the study does not exit 0 without it

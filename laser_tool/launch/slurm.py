@@ -64,9 +64,37 @@ def _log_error(out: Path, job_id: str) -> str:
     return f"job {job_id} ended without finishing (see {out / 'submitit'})"
 
 
-def run_slurm(steps, out: Path, launch, device, data_dir, log) -> Outcome:
+def submit(todo, queued: dict, known: dict, out: Path, launch, device, data_dir, log) -> None:
+    """Submit the unfinished steps not already queued: one job array per wave, each depending on the
+    waves before it; `queued` and `known` (and STUDY/slurm_jobs.json) get the new job ids."""
     import submitit
-    runs, res = out / "runs", Outcome()
+    runs = out / "runs"
+    try:
+        ex = submitit.AutoExecutor(folder=out / "submitit", cluster="slurm")
+        prev = sorted({jid.split("_")[0] for jid in queued.values()})
+        for kind in WAVES:
+            wave = [st for st in todo if st.kind == kind and st.name not in queued]
+            if not wave:
+                continue
+            deps = {"dependency": "afterany:" + ":".join(prev)} if prev else {}
+            ex.update_parameters(**slurm_parameters(launch), slurm_additional_parameters=deps)
+            with ex.batch():
+                jobs = [ex.submit(StepJob(st, runs, device, data_dir, launch.threads)) for st in wave]
+            for st, j in zip(wave, jobs):
+                known[st.name] = queued[st.name] = j.job_id
+            array = jobs[0].job_id.split("_")[0]
+            prev = sorted(set(prev) | {array})
+            log(f"submitted {len(wave)} {kind} step(s) as Slurm job array {array}"
+                + (f" ({deps['dependency']})" if deps else ""))
+            atomic_write_json(out / "slurm_jobs.json", known)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # submitit's failures are RuntimeErrors
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"--launcher slurm: submitting the study's jobs failed ({why}); check that sbatch works "
+                        f"here and the cluster accepts the --partition/--account/--time given") from None
+
+
+def run_slurm(steps, out: Path, launch, device, data_dir, log) -> Outcome:
+    runs, res = out / "runs", Outcome(on_done=launch.on_done)
     known, active = load_jobs(out), squeue()
     done = {st.name: finished_run(runs / st.name) for st in steps}
     todo = [st for st in steps if done[st.name] is None]
@@ -76,23 +104,7 @@ def run_slurm(steps, out: Path, launch, device, data_dir, log) -> Outcome:
     queued = {st.name: known[st.name] for st in todo if known.get(st.name) in active}
     for name, jid in queued.items():
         log(f"{name}: still in Slurm as job {jid} ({active[jid]}), not resubmitted")
-    ex = submitit.AutoExecutor(folder=out / "submitit", cluster="slurm")
-    prev = sorted({jid.split("_")[0] for jid in queued.values()})
-    for kind in WAVES:
-        wave = [st for st in todo if st.kind == kind and st.name not in queued]
-        if not wave:
-            continue
-        deps = {"dependency": "afterany:" + ":".join(prev)} if prev else {}
-        ex.update_parameters(**slurm_parameters(launch), slurm_additional_parameters=deps)
-        with ex.batch():
-            jobs = [ex.submit(StepJob(st, runs, device, data_dir, launch.threads)) for st in wave]
-        for st, j in zip(wave, jobs):
-            known[st.name] = queued[st.name] = j.job_id
-        array = jobs[0].job_id.split("_")[0]
-        prev = sorted(set(prev) | {array})
-        log(f"submitted {len(wave)} {kind} step(s) as Slurm job array {array}"
-            + (f" ({deps['dependency']})" if deps else ""))
-        atomic_write_json(out / "slurm_jobs.json", known)
+    submit(todo, queued, known, out, launch, device, data_dir, log)
     if not launch.wait:
         res.pending = list(queued)
         return res
@@ -108,7 +120,7 @@ def run_slurm(steps, out: Path, launch, device, data_dir, log) -> Outcome:
                 del queued[name]
                 finished = finished_run(runs / name)
                 if finished is not None:
-                    res.work += 1
+                    res.finished(name)
                     states[name] = ("done", "")
                     table.forget()
                     log(f"{name}: done (job {jid}), test acc {finished.acc:.4f}")

@@ -28,7 +28,7 @@ from ..models.layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from ..models.surgery import slots
 from ..runs.checkpoint import check_checkpoint, checkpoint_path, load_run
 from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
-from ..runs.reader import finished_run
+from ..runs.reader import check_input_run, finished_run
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import REDUCE_METHODS, STORES
 from .calibration import CALIB_BATCH_SIZE, calibration_batches, collect_calibration
@@ -116,6 +116,7 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
     dev = resolve_device(device)
     src = checkpoint_path(run)
     check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
+    check_input_run(run, "reduce:")
     jobs = {}
     for budget, selectors in selectors_by_budget.items():
         args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],

@@ -38,6 +38,7 @@ from ..models.selectors import match_all
 from ..models.surgery import find_slot, slots
 from ..models.vit_tiny import ViTTiny
 from ..runs.checkpoint import load_run
+from ..runs.reader import check_input_run
 from ..runs.writer import check_out, run_root
 from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
@@ -263,6 +264,7 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
     if apply and out is not None:
         check_out(out, run)
     dev = resolve_device(device)
+    check_input_run(run, "search:")
     model, config = load_run(run, dev)
     names = [s.name for s in match_all(slots(model), [layers] if isinstance(layers, str) else list(layers or ["*"]))]
     splits = run_data(config, data_dir, dataset)

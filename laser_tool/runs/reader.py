@@ -6,6 +6,7 @@ Every question "is this run done, and what did it score?" is answered here: the 
 finished step, a reduction or a heal waits for its parent, the trainer returns at once, and compare
 reads its rows, all through `read_run` / `finished_run`, so they cannot disagree.
 """
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -14,14 +15,18 @@ from pathlib import Path
 from ..errors import UserError
 from ..models import ModelSpec
 from .checkpoint import check_checkpoint
+from .predictions import FILE as PREDICTIONS, load_predictions
 
-RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl")
+RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl", PREDICTIONS)
+# The files final.json summarises: it records their digests, and every read checks them, so a swapped or
+# edited file (another run's checkpoint or predictions, a hand-edited config) is a corrupt run, not a row.
+DIGESTED = ("config.json", "model.safetensors", PREDICTIONS)
 
 
 @dataclass
 class Run:
     path: Path
-    status: str                  # complete | incomplete | failed | corrupt
+    status: str                  # complete | incomplete | failed | corrupt | mismatch (files final.json does not vouch for)
     reason: str = ""
     config: dict = None
     final: dict = None
@@ -128,6 +133,54 @@ def finished_run(path):
     return run if run.status == "complete" else None
 
 
+def check_input_run(path, what: str) -> None:
+    """Refuse (one line) an input run directory whose final.json does not vouch for its files: a swapped
+    checkpoint or predictions file, an edited config, a lying accuracy. A run still training (no
+    final.json yet, or a torn one) or a bare checkpoint file passes; the checkpoint's own checks apply."""
+    path = Path(path)
+    root = path if path.is_dir() else path.parent
+    if not (root / "final.json").is_file() or not (root / "config.json").is_file():
+        return
+    run = read_run(root)
+    if run.status == "mismatch":
+        raise UserError(f"{what} {root}: {run.reason}")
+
+
+def file_digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def digests(run_dir, written=None) -> dict:
+    """{file: sha256} of the summarised files a run directory holds (`written`: {file: bytes} about to be
+    written beside them, hashed as they are)."""
+    written = written or {}
+    out = {name: hashlib.sha256(written[name]).hexdigest() for name in DIGESTED if name in written}
+    out.update({name: file_digest(Path(run_dir) / name) for name in DIGESTED
+                if name not in out and (Path(run_dir) / name).is_file()})
+    return out
+
+
+def _vouches(path: Path, final: dict):
+    """Why final.json does not vouch for the files beside it, or None: each recorded digest must match,
+    and the test accuracy must be the one its per-image predictions give."""
+    recorded = final.get("digests")
+    if isinstance(recorded, dict):
+        for name, want in recorded.items():
+            f = path / name
+            if name in DIGESTED and (not f.is_file() or file_digest(f) != want):
+                return (f"{name} is not the file final.json summarises (its digest differs: another run's file, "
+                        f"or edited); move the run away and redo it")
+    preds, _ = load_predictions(path) if (path / PREDICTIONS).is_file() else (None, None)
+    if preds is not None:
+        correct = preds.correct("test")
+        n = max(len(correct), 1)
+        got = int(correct.sum()) / n
+        if abs(got - final["test_acc"]) >= 0.5 / n:  # not the count of images its predictions get right
+            return (f"final.json says test_acc {final['test_acc']:.4f} but its predictions score {got:.4f}; the "
+                    f"files do not belong together: move the run away and redo it")
+    return None
+
+
 def _read(path: Path) -> Run:
     cfg_path, fin_path = path / "config.json", path / "final.json"
     if not cfg_path.exists():
@@ -154,6 +207,9 @@ def _read(path: Path) -> Run:
     acc = final.get("test_acc")
     if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:
         return Run(path, "corrupt", f"final.json test_acc {acc!r} is not an accuracy in [0, 1]", config, final)
+    why = _vouches(path, final)
+    if why:
+        return Run(path, "mismatch", why, config, final)
     ckpt = path / "model.safetensors"
     if ckpt.exists():  # header only: a corrupt or foreign checkpoint is a problem row, not a number
         try:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserError
-from ..fileio import check_path_length, check_writable_dir, remove_debris
+from ..fileio import check_path_length, check_writable_dir, inside, remove_debris
 from ..lock import output_lock
 from .reader import read_run
 
@@ -103,11 +103,13 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def finished(run_dir: Path) -> bool:
-    """The run reader says complete. Anything else with a final.json is not trusted: the trainer
-    recomputes it from the saved state."""
+    """The run reader says complete. A final.json that does not vouch for the files beside it is refused;
+    anything else with a final.json (torn, not complete) is recomputed from the saved state."""
     run = read_run(run_dir)
     if run.status == "complete":
         return True
+    if run.status == "mismatch":  # its files are not the ones it vouches for: nothing to recompute from
+        raise UserError(f"{run_dir}: {run.reason}")
     if (run_dir / "final.json").exists():
         print(f"warning: {run_dir / 'final.json'} is unreadable or not complete ({run.reason}); recomputing it "
               f"from the saved state", file=sys.stderr)
@@ -128,6 +130,12 @@ def guarded(run_dir_of):
             check_name(cfg.name)
             run_dir = run_dir_of(cfg)
             check_path_length(run_dir, "--out/--name")
+            source = inside(run_dir, [cfg.init_from]) if cfg.init_from else None
+            if source is not None:
+                raise UserError(f"--out/--name {run_dir} is inside the --init-from run {source}; the run a "
+                                f"training starts from is never written into: pick another --out")
+            if cfg.tensorboard:  # before any work, not after the data is loaded
+                check_writable_dir(run_dir / "tb", "--tensorboard (RUN/tb)")
             if int(os.environ.get("RANK", "0")) != 0:
                 return fn(cfg, *args, **kwargs)
             with output_lock(run_dir):

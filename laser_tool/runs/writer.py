@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json, check_output_dir, dir_mode
 from .checkpoint import save_model
+from .reader import digests
 
 
 def run_root(run: Path):
@@ -32,7 +33,8 @@ def check_out(out: Path, run: Path) -> Path:
 
 
 def write_run(out: Path, files: dict, model, config: dict) -> None:
-    """Build the run in a hidden temp directory, then rename it into place: no half-written runs."""
+    """Build the run in a hidden temp directory, then rename it into place: no half-written runs.
+    A final.json among `files` is written last, with the digests of the files it summarises."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -40,7 +42,10 @@ def write_run(out: Path, files: dict, model, config: dict) -> None:
         save_model(tmp / "model.safetensors", model, config)
         atomic_write_json(tmp / "config.json", config)
         for name, obj in files.items():  # bytes are written as they are (predictions.safetensors)
-            atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
+            if name != "final.json":
+                atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
+        if "final.json" in files:
+            atomic_write_json(tmp / "final.json", dict(files["final.json"], digests=digests(tmp)))
         try:
             os.rename(tmp, out)
         except OSError as e:

@@ -21,8 +21,9 @@ from ..launch.base import Launch, check_launch
 from ..launch.execute import execute
 from ..launch.status import status_lines, study_lock_target
 from ..lock import output_lock
-from ..runs.reader import finished_run
-from .plan import default_seeds, plan
+from ..runs.reader import finished_run, read_run
+from . import journal, record
+from .plan import plan_request, request_of
 from .report import write_report
 
 
@@ -58,37 +59,71 @@ def check_same_settings(runs: Path, steps: list) -> None:
                             f"{', '.join(diff)} differ); use another --out for these settings")
 
 
+def check_vouched(runs: Path, steps: list) -> None:
+    """Refuse a study whose finished runs do not vouch for their files (a swapped checkpoint or predictions
+    file, an edited config, a lying accuracy): never a number shown as right, never someone's run redone."""
+    for st in steps:
+        run = read_run(runs / st.name)
+        if run.status == "mismatch":
+            raise UserError(f"{runs / st.name}: {run.reason}")
+
+
+def union(requests: list, out: Path, device, data_dir):
+    """(steps, notes) of every request of an extended study, each step once, in the order first planned."""
+    steps, notes, seen = [], [], set()
+    for r in requests:
+        more, more_notes = plan_request(r, out, device, data_dir)
+        steps += [st for st in more if st.name not in seen]
+        seen |= {st.name for st in more}
+        notes += [n for n in more_notes if n not in notes]
+    return steps, notes
+
+
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False, train_opts=None,
-              frontier_opts=None):
+              frontier_opts=None, extend=False):
     """Run (or continue) a study; returns the path of its report.md, or None while steps are still
-    queued on a cluster (`launch`: how steps run, launch/base.py; default one after another)."""
+    queued on a cluster (`launch`: how steps run, launch/base.py; default one after another). `extend`
+    lets this invocation add rows to a study planned with other settings (record.py)."""
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
-    seeds = default_seeds(preset) if seeds is None else seeds
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
-    steps, notes = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    request = request_of(preset, seeds, epochs, heal_epochs, train_opts, frontier_opts)
+    steps, notes = plan_request(request, out, device, data_dir)
     for st in steps:  # every setting in range before any data is read or any run starts
         if st.kind in ("train", "heal"):
             st.cfg.validate()
-    if tensorboard:  # watching changes nothing trained (a volatile setting)
-        steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
     launch = check_launch(launch or Launch(), device)
+    record.check_study_dir(out)
     runs = out / "runs"
     with study_lock(out):
+        check_same_settings(runs, steps)  # a run of this name made with other settings: named exactly
+        requests = record.settle(out, request, steps, extend)
+        if len(requests) > 1:
+            steps, notes = union(requests, out, device, data_dir)
+        if tensorboard:  # watching changes nothing trained (a volatile setting)
+            steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
         check_same_settings(runs, steps)
+        check_vouched(runs, steps)
         todo = [st for st in steps if st.kind == "train" and finished_run(runs / st.name) is None]
         if todo:  # a missing dataset is one clear error up front, not one per run
             c = todo[0].cfg
             load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
-        res = execute(steps, out, launch, device, data_dir, log)
+        me = journal.start(out, request)  # logged before any work, so a killed invocation still counts
+        launch.on_done = lambda name: journal.step_done(out, me)
+        res = execute(steps, out, launch, device, data_dir, lambda s: (log(s), journal.update(out, me)))
         if res.pending:
             log(f"{len(res.pending)} step(s) queued in Slurm; `laser-tool study ... --status` shows them; "
                 f"run the same command again once they end to write the report")
+            journal.end(out, me, time.time() - t_start, res.work)
             return None
         failed = res.failed
-        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work) if runs.exists() else None
+        seeds = max(r["seeds"] for r in requests)
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work, me, requests) \
+            if runs.exists() else None
+        if report is None:
+            journal.end(out, me, time.time() - t_start, res.work)
     if failed:
         more = "..." if len(failed) > 4 else ""
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
@@ -98,8 +133,13 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
 
 def study_status(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
                  train_opts=None, frontier_opts=None) -> list:
-    """`study --status`: the table's lines from the run directories (and Slurm's queue, if used)."""
+    """`study --status`: the table's lines from the run directories (and Slurm's queue, if used), for the
+    plan the study recorded (this command's settings for a study from before plan.json)."""
     out = Path(out or f"studies/{preset}")
-    seeds = default_seeds(preset) if seeds is None else seeds
-    steps, _ = plan(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
+    if not out.is_dir():
+        raise UserError(f"--status: there is no study at {out}; start it with the same command without --status")
+    requests, _ = record.read(out)
+    if not requests:
+        requests = [request_of(preset, seeds, epochs, heal_epochs, train_opts, frontier_opts)]
+    steps, _ = union(requests, out, device, data_dir)
     return status_lines(steps, out)
