@@ -134,16 +134,29 @@ def alive(pid: int) -> bool:
         return False
 
 
+def workers_of(pid: int) -> list:
+    """The study's spawned step workers (not multiprocessing's resource tracker)."""
+    out = []
+    for c in children(pid):
+        try:
+            if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text() and alive(c):
+                out.append(c)
+        except OSError:
+            pass
+    return out
+
+
 def test_kill_9_of_a_two_job_study_leaves_no_worker_training(made, tmp_path):
     write_fashion(tmp_path / "data" / "fashion-mnist")
-    proc = start_study(tmp_path, epochs=200, jobs=2)
+    proc = start_study(tmp_path, epochs=100000, jobs=2)  # trainings that outlast the test by far
+    workers = []
     try:
-        for line in proc.stdout:  # both trainings started: two workers
-            if line.count(": started") and len(children(proc.pid)) >= 2 and \
-                    len(list((tmp_path / "st" / "logs").glob("*.log"))) >= 2:
-                break
-        workers = [c for c in children(proc.pid) if alive(c)]
-        assert len(workers) >= 2
+        deadline = time.time() + 120
+        while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+            workers = workers_of(proc.pid)
+            time.sleep(0.2)
+        assert len(workers) == 2
+        time.sleep(2)  # both are importing or training now
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.time() + 20
@@ -153,6 +166,9 @@ def test_kill_9_of_a_two_job_study_leaves_no_worker_training(made, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ 3. one study directory, one plan
