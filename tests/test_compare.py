@@ -169,7 +169,9 @@ def test_post_hoc_rows_pair_with_train_time_rows_at_matched_params(tmp_path):
     assert all(p is None for _, p in labels[4:]) and all(r["family"] == "post-hoc" for r in rows[2:])
     svd = rows[2]
     assert svd["diff_vs_paired"] == pytest.approx(0.81 - 0.835)
-    assert svd["p_vs_paired"] == pytest.approx(stats.welch_p([0.80, 0.82], [0.83, 0.84]))
+    # the same seeds on both sides: paired over seeds (a seed fixes split and batch order in every family)
+    assert svd["p_vs_paired_kind"] == "paired-t"
+    assert svd["p_vs_paired"] == pytest.approx(ttest_rel([0.80, 0.82], [0.83, 0.84]).pvalue)
     assert svd["params_vs_paired"] == 50
     assert rows[3]["p_vs_paired"] is not None
 
@@ -350,8 +352,8 @@ def test_post_hoc_rows_are_paired_over_their_baselines_seeds(tmp_path):
     c = next(r for r in rows if r["family"] == "post-hoc")
     assert c["p_kind"] == "paired-t" and c["p_vs_baseline"] == pytest.approx(ttest_rel(cut_accs, base_accs).pvalue)
     assert c["roots"] == [str((tmp_path / f"base-s{s}").resolve()) for s in range(3)]
-    low = next(r for r in rows if r["family"] == "train-time")
-    assert low["p_kind"] == "welch" and low["p_vs_baseline"] == pytest.approx(stats.welch_p(low_accs, base_accs))
+    low = next(r for r in rows if r["family"] == "train-time")  # another family, the same seeds: paired by seed
+    assert low["p_kind"] == "paired-t" and low["p_vs_baseline"] == pytest.approx(ttest_rel(low_accs, base_accs).pvalue)
 
 
 def test_recipes_are_kept_apart_and_rows_use_their_own_baseline(tmp_path):
@@ -414,25 +416,30 @@ def test_forward_and_training_flops_match_the_closed_form():
     low = replace(s, variant="lowrank", targets=["ffn"])
     r = 256 * 128 // (256 + 128) // 2  # the seed's rank rule at r=0.5: int(0.5 * m n / (m + n)) = 42
     assert costs.forward_flops(low)[0] == 2 * (macs - 3 * 2 * T * 128 * 256 + 3 * 2 * T * r * (128 + 256))
-    assert costs.training_flops(s, 1000, 10) == 3 * (per_image * 1000 + per_batch * 10)
+    # a training step by the counter: the backward pass of every matmul is two matmuls of its size
+    step_image, step_batch = costs.step_flops(s)
+    assert step_image == 3 * per_image and step_batch == 2 * per_batch
+    assert costs.training_flops(s, 1000, 10) == step_image * 1000 + step_batch * 10
 
 
-def _frontier(root, seeds=1):
-    """Baseline, narrower and low-rank at two budgets, and post-hoc svd cuts of the baseline."""
+def _frontier(root, seeds=1, val=None):
+    """Baseline, narrower and low-rank at two budgets, and post-hoc svd cuts of the baseline; each run's
+    validation accuracy is its test accuracy unless `val` ({run prefix: accuracy}) says otherwise."""
     out = {}
+
+    def run(name, seed, wrong, **kw):
+        acc = 1 - len(wrong) / 200
+        return make_run(root, f"{name}-s{seed}", 0, seed=seed, correct=correct_vector(wrong=wrong),
+                        val_acc=(val or {}).get(name, acc), **kw)
     for s in range(seeds):
-        b = make_run(root, f"base-s{s}", 0, seed=s, correct=correct_vector(wrong=range(20)))
+        b = run("base", s, range(20))
         for i, (mlp, scale, r) in enumerate(((32, 0.5, 10), (16, 0.25, 5))):
-            make_run(root, f"narrow{i}-s{s}", 0, seed=s, spec=replace(TINY, mlp_dim=mlp),
-                     correct=correct_vector(wrong=range(24 + 6 * i)))
-            low = replace(TINY, variant="lowrank", targets=["ffn"], scale=scale)
-            make_run(root, f"low{i}-s{s}", 0, seed=s, spec=low,
-                     correct=correct_vector(wrong=range(21 + 20 * i)))
+            run(f"narrow{i}", s, range(24 + 6 * i), spec=replace(TINY, mlp_dim=mlp))
+            run(f"low{i}", s, range(21 + 20 * i), spec=replace(TINY, variant="lowrank", targets=["ffn"], scale=scale))
             layers = {**factored("ffn.in", r), **factored("ffn.out", r)}
             step = [{"method": "svd", "selectors": ["*:mlp"], "rank": f"params:{scale}", "store": "factored",
                      "ranks": {**ranks("ffn.in", r), **ranks("ffn.out", r)}}]
-            make_run(root, f"svd{i}-s{s}", 0, seed=s, spec=replace(TINY, layers=layers), reduction=step, parent=b,
-                     correct=correct_vector(wrong=range(30 + 40 * i)))
+            run(f"svd{i}", s, range(30 + 40 * i), spec=replace(TINY, layers=layers), reduction=step, parent=b)
     return out
 
 
@@ -450,23 +457,53 @@ def test_plot_has_one_series_per_family(tmp_path):
     assert plot.pareto([(1, 0.9), (0.5, 0.8), (0.5, 0.7), (0.25, 0.85), (0.1, 0.6)]) == [4, 3, 0]
 
 
-def test_answer_names_the_best_family_per_budget_with_holm_adjusted_margins(tmp_path):
+def test_the_winner_is_chosen_on_validation_and_confirmed_on_test(tmp_path):
+    """Validation ranks narrower first at keep 0.5 while test ranks low-rank first: the answer takes
+    validation's winner, runs the three confirmatory tests on test, and says the two disagree."""
     from laser_tool.analysis import answer
-    _frontier(tmp_path)
+    _frontier(tmp_path, val={"narrow0": 0.95})
     c = cmp.compare_runs([tmp_path], speed=False)
     items = answer.answer(c.rows)
     assert [i["budget"] for i in items] == pytest.approx([0.5, 0.25], abs=0.03)
     hi, lo = items
-    assert hi["best"]["curve"] == "lowrank ffn" and hi["runner_up"]["curve"] == "narrower"
-    assert hi["other"]["curve"] == "post-hoc svd ffn"
-    assert lo["best"]["curve"] == "narrower" and lo["runner_up"]["curve"] == "lowrank ffn"
-    # 179 vs 176 right (3 discordant); 179 vs 170 (9 discordant), each exact McNemar, then Holm over all four
-    assert hi["vs_runner_up"]["p"] == pytest.approx(mcnemar_exact(3, 0))
-    assert hi["vs_other"]["p"] == pytest.approx(mcnemar_exact(9, 0))
-    raw = [t["p"] for i in items for t in (i["vs_runner_up"], i["vs_other"])]
-    assert [t["p_holm"] for i in items for t in (i["vs_runner_up"], i["vs_other"])] == pytest.approx(holm(raw))
+    assert hi["best"]["curve"] == "narrower" and hi["test_pick"]["curve"] == "lowrank ffn" and hi["disagree"]
+    assert lo["best"]["curve"] == "narrower" and not lo["disagree"]
+    names = [t["name"] for t in hi["tests"]]
+    assert names == ["winner vs the best post-hoc row", "narrower vs low-rank (the seed's claim)",
+                     "winner vs the baseline"]
+    other, claim, base = hi["tests"]
+    assert other["b"]["curve"] == "post-hoc svd ffn" and base["b"]["family"] == "baseline"
+    # narrower wrong on 24 images, low-rank on 21, svd on 30, baseline on 20 (nested sets): exact McNemar
+    assert other["p"] == pytest.approx(mcnemar_exact(6, 0)) and claim["p"] == pytest.approx(mcnemar_exact(0, 3))
+    assert base["p"] == pytest.approx(mcnemar_exact(0, 4)) and other["diff"] == pytest.approx(6 / 200)
+    tests = [t for i in items for t in i["tests"]]
+    assert [t["p_holm"] for t in tests] == pytest.approx(holm([t["p"] for t in tests]))
+    assert {t["family_size"] for t in tests} == {6}
+    lo_ci, hi_ci = other["ci95"]
+    assert lo_ci <= other["diff"] <= hi_ci and other["verdict"] in ("inconclusive", "better", "worse") or \
+        other["verdict"].startswith("equivalent")
     md = answer.markdown(c.rows)
-    assert md.count("\n- At keep ≈") == 2 and "narrower" in md and "Holm p" in md
+    assert md.count("\n- At keep ≈") == 2 and "Validation and test disagree" in md and "Holm p" in md
+
+
+def test_holm_counts_each_comparison_once_and_the_table_shows_the_same_p(tmp_path):
+    """The runner-up by validation is itself the best other-kind row: one test, not two; the winner's test
+    against its baseline shows the answer's Holm p in the table too, out of the exploratory family."""
+    from laser_tool.analysis import answer
+    _frontier(tmp_path, val={"low0": 0.99, "svd0": 0.98, "low1": 0.99, "svd1": 0.98})
+    c = cmp.compare_runs([tmp_path], speed=False)
+    items = answer.answer(c.rows)
+    for i in items:
+        ranked = sorted((r for r in c.rows if r.get("keep") is not None and r["family"] != "baseline"
+                         and abs(r["keep"] - i["budget"]) < 0.1), key=lambda r: -r["val_acc_mean"])
+        assert ranked[1]["label"] == i["tests"][0]["b"]["label"]  # the runner-up is the other-kind row
+    tests = [t for i in items for t in i["tests"]]
+    assert len(tests) == 6 and {t["family_size"] for t in tests} == {6}
+    cmp.adopt_confirmatory(c, answer.confirmatory_pairs(items))
+    win = next(r for r in c.rows if r["label"] == items[0]["best"]["label"] and r["paired_with"] is None)
+    assert win["p_vs_baseline_family"] == "confirmatory" and win["p_vs_baseline_holm"] == items[0]["tests"][2]["p_holm"]
+    explo = [r for r in c.rows if r.get("p_vs_baseline_family") == "exploratory"]
+    assert explo and all(r["p_vs_baseline_holm"] >= r["p_vs_baseline"] for r in explo)
 
 
 def test_metric_val_and_json_rows_carry_both_metrics(tmp_path):
@@ -484,7 +521,7 @@ def test_metric_val_and_json_rows_carry_both_metrics(tmp_path):
     assert low["val_acc_mean"] == pytest.approx(0.87) and low["acc_mean"] == pytest.approx(0.845)
     for k in ("keep", "p_vs_baseline", "p_vs_baseline_holm", "p_kind"):
         assert k in low
-    assert low["p_kind"] == "welch" and low["p_vs_baseline_holm"] == pytest.approx(low["p_vs_baseline"])
+    assert low["p_kind"] == "paired-t" and low["p_vs_baseline_holm"] == pytest.approx(low["p_vs_baseline"])
     md = CliRunner().invoke(main, ["compare", str(tmp_path), "--no-speed", "--metric", "val"]).stdout
     assert "Δ val vs baseline (pp)" in md and "val acc %" in md
 
@@ -495,7 +532,7 @@ def test_study_report_opens_with_the_answer(tmp_path):
     _frontier(tmp_path / "st" / "runs")
     md = study.write_report(tmp_path / "st", "quick", 1, [], [], "cpu", time.time()).read_text()
     assert md.index("## The answer") < md.index("(plot.png)") < md.index("## All rows")
-    assert md.count("\n- At keep ≈") == 2 and "| lowrank ffn | 89.50 |" in md
+    assert md.count("\n- At keep ≈") == 2 and "winner (chosen on validation)" in md and "Confirmatory tests" in md
     assert (tmp_path / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 

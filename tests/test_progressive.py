@@ -256,3 +256,26 @@ def test_bad_input_is_one_line_before_training(data_dir, tmp_path, args, message
     assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
     assert message in res.output
     assert not (tmp_path / "r").exists()  # nothing was written: the check runs before the run directory is made
+
+
+def test_training_flops_count_what_was_trained(data_dir, tmp_path):
+    """A progressive run: its dense phase at dense cost, then the cut structure; a heal of a post-hoc cut:
+    the baseline's whole training (dense) and then the heal (factored). Each against a count by hand from
+    the per-step FLOPs of each structure."""
+    from laser_tool.analysis import costs
+    prog = train(cfg_for(data_dir, tmp_path / "p", reduce_at="1.5"), progress=False)
+    config = json.loads((prog / "config.json").read_text())
+    dense, cut = dict(config["model"], layers={}), config["model"]
+    (d_img, d_bat), (c_img, c_bat) = costs.step_flops(dense), costs.step_flops(cut)
+    at, total = 30, 3 * SPE  # the cut before step 30 of 60; 50 images a step
+    assert costs.trained_flops(config) == d_img * 50 * at + d_bat * at + c_img * 50 * (total - at) + c_bat * (total - at)
+    assert c_img < d_img
+
+    base = train(cfg_for(data_dir, tmp_path / "b", reduce_at=None, reduce_to=None, reduce_layers=[]), progress=False)
+    red = reduce_run(base, ["*.ffn.*"], rank="params:0.5", store="factored", out=tmp_path / "red")
+    healed = train(replace(cfg_for(data_dir, tmp_path / "h", reduce_at=None, reduce_to=None, reduce_layers=[]),
+                           init_from=str(red), epochs=1, warmup_epochs=0.0), progress=False)
+    hcfg = json.loads((healed / "config.json").read_text())
+    (b_img, b_bat), (h_img, h_bat) = costs.step_flops(dict(hcfg["model"], layers={})), costs.step_flops(hcfg["model"])
+    assert costs.trained_flops(json.loads((red / "config.json").read_text())) == b_img * 50 * total + b_bat * total
+    assert costs.trained_flops(hcfg) == b_img * 50 * total + b_bat * total + h_img * 50 * SPE + h_bat * SPE

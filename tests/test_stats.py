@@ -1,4 +1,5 @@
 """stats.py against hand-computed values and scipy; predictions files; the choice of test in paired.py."""
+import json
 import math
 
 import pytest
@@ -105,6 +106,89 @@ def test_versus_picks_mcnemar_paired_t_welch_or_unpaired(tmp_path):
     cut = dict(base, accs=[0.84, 0.86, 0.845])
     t = paired.versus(cut, base)
     assert t["p_kind"] == "paired-t" and t["p"] == pytest.approx(ttest_rel(cut["accs"], base["accs"]).pvalue)
-    other = dict(cut, roots=["o0", "o1", "o2"])
+    other = dict(cut, roots=["o0", "o1", "o2"])  # another lineage, the same seeds: paired by seed
     t = paired.versus(other, base)
-    assert t["p_kind"] == "welch" and t["p"] == pytest.approx(stats.welch_p(other["accs"], base["accs"]))
+    assert t["p_kind"] == "paired-t" and t["p"] == pytest.approx(ttest_rel(other["accs"], base["accs"]).pvalue)
+    apart = dict(other, seeds=[3, 4, 5])  # other seeds: independent samples, Welch
+    t = paired.versus(apart, base)
+    assert t["p_kind"] == "welch" and t["p"] == pytest.approx(stats.welch_p(apart["accs"], base["accs"]))
+
+
+def _pair(n, p_a, p_b, agree, g):
+    """Per-image correctness of two models on n images: equal where they agree (probability `agree`),
+    independent otherwise, with marginal accuracies p_a and p_b."""
+    shared = torch.rand(n, generator=g) < agree
+    u = torch.rand(n, generator=g)
+    a = torch.where(shared, u < p_a, torch.rand(n, generator=g) < p_a)
+    b = torch.where(shared, u < p_b, torch.rand(n, generator=g) < p_b)
+    return a, b
+
+
+def test_the_paired_bootstrap_covers_a_null_difference_and_tost_rarely_calls_1_pp_equivalent():
+    """Two models of equal accuracy (85%), one seed and 2 seeds: the 95% paired bootstrap interval covers
+    0 in >= 93% of 200 simulations; with a true 1 pp difference TOST at M = 0.5 pp declares them
+    equivalent in <= 5%."""
+    from laser_tool.analysis.bootstrap import draws, interval
+    g = torch.Generator().manual_seed(0)
+    for seeds in (1, 2):
+        covered = equivalent = 0
+        for sim in range(200):
+            null = [_pair(1000, 0.85, 0.85, 0.8, g) for _ in range(seeds)]
+            lo, hi = interval(draws({s: a for s, (a, _) in enumerate(null)},
+                                    {s: b for s, (_, b) in enumerate(null)}, n=2000, seed=sim), 0.95)
+            covered += lo <= 0 <= hi
+            apart = [_pair(1000, 0.86, 0.85, 0.8, g) for _ in range(seeds)]
+            lo, hi = interval(draws({s: a for s, (a, _) in enumerate(apart)},
+                                    {s: b for s, (_, b) in enumerate(apart)}, n=2000, seed=sim), 0.90)
+            equivalent += -0.005 < lo and hi < 0.005
+        assert covered >= 0.93 * 200, (seeds, covered)
+        assert equivalent <= 0.05 * 200, (seeds, equivalent)
+
+
+def test_verdicts_follow_the_holm_test_and_the_equivalence_check():
+    from laser_tool.analysis.bootstrap import verdict
+    assert verdict(0.01, 0.001, False, 0.005) == "better" and verdict(-0.01, 0.01, True, 0.005) == "worse"
+    assert verdict(0.001, 0.4, True, 0.005) == "equivalent within 0.5 pp"
+    assert verdict(0.004, 0.4, False, 0.005) == "inconclusive" and verdict(None, None, None, 0.005) == "inconclusive"
+
+
+def test_bootstrap_draws_resample_images_as_indexing_would():
+    """One seed: the draws' mean and spread are those of resampling the N images (the per-image
+    difference is +1 b times, -1 c times: variance ((b + c)/N - d^2)/N), and the seed is reproducible."""
+    from laser_tool.analysis.bootstrap import draws
+    a, b = torch.zeros(1000, dtype=torch.bool), torch.zeros(1000, dtype=torch.bool)
+    a[:900], b[:870], b[950:] = True, True, True       # b: 30 images only A gets, c: 50 only B gets
+    s = draws({0: a}, {0: b}, n=20000, seed=1)
+    d, sd = (30 - 50) / 1000, ((80 / 1000 - 0.02 ** 2) / 1000) ** 0.5
+    assert abs(float(s.mean()) - d) < 0.1 * sd and abs(float(s.std()) / sd - 1) < 0.03
+    assert torch.equal(s, draws({0: a}, {0: b}, n=20000, seed=1))
+
+
+def test_runs_of_one_seed_share_split_and_batch_order_whatever_their_family(tmp_path, monkeypatch):
+    """What pairing rows by seed rests on: a baseline, a narrower and a low-rank run of seed 3 see the same
+    validation images and the same batches in the same order (the augmentation draws are keyed the same)."""
+    from dataclasses import replace
+    from laser_tool.data.loader import BatchLoader
+    from synthetic import write_tiny_mnist
+    from test_train import TINY
+    from trainers.config import TrainConfig
+    from trainers.train import train
+    data = write_tiny_mnist(tmp_path / "mnist", n_train=300, n_test=50)
+    seen, real = {}, BatchLoader.epoch
+
+    def record(self, epoch, start_step=0):
+        batches = list(real(self, epoch, start_step))
+        seen.setdefault(current[0], []).append([y.tolist() for _, y in batches])
+        return iter(batches)
+    monkeypatch.setattr(BatchLoader, "epoch", record)
+    current = [None]
+    base = TrainConfig(model=TINY, dataset="mnist", data_dir=str(data), val_size=50, epochs=2, batch_size=50,
+                       device="cpu", out=str(tmp_path / "runs"), seed=3, augment=True)
+    for name, model in (("base", TINY), ("narrow", replace(TINY, mlp_dim=16)),
+                        ("low", replace(TINY, variant="lowrank", targets=["ffn"], keep=0.5))):
+        current[0] = name
+        train(replace(base, model=model, name=name), progress=False)
+    splits = {n: json.loads((tmp_path / "runs" / n / "config.json").read_text())["split"]["val_indices"]
+              for n in seen}
+    assert splits["base"] == splits["narrow"] == splits["low"]
+    assert seen["base"] == seen["narrow"] == seen["low"] and len(seen["base"]) == 2

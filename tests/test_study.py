@@ -86,8 +86,10 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     assert sorted(calls["train"]) == sorted(["baseline-s0"] + FAMILY_RUNS)
     # every budget of one baseline and method in one call: one decomposition and calibration per layer
     assert calls["reduce"] == [["svd-k0.25-s0", "svd-k0.5-s0"], ["whiten-k0.25-s0", "whiten-k0.5-s0"]]
-    assert sorted(calls["heal"]) == [f"{m}-k{k}-heal1-s0" for m in ("svd", "whiten") for k in (0.25, 0.5)]
-    assert sum("done, test acc" in ln for ln in lines) == 9 + 2 + 4  # the group's second budget is found done
+    # each cut healed, and the baseline itself trained on as long (the heal's compute control)
+    assert sorted(calls["heal"]) == ["baseline-plus1-s0"] + [f"{m}-k{k}-heal1-s0" for m in ("svd", "whiten")
+                                                             for k in (0.25, 0.5)]
+    assert sum("done, test acc" in ln for ln in lines) == 9 + 2 + 5  # the group's second budget is found done
     # Healing trains with the run's own recipe (here: no augmentation, label smoothing 0.1, its batch size)
     runs = tmp / "st" / "runs"
     base_cfg = json.loads((runs / "baseline-s0" / "config.json").read_text())
@@ -108,19 +110,23 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     assert (tmp / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
     fams = {r["family"] for r in rows}
-    assert {"baseline", "narrower", "train-time", "progressive", "post-hoc", "healed"} <= fams
+    assert {"baseline", "narrower", "train-time", "progressive", "post-hoc", "healed", "continued"} <= fams
     assert all(r["baseline"] == "baseline" for r in rows if r["family"] != "baseline")  # one same-recipe baseline
     base_row, heal_row = (next(r for r in rows if r["family"] == f) for f in ("baseline", "healed"))
     assert heal_row["train_seconds"] > base_row["train_seconds"]  # the heal adds to its baseline's training
+    assert heal_row["train_flops"] > base_row["train_flops"]  # and its FLOPs to the baseline's whole training
+    control = next(r for r in rows if r["family"] == "continued")
+    assert control["label"] == "baseline + 1 more ep (control)" and control["keep"] == 1.0
+    assert control["train_flops"] > heal_row["train_flops"]  # a dense epoch costs more than a factored one
 
     for k in calls:
         calls[k].clear()
     lines.clear()
     study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
-    assert sum("already complete" in ln for ln in lines) == 9 + 4 + 4
+    assert sum("already complete" in ln for ln in lines) == 9 + 4 + 5
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
-    assert [c["runs_made"] for c in calls_made] == [15, 0]
+    assert [c["runs_made"] for c in calls_made] == [16, 0]
     assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
     # An unfinished run (no final.json) is continued, and only it; so is a missing budget of a group.
@@ -163,7 +169,7 @@ def test_frontier_options_and_their_errors(tmp_path):
     steps, _ = study.plan("quick", 1, tmp_path, frontier_opts=dict(budgets="0.3,0.6", targets="ffn",
                                                                    families="narrower,svd"))
     assert [s.name for s in steps] == ["baseline-s0", "narrower-k0.6-s0", "narrower-k0.3-s0", "svd-k0.6-s0",
-                                       "svd-k0.6-heal1-s0", "svd-k0.3-s0", "svd-k0.3-heal1-s0"]
+                                       "svd-k0.6-heal1-s0", "svd-k0.3-s0", "svd-k0.3-heal1-s0", "baseline-plus1-s0"]
     assert steps[1].cfg.model.mlp_dim == round(0.6 * 256) and steps[1].cfg.model.dim_head == 32  # ffn only
     for opts, msg in ((dict(budgets="0.5,1"), r"budget 1 is outside \(0, 1\)"),
                       (dict(budgets="half"), "'half' is not a number"),

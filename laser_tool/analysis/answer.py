@@ -1,5 +1,15 @@
-"""The answer a frontier study opens with: for each budget, the family that loses least, its margin over
-the runner-up family and over the best post-hoc row, each with a Holm-adjusted p, in one sentence.
+"""The answer a frontier study opens with, chosen on validation and confirmed on test.
+
+Per budget the winner is the row with the best VALIDATION accuracy (never test), and a small set of
+tests declared before looking, all on the test set, is confirmatory:
+  (a) the winner against the best (by validation) row of the other kind (train-time vs post-hoc);
+  (b) the seed's claim: narrower against train-time low-rank at the seed's parameterisation;
+  (c) the winner against its baseline.
+Holm's adjustment runs over exactly these distinct tests; every test in the full table is exploratory
+and has its own Holm family (compare.py). Each confirmatory comparison gets its difference, the test
+that made its p (McNemar for one seed, paired t over shared seeds, ...), a 95% paired bootstrap interval
+over seeds and images and a verdict: better, worse, equivalent within the margin (TOST), or
+inconclusive (bootstrap.py). Where test accuracy alone would pick another winner, the answer says so.
 
 Works on comparison rows (compare.py's, or results.json's): a budget is the `budget` a run's config
 records, else the rows' `keep` clustered (families reach a budget only to their own granularity, so
@@ -7,10 +17,13 @@ records, else the rows' `keep` clustered (families reach a budget only to their 
 """
 import math
 
+from .bootstrap import effect, verdict
 from .paired import versus
 from .stats import holm
 
 KEEP_TOLERANCE = 0.15  # keeps within 15% of each other (on a log scale) are one budget
+MARGIN = 0.005  # equivalence margin: 0.5 pp of accuracy (`study --margin`)
+ALPHA = 0.05
 
 
 def budgets(rows) -> list:
@@ -41,81 +54,131 @@ def budgets(rows) -> list:
     return out
 
 
-def _acc(r, metric):
-    return r["acc_mean"] if metric == "test" else r.get("val_acc_mean")
-
-
 def _is_posthoc(r) -> bool:
     return r["family"] in ("post-hoc", "healed")
 
 
-def answer(rows, metric="test") -> list:
-    """One dict per (section, budget): best row, runner-up (best row of another family), and the best
-    post-hoc row (the best train-time one when the winner is itself post-hoc), with the comparisons."""
+def _is_seed_lowrank(r) -> bool:
+    """Train-time low-rank at the seed's parameterisation (standard, default init): curve 'lowrank ROLES'."""
+    words = r["curve"].split()
+    return r["family"] == "train-time" and words[0] == "lowrank" and len(words) == 2
+
+
+def _first(rows, keep):
+    return next((r for r in rows if keep(r)), None)
+
+
+def answer(rows, margin: float = MARGIN, seed: int = 0) -> list:
+    """One dict per (section, budget): the winner chosen on validation, test's own pick, and the
+    confirmatory tests (Holm-adjusted over all of them, each with an interval and a verdict)."""
     out = []
     for sec, b, rs in budgets(rows):
-        rs = [r for r in rs if _acc(r, metric) is not None]
+        rs = sorted((r for r in rs if r.get("val_acc_mean") is not None), key=lambda r: -r["val_acc_mean"])
         if not rs:
             continue
-        rs.sort(key=lambda r: -_acc(r, metric))
         best = rs[0]
-        runner = next((r for r in rs[1:] if r["curve"] != best["curve"]), None)
-        other = next((r for r in rs[1:] if _is_posthoc(r) != _is_posthoc(best)), None)
-        item = dict(section=sec, budget=b, best=best, runner_up=runner, other=other,
-                    other_kind="train-time" if _is_posthoc(best) else "post-hoc", n_rows=len(rs))
-        for name, r in (("vs_runner_up", runner), ("vs_other", other)):
-            item[name] = versus(best, r, metric) if r is not None else None
-        out.append(item)
-    tests = [t for item in out for t in (item["vs_runner_up"], item["vs_other"]) if t is not None]
-    for t, adj in zip(tests, holm([t["p"] for t in tests])):
-        t["p_holm"] = adj
+        base = _first(rows, lambda r: r["family"] == "baseline" and r["section"] == sec and
+                      r["label"] == best["baseline"])
+        other = _first(rs[1:], lambda r: _is_posthoc(r) != _is_posthoc(best))
+        kind = "train-time" if _is_posthoc(best) else "post-hoc"
+        planned = [(f"winner vs the best {kind} row", best, other),
+                   ("narrower vs low-rank (the seed's claim)", _first(rs, lambda r: r["family"] == "narrower"),
+                    _first(rs, _is_seed_lowrank)),
+                   ("winner vs the baseline", best, base)]
+        test_pick = max(rs, key=lambda r: r["acc_mean"])
+        out.append(dict(section=sec, budget=b, best=best, test_pick=test_pick, n_rows=len(rs),
+                        disagree=test_pick["label"] != best["label"],
+                        tests=[_test(name, a, o, margin, seed) for name, a, o in planned
+                               if a is not None and o is not None and a is not o]))
+    _adjust([t for item in out for t in item["tests"]], margin)
     return out
 
 
-def _pp(t):
-    return "n/a" if t is None or t["diff"] is None else f"{100 * t['diff']:+.2f}"
+def _test(name, a, b, margin, seed) -> dict:
+    return dict(name=name, section=a["section"], a=a, b=b, **versus(a, b, "test"), **effect(a, b, margin, seed=seed))
 
 
-def _p(t):
-    if t is None or t.get("p_holm") is None:
-        return "n/a"
-    p = t["p_holm"]
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+def _adjust(tests: list, margin: float) -> None:
+    """Holm over the distinct comparisons (the same pair of rows tested twice counts once), then verdicts."""
+    distinct = {}
+    for t in tests:
+        distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
+    keys = list(distinct)
+    for k, adj in zip(keys, holm([distinct[k][0]["p"] for k in keys])):
+        for t in distinct[k]:
+            t["p_holm"], t["family_size"] = adj, sum(distinct[j][0]["p"] is not None for j in keys)
+    for t in tests:
+        t["verdict"] = verdict(t["diff"], t.get("p_holm"), t["equivalent"], margin, ALPHA)
 
 
-def _sentence(item, metric) -> str:
-    best, t = item["best"], item["vs_runner_up"]
-    head = (f"At keep ≈ {item['budget']:.2f}, {best['curve']} ({best['label']}) loses least: "
-            f"{100 * _acc(best, metric):.2f}% {metric} accuracy")
-    if t is None:
-        return head + ", the only family at this budget."
-    runner = item["runner_up"]
-    verdict = ("a real difference" if t.get("p_holm") is not None and t["p_holm"] < 0.05
-               else "within the noise")
-    s = head + f", {_pp(t)} pp over {runner['curve']} (Holm p = {_p(t)}, {t['p_kind'] or 'no test'}: {verdict})"
-    o = item["vs_other"]
-    if o is not None and item["other"] is not runner:
-        s += f" and {_pp(o)} pp over the best {item['other_kind']} row, {item['other']['label']} (Holm p = {_p(o)})"
-    return s + "."
+def confirmatory_pairs(items) -> dict:
+    """{(section, {label a, label b}): p_holm} of the answer's tests, for the table to show the same p."""
+    return {(t["section"], frozenset((t["a"]["label"], t["b"]["label"]))): t.get("p_holm")
+            for i in items for t in i["tests"]}
 
 
-def markdown(rows, metric="test") -> str:
-    """The answer table and one plain sentence per budget ('' when no row has a budget)."""
-    items = answer(rows, metric)
+def _pp(x):
+    return "n/a" if x is None else f"{100 * x:+.2f}"
+
+
+def _ci(ci):
+    return "n/a" if ci is None else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+
+
+def _p(p):
+    return "n/a" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _sentence(item) -> str:
+    best = item["best"]
+    s = (f"At keep ≈ {item['budget']:.2f}, validation chooses {best['curve']} ({best['label']}): "
+         f"{_pct(best['val_acc_mean'])}% validation, {_pct(best['acc_mean'])}% test accuracy.")
+    for t in item["tests"]:
+        s += (f" {t['name'].capitalize()} ({t['a']['label']} vs {t['b']['label']}): {_pp(t['diff'])} pp "
+              f"{_ci(t['ci95'])}, Holm p = {_p(t.get('p_holm'))}: {t['verdict']}.")
+    if item["disagree"]:
+        tp = item["test_pick"]
+        s += (f" Validation and test disagree: test accuracy alone would pick {tp['curve']} ({tp['label']}, "
+              f"{_pct(tp['acc_mean'])}%); the choice stands on validation.")
+    return s
+
+
+def markdown(rows, margin: float = MARGIN, items=None) -> str:
+    """The answer table, the confirmatory tests and one plain paragraph per budget ('' when no row has a
+    budget)."""
+    items = answer(rows, margin) if items is None else items
     if not items:
         return ""
     multi = len({i["section"] for i in items}) > 1
-    out = [f"| {'section | ' if multi else ''}keep | best family | {metric} acc % | Δ vs runner-up (pp) | "
-           f"p (Holm) | Δ vs best other-kind row (pp) | p (Holm) |",
-           "|" + "---|" * (8 if multi else 7)]
+    sec = lambda i: f"{i['section']} | " if multi else ""
+    n = sum(len(i["tests"]) for i in items)
+    out = [f"| {'section | ' if multi else ''}keep | winner (chosen on validation) | val acc % | test acc % | "
+           f"test's own pick |", "|" + "---|" * (6 if multi else 5)]
     for i in items:
-        best = i["best"]
-        out.append(f"| {i['section'] + ' | ' if multi else ''}{i['budget']:.2f} | {best['curve']} | "
-                   f"{100 * _acc(best, metric):.2f} | {_pp(i['vs_runner_up'])} | {_p(i['vs_runner_up'])} | "
-                   f"{_pp(i['vs_other'])} | {_p(i['vs_other'])} |")
+        b = i["best"]
+        pick = i["test_pick"]["curve"] + " (disagrees)" if i["disagree"] else "the same"
+        out.append(f"| {sec(i)}{i['budget']:.2f} | {b['curve']} | {_pct(b['val_acc_mean'])} | {_pct(b['acc_mean'])} | "
+                   f"{pick} |")
+    out += ["", f"Confirmatory tests ({n}, Holm-adjusted together; test accuracy; margin ±{100 * margin:g} pp):", "",
+            f"| {'section | ' if multi else ''}keep | comparison | Δ test (pp) | 95% CI, bootstrap | p | test | "
+            f"p (Holm) | verdict |", "|" + "---|" * (9 if multi else 8)]
+    for i in items:
+        for t in i["tests"]:
+            out.append(f"| {sec(i)}{i['budget']:.2f} | {t['name']}: {t['a']['curve']} vs {t['b']['curve']} | "
+                       f"{_pp(t['diff'])} | {_ci(t['ci95'])} | {_p(t['p'])} | {t['p_kind'] or 'none'} | "
+                       f"{_p(t.get('p_holm'))} | {t['verdict']} |")
     out.append("")
-    out += [f"- {_sentence(i, metric)}" for i in items]
-    out += ["", "Runner-up: the best row of another family at that budget. Other-kind row: the best post-hoc "
-                "row (or the best train-time row where a post-hoc row wins). p: Holm-adjusted across the "
-                "comparisons of this table; the test behind each is named (see the footnotes below the tables)."]
+    out += [f"- {_sentence(i)}" for i in items]
+    out += ["", "The winner is the row with the best validation accuracy; the test set only confirms. Confirmatory "
+                "tests, declared before looking, per budget: the winner against the best row of the other kind "
+                "(post-hoc or train-time), narrower against standard low-rank (the seed's claim), the winner against "
+                "its baseline; Holm over exactly these. Verdict: better or worse when the Holm-adjusted p < 0.05; "
+                f"equivalent within {100 * margin:g} pp when the 90% bootstrap interval lies inside ±{100 * margin:g} "
+                "pp (two one-sided tests at 0.05); otherwise inconclusive. Intervals: paired bootstrap over seeds, then "
+                "test images within each (2,000 draws, seeded, percentile). Every p in the table below is "
+                "exploratory (its own Holm), except where it marks a confirmatory comparison (ᶜ)."]
     return "\n".join(out) + "\n"

@@ -74,7 +74,8 @@ def pick_baselines(groups: list, want) -> dict:
             out[g.desc["base_match"]] = g
     for g in sorted(groups, key=lambda g: (default(g), width(g), g.params or 0, len(g.runs)), reverse=True):
         d = g.desc
-        if d["spec"].variant is None and not d["reductions"] and not d["heal"] and not d["slims_in_training"]:
+        if d["spec"].variant is None and not d["reductions"] and not d["heal"] and not d["slims_in_training"] \
+                and not d["continued"]:
             out.setdefault(d["base_match"], g)
     return out
 
@@ -169,24 +170,40 @@ def _versus(row: dict, other: dict, name: str, metric: str) -> None:
         row["warnings"].append(f"vs {other['label'] if name == 'paired' else 'baseline'}: {sel['note']}")
 
 
-def _holm(rows: list) -> None:
-    """Holm across the distinct comparisons of one table (a post-hoc row repeated beside several
-    variants is one comparison against the baseline), for both metrics; the chosen one flattened."""
+def _holm(rows: list, confirmatory=None) -> None:
+    """Holm across the distinct comparisons of one section's table (a post-hoc row repeated beside several
+    variants is one comparison against the baseline), for both metrics; the chosen one flattened.
+    `confirmatory` ({(section, {label, label}): Holm p} of the answer's tests): those comparisons carry
+    the answer's p on test (marked) and leave the table's exploratory family, adjusted over the rest."""
+    confirmatory = confirmatory or {}
+    section = rows[0]["section"] if rows else None
     for m in METRICS:
         tests = {}
         for r in rows:
             for name, other in (("baseline", r["baseline"]), ("paired", r["paired_with"])):
                 if r[f"vs_{name}"] is not None and r[f"vs_{name}"][m]["p"] is not None:
                     tests.setdefault((r["label"], other), []).append(r[f"vs_{name}"][m])
-        keys = list(tests)
+        mine = {k for k in tests if m == "test" and (section, frozenset(k)) in confirmatory}
+        keys = [k for k in tests if k not in mine]
         for k, adj in zip(keys, holm([tests[k][0]["p"] for k in keys])):
             for t in tests[k]:
-                t["p_holm"] = adj
+                t["p_holm"], t["p_family"] = adj, "exploratory"
+        for k in mine:
+            for t in tests[k]:
+                t["p_holm"], t["p_family"] = confirmatory[(section, frozenset(k))], "confirmatory"
     for r in rows:
         for name in ("baseline", "paired"):
             if r[f"vs_{name}"] is not None:
                 r[f"p_vs_{name}_holm"] = r[f"vs_{name}"][r["metric"]].get("p_holm")
+                r[f"p_vs_{name}_family"] = r[f"vs_{name}"][r["metric"]].get("p_family")
         r["p_kind"] = r["p_vs_baseline_kind"]
+
+
+def adopt_confirmatory(comparison, pairs: dict) -> None:
+    """Re-adjust each section's exploratory Holm without the answer's confirmatory comparisons, which show
+    the answer's own p (one comparison, one p-value, wherever it appears)."""
+    for sec in dict.fromkeys(r["section"] for r in comparison.rows):
+        _holm([r for r in comparison.rows if r["section"] == sec], pairs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,21 +42,33 @@ def keep(spec, base_spec):
     return sum(mine[n][0] for n in changed) / sum(base[n][0] for n in changed), tuple(changed)
 
 
-@lru_cache(maxsize=256)
-def _forward_flops(key: str):
+def _counted(key: str, backward: bool):
+    """(per image, per batch) FLOPs of a forward (and backward) pass, from batches of one and two images."""
     s = ModelSpec.from_dict(json.loads(key)).resolved()
-    model = build_model(s).eval()
+    model = build_model(s).train(backward)
     counts, fused = [], F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _sdpa_math  # the fused CPU kernel is invisible to the counter
     try:
         for n in (1, 2):
             x = torch.rand(n, s.channels, s.image_size, s.image_size)
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                model(x)
+            with torch.set_grad_enabled(backward), FlopCounterMode(display=False) as fc:
+                y = model(x)
+                if backward:
+                    y.float().sum().backward()
             counts.append(fc.get_total_flops())
     finally:
         F.scaled_dot_product_attention = fused
     return counts[1] - counts[0], 2 * counts[0] - counts[1]
+
+
+@lru_cache(maxsize=256)
+def _forward_flops(key: str):
+    return _counted(key, backward=False)
+
+
+@lru_cache(maxsize=256)
+def _step_flops(key: str):
+    return _counted(key, backward=True)
 
 
 def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
@@ -77,8 +89,40 @@ def forward_flops(spec):
     return _forward_flops(_key(spec))
 
 
+def step_flops(spec):
+    """(FLOPs per image, per batch) of a training step, forward and backward, as torch's FlopCounterMode
+    counts them (about 3x the forward: the backward pass computes the gradient of every weight and of
+    every activation but the input's)."""
+    return _step_flops(_key(spec))
+
+
 def training_flops(spec, images: int, steps: int = 0) -> float:
-    """About 3x the forward FLOPs (forward + backward for activations and weights) per image seen,
-    plus the per-batch part per step."""
-    per_image, per_batch = forward_flops(spec)
-    return 3.0 * (per_image * images + per_batch * steps)
+    """The FLOPs of training `spec` on `images` images in `steps` optimizer steps."""
+    per_image, per_batch = step_flops(spec)
+    return float(per_image * images + per_batch * steps)
+
+
+def trained_flops(config: dict) -> float:
+    """What the weights of a run cost to train, following the runs they came from: a post-hoc cut's
+    baseline training (dense), a heal's (or any `--init-from` run's) source's whole training before its
+    own, and a progressive run's dense phase at dense cost and each later phase at its structure's."""
+    total = 0.0
+    src = config.get("init_source")
+    if isinstance(src, dict) and isinstance(src.get("config"), dict):
+        total += trained_flops(src["config"])
+    spec = config["model"]
+    cut_layers = dict(spec.get("layers", {}))  # the structure after every cut (a cut's rank is its own)
+    if config.get("reduction") and not src:    # a post-hoc cut: the weights were trained dense
+        spec = dict(spec, layers={})
+    steps, per_step = (config.get("schedule") or {}).get("total_steps"), config.get("batch_size")
+    if not steps or not per_step:
+        raise ValueError("the run records no schedule")
+    cuts = (config.get("progressive") or {}).get("cuts") or []
+    cut_names = {l["name"] for c in cuts for l in c.get("layers", [])}
+    done, layers = 0, {k: v for k, v in spec.get("layers", {}).items() if k not in cut_names}
+    for cut in cuts:  # the phase before each cut, at the structure it had then
+        total += training_flops(dict(spec, layers=dict(layers)), (cut["step"] - done) * per_step, cut["step"] - done)
+        done = cut["step"]
+        layers.update({l["name"]: dict(cut_layers[l["name"]], rank=l["rank_after"]) for l in cut["layers"]
+                       if l["name"] in cut_layers})
+    return total + training_flops(dict(spec, layers=layers), (steps - done) * per_step, steps - done)

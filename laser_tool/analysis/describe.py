@@ -126,13 +126,15 @@ def describe(config: dict) -> dict:
     reduced = frozenset(layer_role(name) for _, ranks, _ in reductions for name, _ in ranks)
     cuts = (config.get("progressive") or {}).get("cuts") or []  # layers a progressive run cut while training
     reduced |= frozenset(layer_role(l["name"]) for c in cuts for l in c.get("layers", []))
+    # Trained on from another run's weights without a cut (a compute control: the baseline + h epochs)
+    continued = (own or {}).get("epochs") if config.get("init_source") and not reductions else None
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
                 base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
                                   {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS}]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
-                recipe=recipe, targets=targets)
+                recipe=recipe, targets=targets, continued=continued)
 
 
 def section_title(section) -> str:
@@ -176,12 +178,16 @@ def label(d: dict, base_spec) -> str:
         text += f" -> {method} {roles} {rtext}" + (" dense" if store == "dense" else "")
     if d["heal"]:
         text += f" + heal {d['heal']}ep"
+    if d.get("continued"):
+        text += f" + {d['continued']} more ep (control)"
     return text
 
 
 def family(d: dict, is_baseline: bool) -> str:
     if d["heal"]:
         return "healed"
+    if d.get("continued"):
+        return "continued"
     if d["reductions"]:
         return "post-hoc"
     if is_baseline:

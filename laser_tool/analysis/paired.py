@@ -4,7 +4,9 @@ A side is a row as compare.py builds it (or as results.json stores it): `accs` a
 run), `seeds`, `roots` (the trained run each run's weights descend from), `runs` (directories, where
 predictions.safetensors lives), `test_size`, `val_size`. Two runs are the same sample of the
 training noise when they share root and seed (a post-hoc cut of baseline seed 3 and baseline seed 3);
-those are paired over seeds. With one seed on a side, the runs are paired image by image instead.
+those are paired over seeds; so are two rows of one seed set, whatever their families (a seed fixes the
+split, the batch order and the augmentation, data/). Welch only where the seed sets differ. With one
+seed on a side, the runs are paired image by image instead.
 """
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +60,11 @@ def versus(a, b, metric="test") -> dict:
     if len(xa) >= 2 and len(xb) >= 2:
         ka, kb = lineage_keys(a), lineage_keys(b)
         shared = [(ka.index(k), kb.index(k)) for k in dict.fromkeys(ka) if k in kb and k[0] is not None]
+        sa, sb = a["seeds"], b["seeds"]
+        if len(shared) < 2 and len(set(sa)) == len(sa) >= 2 and set(sa) == set(sb):
+            # The same seeds on both sides: each pair shares its split and batch order (data/), so the
+            # seeds pair whatever the rows' families
+            shared = [(i, sb.index(seed)) for i, seed in enumerate(sa)]
         if len(shared) >= 2:
             pa, pb = [xa[i] for i, _ in shared], [xb[j] for _, j in shared]
             p, half = stats.paired_t(pa, pb)

@@ -14,6 +14,7 @@ FAMILY_STYLE = {  # one marker per family, so the plot reads without colour
     "post-hoc": dict(marker="s", markersize=7, color="tab:blue"),
     "healed": dict(marker="D", markersize=7, color="tab:purple"),
     "progressive": dict(marker="v", markersize=8, color="tab:orange"),
+    "continued": dict(marker="P", markersize=8, color="tab:gray"),
 }
 
 def pareto(points) -> list:

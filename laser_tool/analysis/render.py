@@ -41,11 +41,13 @@ def _p(p):
 
 
 def _p_holm(r, name):
-    """'0.004ᴹ (0.012)': raw p marked with the test that made it, Holm-adjusted p in brackets."""
+    """'0.004ᴹ (0.012)': raw p marked with the test that made it, Holm-adjusted p in brackets (ᶜ: the
+    answer's confirmatory Holm, else this table's exploratory one)."""
     p = r[f"p_vs_{name}"]
     if p is None:
         return "n/a"
-    return f"{_p(p)}{P_MARK.get(r[f'p_vs_{name}_kind'], '')} ({_p(r.get(f'p_vs_{name}_holm'))})"
+    mark = "ᶜ" if r.get(f"p_vs_{name}_family") == "confirmatory" else ""
+    return f"{_p(p)}{P_MARK.get(r[f'p_vs_{name}_kind'], '')} ({_p(r.get(f'p_vs_{name}_holm'))}{mark})"
 
 
 def _num(x, fmt="{:,.0f}"):
@@ -123,7 +125,8 @@ def footnotes(rows, metric="test") -> list:
            f"within 2%); their Δ and p are against that row. keep: the fraction of the targeted layers' "
            f"parameters a row keeps (the layers that differ from its baseline's). Δ: difference of mean {metric} "
            f"accuracy ± the half-width of its 95% interval. p: two-sided, marked with the test that made it; in "
-           f"brackets Holm's adjustment across all comparisons of the table. Each row is tested only against the "
+           f"brackets Holm's adjustment across the comparisons of the table (exploratory; ᶜ: a confirmatory "
+           f"comparison of the answer, with the answer's Holm p). Each row is tested only against the "
            f"baseline of its own training recipe. val acc: accuracy on the validation split held out of training "
            f"(for a trained row the best epoch's, which chose the checkpoint, so it leans high); test acc is "
            f"measured once, on the test set, and is the unbiased one. train s: training time of the weights a row "

@@ -44,7 +44,8 @@ class Group:
 
 def costs_of(g: Group) -> dict:
     """keep (mean over seeds) and targeted layers against the group's baseline; FLOPs of a forward pass
-    and of training the weights it holds (a post-hoc row: its baseline's training, plus any healing)."""
+    and of training the weights it holds (costs.trained_flops: a post-hoc row its baseline's training, a
+    healed row that plus the heal, a progressive row its dense phase at dense cost)."""
     out = dict(keep=None, targeted_layers=None, forward_flops=None, train_flops=None)
     try:
         spec = lambda r: r.config["model"]
@@ -54,16 +55,7 @@ def costs_of(g: Group) -> dict:
                        if keeps[0][1] else None)
         r = g.runs[0]
         out["forward_flops"] = costs.forward_flops(spec(r))[0]
-        sched, split = r.config.get("schedule") or {}, r.config.get("split") or {}
-        steps = sched.get("total_steps")
-        images = steps * r.config["batch_size"] if steps and r.config.get("batch_size") else \
-            (r.config.get("epochs") or 0) * (split.get("train") or 0)
-        trained = dict(spec(r), layers={}) if g.desc["reductions"] else spec(r)
-        total = costs.training_flops(trained, images, steps or 0) if images else None
-        if total is not None and g.desc["heal"]:
-            total += costs.training_flops(spec(r), g.desc["heal"] * (split.get("train") or 0))
-        recorded = r.final.get("train_flops")  # a trainer that changes the model as it trains knows better
-        out["train_flops"] = float(recorded) if isinstance(recorded, (int, float)) else total
+        out["train_flops"] = costs.trained_flops(r.config)
     except (UserError, TypeError, ValueError, KeyError, RuntimeError):
         pass  # an unbuildable spec leaves the costs unknown; the row itself still stands
     return out

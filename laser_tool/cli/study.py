@@ -49,11 +49,13 @@ from .options import minutes
 @click.option("--no-wait", is_flag=True, help="Slurm: submit and return; `--status` watches, a rerun reports.")
 @click.option("--status", "show_status", is_flag=True, help="Print the state of every step and exit.")
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard event files in every train run (RUN/tb).")
+@click.option("--margin", type=float, default=0.5, show_default=True,
+              help="Equivalence margin of the answer's tests, in percentage points of accuracy.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
 def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, device, data_dir, jobs, threads,
           launcher, gpus_per_job, jobs_per_gpu, partition, account, qos, gpus_per_node, time_limit, no_wait, show_status,
-          tensorboard, extend, **train_opts):
+          tensorboard, margin, extend, **train_opts):
     """Train a preset's runs over seeds and write STUDY/report.md (the answer, table, plot, commands).
 
     \b
@@ -85,7 +87,7 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, d
         report = run_study(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs, device=device,
                            data_dir=data_dir, log=lambda s: click.echo(s, err=True), launch=launch,
                            tensorboard=tensorboard, train_opts=train_opts, frontier_opts=frontier_opts,
-                           extend=extend)
+                           extend=extend, margin=margin / 100)
     except KeyboardInterrupt as e:
         click.echo("interrupted: finished runs are kept and started ones saved their resume point; "
                    "run the same command again to continue", err=True)

@@ -11,6 +11,8 @@ trains one dense baseline, then per budget:
   svd, whiten   the baseline cut post hoc to the budget (factored); every budget of one baseline and
                 method shares one decomposition and one calibration pass
   healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
+  control       the baseline itself trained on `heal_epochs` with that recipe (`baseline-plusH`), so a heal
+                is measured against the extra training alone
 Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
 """
 from dataclasses import dataclass, replace
@@ -153,4 +155,6 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
                 if heal_epochs:
                     steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}-s{seed}",
                                            heal_epochs, seed))
+        if heal_epochs and any(f in POST_HOC for f in families):  # a heal against extra training alone
+            steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-s{seed}", heal_epochs, seed))
     return steps, notes

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.answer import MARGIN, answer, confirmatory_pairs
 from ..analysis.answer import markdown as answer_markdown
-from ..analysis.compare import compare_runs
+from ..analysis.compare import adopt_confirmatory, compare_runs
 from ..analysis.plot import plot
 from ..analysis.render import markdown, to_json
 from ..device import resolve_device
@@ -28,13 +29,15 @@ def cpu_name() -> str:
 
 
 def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, t_start: float,
-                 work: int = 0, invocation: int = None, requests=()) -> Path:
+                 work: int = 0, invocation: int = None, requests=(), margin: float = MARGIN) -> Path:
     """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs; `invocation` is this
     invocation's index in the journal (study.json), which it marks ended; `requests`, when a study was
     extended, what each invocation asked for."""
     dev = str(resolve_device(device))
     result = compare_runs([out / "runs"], speed=True, device=dev, speed_batch=256, speed_reps=10)
     result.notes += notes
+    items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
+    adopt_confirmatory(result, confirmatory_pairs(items))
     plot(result.rows, out / "plot.png", title=f"study {preset}")
     atomic_write_text(out / "results.json", to_json(result))
     wall = time.time() - t_start  # this invocation, the report's own timing passes included
@@ -54,7 +57,7 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
     if len(requests) > 1:
         head += ["Extended: the study is the union of what each invocation asked (`--extend`):", ""]
         head += [f"- {describe_request(r)}" for r in requests] + [""]
-    found = answer_markdown(result.rows)
+    found = answer_markdown(result.rows, margin, items)
     if found:
         head += ["## The answer: which way of slimming loses least at each budget", "", found]
     head += ["![test accuracy vs parameters kept and vs training FLOPs](plot.png)", "", "## All rows", ""]

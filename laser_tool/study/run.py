@@ -21,6 +21,7 @@ from ..launch.base import Launch, check_launch
 from ..launch.execute import execute
 from ..launch.status import status_lines, study_lock_target
 from ..lock import output_lock
+from ..analysis.answer import MARGIN
 from ..runs.reader import finished_run, read_run
 from . import journal, record
 from .plan import plan_request, request_of
@@ -81,14 +82,18 @@ def union(requests: list, out: Path, device, data_dir):
 
 def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
               log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False, train_opts=None,
-              frontier_opts=None, extend=False):
+              frontier_opts=None, extend=False, margin=MARGIN):
     """Run (or continue) a study; returns the path of its report.md, or None while steps are still
     queued on a cluster (`launch`: how steps run, launch/base.py; default one after another). `extend`
-    lets this invocation add rows to a study planned with other settings (record.py)."""
+    lets this invocation add rows to a study planned with other settings (record.py); `margin` is the
+    answer's equivalence margin (a fraction of accuracy)."""
     t_start = time.time()
     out = Path(out or f"studies/{preset}")
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
+    if not (isinstance(margin, (int, float)) and 0 < margin < 1):  # NaN fails this too
+        raise UserError(f"--margin {100 * margin if isinstance(margin, (int, float)) else margin}: give the "
+                        f"equivalence margin in percentage points, a number > 0 (default 0.5)")
     request = request_of(preset, seeds, epochs, heal_epochs, train_opts, frontier_opts)
     steps, notes = plan_request(request, out, device, data_dir)
     for st in steps:  # every setting in range before any data is read or any run starts
@@ -120,7 +125,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
             return None
         failed = res.failed
         seeds = max(r["seeds"] for r in requests)
-        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work, me, requests) \
+        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work, me, requests, margin) \
             if runs.exists() else None
         if report is None:
             journal.end(out, me, time.time() - t_start, res.work)
