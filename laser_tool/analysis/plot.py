@@ -1,9 +1,11 @@
-"""The comparison figure: accuracy against the fraction of the targeted layers' parameters kept and
-against training FLOPs, one curve per way of slimming, the Pareto frontier ringed."""
+"""The comparison figure: each row's test accuracy against its baseline's (pp), over the fraction of the
+targeted layers' parameters kept and over training FLOPs, one curve per way of slimming, the Pareto
+frontier ringed, the answer's winners starred."""
 import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from ..fileio import atomic_write_bytes
 
@@ -27,55 +29,71 @@ def pareto(points) -> list:
     return sorted(out, key=lambda i: points[i][0])
 
 
-AXES = {"keep": "fraction of the targeted layers' parameters kept",
-        "train_flops": "training FLOPs (≈ 3 × forward × images seen)"}
+AXES = {"keep": "fraction of the targeted layers' parameters kept (log)",
+        "train_flops": "training FLOPs of the weights a row holds (log)"}
+LINEAR_PP = 2.0  # the y axis is linear within ±2 pp of the baseline and logarithmic beyond, so a collapsed
+                 # post-hoc cut at -25 pp and the 0.1 pp gaps near the baseline both stay readable
+Y_TICKS = (-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10)
 
 
-def _panel(ax, rows, x: str, colours: dict) -> None:
-    """One panel: a horizontal band per baseline, a curve per family with its 95% band, the frontier."""
-    for b in (r for r in rows if r["family"] == "baseline"):
+def _delta(r, base: dict, key="acc_mean"):
+    """A row's test accuracy minus its own baseline's, in pp (None without a baseline or a value)."""
+    b = base.get(r.get("baseline")) if r["family"] != "baseline" else r
+    return None if b is None or r.get(key) is None else 100 * (r[key] - b["acc_mean"])
+
+
+def _panel(ax, rows, x: str, colours: dict, winners=()) -> None:
+    """One panel: each row's test accuracy minus its baseline's (pp, symlog), a curve per family with its
+    95% band, the baseline's band around 0, the frontier ringed, the validation-chosen winners starred."""
+    base = {r["label"]: r for r in rows if r["family"] == "baseline"}
+    for b in base.values():
         if b["acc_ci_low"] is not None:
-            ax.axhspan(100 * b["acc_ci_low"], 100 * b["acc_ci_high"], color="black", alpha=0.08, lw=0)
-        ax.axhline(100 * b["acc_mean"], color="black", lw=1, ls="--", label=f"baseline {b['label']}"
-                   if b["label"] != "baseline" else "baseline (band: 95% CI)")
-    pts = [r for r in rows if r["family"] != "baseline" and r.get(x) is not None]
+            ax.axhspan(_delta(b, base, "acc_ci_low"), _delta(b, base, "acc_ci_high"), color="black", alpha=0.08, lw=0)
+    ax.axhline(0, color="black", lw=1, ls="--", label="baseline (band: 95% CI)")
+    pts = [r for r in rows if r["family"] != "baseline" and r.get(x) and _delta(r, base) is not None]
     for curve in dict.fromkeys(r["curve"] for r in pts):
         cs = sorted((r for r in pts if r["curve"] == curve), key=lambda r: r[x])
-        xs, ys = [r[x] for r in cs], [100 * r["acc_mean"] for r in cs]
+        xs = [r[x] for r in cs]
         style = FAMILY_STYLE.get(cs[0]["family"], {})
-        line, = ax.plot(xs, ys, marker=style.get("marker", "o"), ms=6, color=colours[curve], label=curve, lw=1.4)
+        line, = ax.plot(xs, [_delta(r, base) for r in cs], marker=style.get("marker", "o"), ms=6,
+                        color=colours[curve], label=curve, lw=1.4)
         line.set_gid(f"series:{curve}")
         if all(r["acc_ci_low"] is not None for r in cs):
-            ax.fill_between(xs, [100 * r["acc_ci_low"] for r in cs], [100 * r["acc_ci_high"] for r in cs],
+            ax.fill_between(xs, [_delta(r, base, "acc_ci_low") for r in cs], [_delta(r, base, "acc_ci_high") for r in cs],
                             color=colours[curve], alpha=0.10, lw=0)
-    cand = pts + [r for r in rows if r["family"] == "baseline" and r.get(x) is not None]
-    front = [cand[i] for i in pareto([(r[x], r["acc_mean"]) for r in cand])]
+    cand = pts + [r for r in base.values() if r.get(x)]
+    front = [cand[i] for i in pareto([(r[x], _delta(r, base)) for r in cand])]
     if front:
-        ax.plot([r[x] for r in front], [100 * r["acc_mean"] for r in front], ls=":", color="black", lw=1,
+        ax.plot([r[x] for r in front], [_delta(r, base) for r in front], ls=":", color="black", lw=1,
                 marker="o", ms=11, mfc="none", mec="black", label="Pareto frontier", gid="frontier")
-    xs = [r[x] for r in cand]
-    if x == "keep":
-        ax.set_xlim(0, 1.05)  # budgets are fractions: a linear axis reads them directly
-    elif xs and min(xs) > 0 and max(xs) / min(xs) > 3:
+    won = [r for r in pts if r["label"] in winners]
+    if won:
+        ax.plot([r[x] for r in won], [_delta(r, base) for r in won], ls="none", marker="*", ms=16, mfc="gold",
+                mec="black", label="winner (chosen on validation)", gid="winners")
+    if cand and min(r[x] for r in cand) > 0:
         ax.set_xscale("log")
-    # The view follows the points, not the bands: a two-seed t-band (t = 12.7 at 1 df) would flatten them.
-    ys = [100 * r["acc_mean"] for r in cand] + [100 * b["acc_mean"] for b in rows if b["family"] == "baseline"]
-    if ys:
-        pad = max(0.5, 0.3 * (max(ys) - min(ys)))
-        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+        if x == "keep":  # the budgets themselves as ticks
+            ticks = sorted({round(r[x], 2) for r in cand})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_yscale("symlog", linthresh=LINEAR_PP)
+    ax.yaxis.set_major_locator(FixedLocator(Y_TICKS))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
     if not pts:
         ax.text(0.5, 0.5, f"no row records its {'training FLOPs' if x != 'keep' else 'budget'}",
                 transform=ax.transAxes, ha="center", va="center", alpha=0.6)
     ax.set_xlabel(AXES[x])
-    ax.set_ylabel("test accuracy %  (bands: 95% CI, clipped to the view)")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel(f"test accuracy − baseline, pp (linear within ±{LINEAR_PP:g}, log beyond)")
+    ax.grid(alpha=0.3, which="both")
 
 
-def plot(rows, path=None, title=None):
-    """Per section, two panels: test accuracy (%) against the fraction of the targeted layers' parameters
-    kept, and against training FLOPs; one curve per family (way of slimming) with its 95% band, the
-    Pareto frontier ringed, each baseline a horizontal band. Returns the matplotlib Figure (written
-    atomically as PNG when `path` is given). Uses the Agg canvas directly, so it works headless and leaves a notebook's
+def plot(rows, path=None, title=None, winners=()):
+    """Per section, two panels: each row's test accuracy minus its baseline's (pp) against the fraction of
+    the targeted layers' parameters kept and against training FLOPs, both on log axes; one curve per
+    family (way of slimming) with its 95% band, the Pareto frontier ringed, the rows labelled in `winners`
+    (the answer's, chosen on validation) starred. Returns the matplotlib Figure (written atomically as PNG
+    when `path` is given). Uses the Agg canvas directly, so it works headless and leaves a notebook's
     pyplot backend alone."""
     rows = [r for r in rows if r.get("status", "ok") == "ok" and r["acc_mean"] is not None]
     seen, unique = set(), []
@@ -95,7 +113,7 @@ def plot(rows, path=None, title=None):
         for j, x in enumerate(("keep", "train_flops")):
             ax = fig.add_subplot(len(sections), 2, 2 * i + j + 1)
             ax.set_gid(x)
-            _panel(ax, in_sec, x, colours)
+            _panel(ax, in_sec, x, colours, winners)
             ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
             if j == 0 and ax.lines:
                 ax.legend(fontsize=7, loc="lower right")

@@ -38,7 +38,7 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
     result.notes += notes
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
     adopt_confirmatory(result, confirmatory_pairs(items))
-    plot(result.rows, out / "plot.png", title=f"study {preset}")
+    plot(result.rows, out / "plot.png", title=f"study {preset}", winners={i["best"]["label"] for i in items})
     atomic_write_text(out / "results.json", to_json(result))
     wall = time.time() - t_start  # this invocation, the report's own timing passes included
     if invocation is None:
@@ -60,7 +60,8 @@ def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, d
     found = answer_markdown(result.rows, margin, items)
     if found:
         head += ["## The answer: which way of slimming loses least at each budget", "", found]
-    head += ["![test accuracy vs parameters kept and vs training FLOPs](plot.png)", "", "## All rows", ""]
+    head += ["![test accuracy against the baseline's, over parameters kept and training FLOPs](plot.png)", "",
+             "## All rows (exploratory)", ""]
     text = "\n".join(head) + markdown(result, commands={s.name: [s.command] for s in steps})
     atomic_write_text(out / "report.md", text)
     return out / "report.md"
