@@ -104,9 +104,10 @@ def _adjust(tests: list, margin: float) -> None:
     for t in tests:
         distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
     keys = list(distinct)
+    size = sum(distinct[k][0]["p"] is not None for k in keys)  # the comparisons Holm adjusts over
     for k, adj in zip(keys, holm([distinct[k][0]["p"] for k in keys])):
         for t in distinct[k]:
-            t["p_holm"], t["family_size"] = adj, sum(distinct[j][0]["p"] is not None for j in keys)
+            t["p_holm"], t["family_size"] = adj, size
     for t in tests:
         t["verdict"] = verdict(t["diff"], t.get("p_holm"), t["equivalent"], margin, ALPHA)
 

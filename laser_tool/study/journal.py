@@ -33,18 +33,19 @@ def start(out: Path, request: dict) -> int:
     return len(calls) - 1
 
 
-def update(out: Path, index: int, **changes) -> None:
+def update(out: Path, index: int, more_runs: int = 0, **changes) -> None:
+    """Mark this invocation seen now, with `changes`, and `more_runs` more runs made."""
     calls = read(out)
     if 0 <= index < len(calls):
-        calls[index].update(last_seen=time.time(), **changes)
+        c = calls[index]
+        c.update(last_seen=time.time(), runs_made=int(c.get("runs_made") or 0) + more_runs)
+        c.update(changes)
         _write(out, calls)
 
 
 def step_done(out: Path, index: int) -> None:
     """One more run made by this invocation."""
-    calls = read(out)
-    if 0 <= index < len(calls):
-        update(out, index, runs_made=int(calls[index].get("runs_made") or 0) + 1)
+    update(out, index, more_runs=1)
 
 
 def end(out: Path, index: int, seconds: float, work: int) -> None:
