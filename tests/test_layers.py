@@ -8,8 +8,10 @@ import torch.nn as nn
 
 from laser_tool.errors import UserError
 from laser_tool.vocab import DYAD_VARIANTS
-from laser_tool.models.layers import (DyadLinear, FactoredLinear, LowRankLinear, SKLinear, SNLinear, dense_weight,
-                                      layer_kind)
+from laser_tool.models.layers import (DyadLinear, FactoredLinear, LowRankLinear, SigmaReparam, SKLinear, SNLinear,
+                                      dense_weight, layer_kind)
+from laser_tool.models.parametrize import spectral_init
+from laser_tool.models.structured import BTTLinear, MonarchLinear
 from laser_tool.models.budget import lowrank_rank, round_up_sqrt, skl_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,6 +95,59 @@ def test_snlinear_equals_dense(d_in, d_out, bias):
     x = torch.randn(2, 3, d_in)
     ref = x @ W.T + (0 if layer.bias is None else layer.bias)
     assert rel_err(layer(x), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("d_in,d_out", [(48, 80), (64, 192), (7, 13)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sigma_reparam_at_full_rank_is_the_snlinear(d_in, d_out, bias):
+    """A full-rank low-rank layer holding an SNLinear's raw matrix, wrapped in SigmaReparam with its u and
+    sigma, is that SNLinear: the same outputs, the same power-iteration updates of u over training
+    forwards, the same gradients to the input and to sigma, in train and in eval mode."""
+    torch.manual_seed(0)
+    sn = SNLinear(d_in, d_out, bias=bias)
+    with torch.no_grad():
+        sn.weight.add_(0.05 * torch.randn_like(sn.weight))   # so u is not the exact singular vector
+        sn.sigma.mul_(1.3)
+        if bias:
+            sn.bias.normal_()
+    low = LowRankLinear(d_in, d_out, rank=min(d_in, d_out))
+    spectral_init(low, sn.weight, sn.bias)                    # U S V^T of the raw weight: exactly it
+    wrapped = SigmaReparam(low)
+    with torch.no_grad():
+        wrapped.u.copy_(sn.u), wrapped.sigma.copy_(sn.sigma)
+    for training in (True, True, True, False):
+        sn.train(training), wrapped.train(training)
+        x = torch.randn(4, 3, d_in, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        a, b = sn(x), wrapped(x2)
+        assert rel_err(b, a) <= 1e-5
+        assert (wrapped.u - sn.u).abs().max() <= 1e-5
+        g = torch.randn_like(a)
+        (a * g).sum().backward(), (b * g).sum().backward()
+        assert rel_err(x2.grad, x.grad) <= 1e-5
+        assert torch.allclose(wrapped.sigma.grad, sn.sigma.grad, rtol=1e-4, atol=1e-6)
+        sn.zero_grad(), wrapped.zero_grad()
+    assert rel_err(wrapped.dense_weight(), sn.dense_weight()) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [lambda: LowRankLinear(24, 40, rank=5), lambda: SKLinear(24, 40),
+                                  lambda: DyadLinear(24, 40, n_dyad=4), lambda: MonarchLinear(24, 40, blocks=4),
+                                  lambda: BTTLinear(24, 40, rank=2)])
+def test_sigma_reparam_wraps_every_structured_layer(make):
+    """Wrapped, each structured layer is still the dense matrix it reports (the identity post-hoc
+    reduction relies on), its spectral norm equals the learned sigma, and every factor gets a gradient."""
+    torch.manual_seed(1)
+    layer = SigmaReparam(make())
+    with torch.no_grad():
+        layer.sigma.fill_(2.5)
+    layer.eval()
+    check_dense_equivalence(layer, 24)
+    assert torch.linalg.matrix_norm(dense_weight(layer).detach(), ord=2).item() == pytest.approx(2.5, rel=1e-4)
+    layer.train()
+    layer(torch.randn(6, 24)).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert layer_kind(layer) == layer_kind(layer.layer)
 
 
 def test_plain_linear_dense_weight():

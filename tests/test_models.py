@@ -1,12 +1,13 @@
 """The seed's two models to the parameter, and layer surgery that changes exactly the intended layers."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn as nn
 
 from laser_tool.errors import UserError
-from laser_tool.models.layers import DyadLinear, LowRankLinear, SKLinear
+from laser_tool.models.layers import DyadLinear, LowRankLinear, SigmaReparam, SKLinear, unwrapped
 from laser_tool.models.structured import BTTLinear, MonarchLinear
 from laser_tool.vocab import ARCHS
 from laser_tool.models import ModelSpec, build_model, count_params
@@ -93,6 +94,24 @@ def test_spec_errors():
 def test_spec_round_trip():
     spec = ModelSpec(arch="xt-vit", variant="dyad", targets=["ffn"], n_dyad=4, blocks=[1])
     assert ModelSpec.from_dict({**spec.to_dict(), "unknown_key": 1}) == spec
+    off = ModelSpec(variant="lowrank", targets=["attn"], sigma_reparam=False)
+    assert ModelSpec.from_dict(off.to_dict()) == off
+
+
+def test_sigma_reparam_is_kept_unless_switched_off(small):
+    """vit-tiny's attention projections are SNLinear: a structured layer there keeps sigmaReparam by
+    default; --no-sigma-reparam (and a structured spec written before the setting) drops it."""
+    def attn_kinds(spec):
+        return {type(find_slot(build_model(spec), n).module) for n in ("blocks.0.attn.qkv", "blocks.0.attn.out")}
+    spec = ModelSpec(arch="vit-tiny", variant="lowrank", targets=["attn"], keep=0.5, **small)
+    assert attn_kinds(spec) == {SigmaReparam}
+    assert attn_kinds(replace(spec, sigma_reparam=False)) == {LowRankLinear}
+    old = {k: v for k, v in spec.to_dict().items() if k != "sigma_reparam"}   # a config.json from before
+    assert ModelSpec.from_dict(old).sigma_reparam is False
+    assert attn_kinds(ModelSpec.from_dict(old)) == {LowRankLinear}
+    # one more parameter (sigma) per wrapped layer, nothing else
+    n_on, n_off = count_params(build_model(spec)), count_params(build_model(replace(spec, sigma_reparam=False)))
+    assert n_on - n_off == 2 * small["depth"]
 
 
 # ----------------------------------------------------------------------------- surgery
@@ -149,7 +168,10 @@ def test_surgery_changes_exactly_the_intended_layers(arch, kind, target, small):
                (before[n]["in_features"], before[n]["out_features"])
         if n in expected:
             assert after[n]["kind"] == kind
-            assert isinstance(find_slot(model, n).module, LAYER_CLASS[kind])
+            m = find_slot(model, n).module
+            assert isinstance(unwrapped(m), LAYER_CLASS[kind])
+            # a structured layer replacing a sigmaReparam projection keeps sigmaReparam; others get none
+            assert isinstance(m, SigmaReparam) == (before[n]["kind"] == "sn-linear")
     # the model's parameter count moved by exactly the replaced layers' difference
     assert count_params(model) == n_before - sum(before[n]["params"] - after[n]["params"] for n in expected)
 

@@ -243,3 +243,41 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
                           str(tmp_path / "empty"), "--device", "cpu"])
     assert res.exit_code == 2 and "fashion-mnist not found" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s" / "runs").exists()
+
+
+def test_match_compute_trains_twins_as_long_as_a_heal_costs_and_answers_at_equal_compute(tiny_study, monkeypatch):
+    """--match-compute: each train-time, narrower and progressive row gets a twin whose training FLOPs
+    (counted from its run, as the table counts them) are within 5% of the healed rows'; the answer is
+    given at equal parameters and again at equal parameters and compute."""
+    tmp, calls = tiny_study
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier(
+        "quick", (0.5,), "all", ("narrower", "lowrank", "progressive", "svd"), heal_epochs=1))
+    report = study.run_study("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
+                             train_opts={"augment": False}, frontier_opts={"match_compute": True})
+    runs = tmp / "st" / "runs"
+    twins = [f"{f}-k0.5-iso-s0" for f in ("narrower", "lowrank", "progressive")]
+    assert set(twins) <= set(calls["train"])
+    heal = costs.trained_flops(json.loads((runs / "svd-k0.5-heal1-s0" / "config.json").read_text()))
+    for name in twins:
+        config = json.loads((runs / name / "config.json").read_text())
+        assert config["train"]["matched_to"] == {"base_epochs": 1, "heal_epochs": 1} and config["train"]["epochs"] > 1
+        assert costs.trained_flops(config) == pytest.approx(heal, rel=0.05), name
+        plain = json.loads((runs / name.replace("-iso", "") / "config.json").read_text())
+        assert costs.trained_flops(plain) < 0.9 * heal  # the iso-epoch row had less compute
+    rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
+    iso = [r for r in rows if r["iso_compute"]]
+    assert len({r["label"] for r in iso}) == 3 and all(r["baseline"] == "baseline" and "iso-compute" in r["label"] for r in iso)
+    md = report.read_text()
+    assert "matched in" in md and "parameters + training FLOPs" in md
+
+
+def test_match_compute_needs_heals_and_rows_to_match(tmp_path):
+    for opts, msg in ((dict(families="svd,whiten"), "has only post-hoc ones"),
+                      (dict(families="narrower,lowrank"), "add a post-hoc family"),):
+        with pytest.raises(UserError, match=msg):
+            study.plan("quick", 1, tmp_path, frontier_opts=dict(opts, match_compute=True))
+    with pytest.raises(UserError, match="give --heal-epochs 1 or more"):
+        study.plan("quick", 1, tmp_path, heal_epochs=0, frontier_opts=dict(match_compute=True))
+    res = CliRunner().invoke(main, ["study", "--preset", "seed-xt", "--match-compute", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "--match-compute applies to the frontier presets" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -81,6 +81,24 @@ def test_resume_is_bitwise_identical(data_dir, tmp_path):
     assert strip(ma) == strip(mb)
 
 
+def test_fractional_epochs_train_their_steps_and_resume_exactly(data_dir, tmp_path):
+    """--epochs 1.45 is round(1.45 x 20) = 29 optimizer steps: one whole pass and 9 steps of a second,
+    the schedule over those 29; interrupted inside the short pass, the resumed run is bitwise the
+    uninterrupted one."""
+    straight = train(tiny_cfg(data_dir, tmp_path / "a", epochs=1.45), progress=False)
+    config = json.loads((straight / "config.json").read_text())
+    assert config["schedule"]["total_steps"] == 29 and config["train"]["epochs"] == 1.45
+    hist = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert [h["train_images"] for h in hist] == [20 * 50, 9 * 50]
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(data_dir, tmp_path / "b", epochs=1.45), progress=False, _interrupt_at_step=24)
+    resumed = train(tiny_cfg(data_dir, tmp_path / "b", epochs=1.45), progress=False)
+    a, b = load_file(straight / "state.safetensors"), load_file(resumed / "state.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+    assert TrainConfig(epochs=3.0).epochs == 3 and isinstance(TrainConfig(epochs=3.0).epochs, int)
+
+
 def test_crash_between_writes_keeps_previous_checkpoint(data_dir, tmp_path, monkeypatch):
     cfg = tiny_cfg(data_dir, tmp_path)
     with pytest.raises(KeyboardInterrupt):

@@ -19,7 +19,8 @@ class TrainConfig:
     val_size: Optional[int] = None        # None: the dataset's default (5,000)
     train_subset: Optional[int] = None    # keep only this many training images (quick CPU runs)
     augment: bool = True                  # the dataset's default augmentation (data.DEFAULT_AUGMENT)
-    epochs: int = 10
+    epochs: float = 10                    # may be fractional: round(epochs * steps per epoch) optimizer
+                                          # steps in ceil(epochs) passes, the last one cut short
     batch_size: int = 256                 # per optimizer step, summed over ranks and accumulation
     grad_accum: int = 1
     lr: float = 1e-3
@@ -46,6 +47,10 @@ class TrainConfig:
     reduce_window: int = 2                # ... relative amount over this many epochs
 
     tensorboard: bool = False             # also write TensorBoard event files to RUN/tb
+    # `study --match-compute`: this run's epochs were set so its training FLOPs equal a heal's
+    # (study/compute.py): {"base_epochs": E, "heal_epochs": H}. A label (it changes nothing trained) that
+    # keeps the run apart from the same row at the baseline's epochs and names that baseline's length.
+    matched_to: Optional[dict] = None
 
     def __post_init__(self):
         # One spelling per setting, so a config read back from JSON compares equal to the one written.
@@ -55,6 +60,8 @@ class TrainConfig:
         if self.reduce_to is not None and not isinstance(self.reduce_to, str):
             self.reduce_to = ",".join(map(str, self.reduce_to))
         self.reduce_layers = [self.reduce_layers] if isinstance(self.reduce_layers, str) else list(self.reduce_layers)
+        if isinstance(self.epochs, float) and self.epochs.is_integer():
+            self.epochs = int(self.epochs)  # 4.0 and 4 are one setting
 
     def validate(self) -> "TrainConfig":
         """Every number in its valid range, checked before any data is read; UserError names the option."""
@@ -66,7 +73,7 @@ class TrainConfig:
             if value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi):
                 rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or hi == math.inf else ']'}"
                 raise UserError(f"{flag} {value!r} is outside its valid range {rng}")
-        num("epochs", self.epochs, 1, integer=True)
+        num("epochs", self.epochs, 0, lo_open=True)
         num("batch_size", self.batch_size, 1, integer=True)
         num("eval_batch_size", self.eval_batch_size, 1, integer=True)
         num("grad_accum", self.grad_accum, 1, integer=True)
@@ -121,3 +128,13 @@ def build_config(preset=None, given=None) -> TrainConfig:
     model = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k in model_keys}
     cfg = replace(cfg, model=replace(cfg.model, **model), **{k: v for k, v in given.items() if k in train_keys})
     return replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
+
+
+def passes(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """How many passes over the training set a run makes: its steps in whole epochs, rounded up."""
+    return -(-total_steps(cfg, steps_per_epoch) // steps_per_epoch)
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps of the whole run: round(epochs * steps per epoch), at least one."""
+    return max(1, round(cfg.epochs * steps_per_epoch))

@@ -48,6 +48,8 @@ from laser_tool.models.surgery import find_slot, slots
 from laser_tool.posthoc.calibration import calibration_batches, collect_calibration
 from laser_tool.posthoc.decompose import Decomposition, singular_values
 from laser_tool.posthoc.ranks import parse_spec, resolve_rank, select
+
+from .config import passes
 from laser_tool.posthoc.reduce import n_params, reduced_module
 from laser_tool.posthoc.spectrum import effective_rank, stable_rank
 from laser_tool.runs.checkpoint import save_model
@@ -183,7 +185,7 @@ class Progressive:
                 if sa == sb:
                     raise UserError(f"--reduce-at {a:g} and {b:g} fall on the same optimizer step ({sa}; "
                                     f"{steps_per_epoch} steps per epoch): space the cuts further apart")
-            if self.steps[-1] >= steps_per_epoch * cfg.epochs:
+            if self.steps[-1] >= round(steps_per_epoch * cfg.epochs):
                 raise UserError(f"--reduce-at {self.at[-1]:g} falls on the last optimizer step: pick an earlier epoch")
         self._pending = None
 
@@ -225,7 +227,7 @@ class Progressive:
         if len(specs) != 1 or parse_spec(specs[0]).kind != "params":
             raise UserError("--reduce-at auto needs a budget: --reduce-to params:F (the fraction of the selected "
                             "layers' parameters to keep, as the seed's low-rank layers count them)")
-        if self.cfg.epochs < 2:
+        if self.cfg.epochs < 2:  # (fractional epochs: the last pass is cut short; the rule is the same)
             raise UserError("--reduce-at auto needs at least 2 epochs: it measures the stable rank over epochs")
         if self.cfg.reduce_window < 1 or not self.cfg.reduce_tolerance > 0:
             raise UserError("--reduce-window must be >= 1 and --reduce-tolerance > 0")
@@ -269,7 +271,7 @@ class Progressive:
             reduce_at=c.reduce_at, reduce_to=c.reduce_to, layers=c.reduce_layers, method=c.reduce_method,
             steps="auto" if self.auto else self.steps, steps_per_epoch=self.spe,
             **(dict(tolerance=c.reduce_tolerance, window=c.reduce_window, budget_weights=self.budget,
-                    deadline_epoch=c.epochs - 1) if self.auto else {}),
+                    deadline_epoch=passes(c, self.spe) - 1) if self.auto else {}),
             optimizer_after_cut=OPTIMIZER_POLICY, spectral_at_start=p["stats"][0], cuts=p["cuts"])
 
     # ---------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ class Progressive:
         hist = p["stats"][:e + 1]
         if not todo or len(hist) != e + 1:
             return False
-        deadline = e >= self.cfg.epochs - 1
+        deadline = e >= passes(self.cfg, self.spe) - 1
         now = todo if deadline else [n for n in todo if auto_stable(hist, n, self.cfg.reduce_window,
                                                                      self.cfg.reduce_tolerance)]
         if not now:

@@ -17,6 +17,7 @@ from laser_tool.runs.safety import WRITER
 from laser_tool.vocab import STRUCTURED
 
 from . import init_from as init_
+from .config import passes
 from .provenance import device_name, git_commit, versions
 from .state import save_state
 
@@ -54,7 +55,7 @@ def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cf
                  train_loss, train_acc, images, seconds, extra=None):
     val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "train_images": images, "seconds": seconds,
            "images_per_s": images / max(seconds, 1e-9), **(extra or {})}
     counters["history"].append(row)
     if val_acc > counters["best_val_acc"]:
@@ -65,7 +66,7 @@ def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cf
     # The resume point is written last: everything before it is re-derivable if we crash in between.
     save_state(run_dir / "state.safetensors", model, optimizer, scaler, counters, config)
     write_metrics(run_dir, counters["history"])
-    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+    print(f"epoch {epoch + 1}/{passes(cfg, config['schedule']['steps_per_epoch'])}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
           f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)
 
 

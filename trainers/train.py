@@ -41,14 +41,15 @@ from laser_tool.vocab import STRUCTURED
 from . import distributed as dist_
 from . import init_from as init_
 from . import progressive
-from .config import TrainConfig
+from .config import TrainConfig, passes, total_steps
 from .optim import lr_at, make_optimizer, set_lr
 from .records import end_of_epoch, finish, run_config, write_metrics
 from .state import load_state, save_state
 from .tblog import TBLog
 
 # Settings that do not change what is trained: a run may be continued with these changed.
-VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard"}
+VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard",
+            "matched_to"}
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -61,6 +62,8 @@ def default_name(cfg: TrainConfig) -> str:
         budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
         parts += ["+".join(m.targets), budget]
         parts += [x for x in (m.param, m.init) if x not in ("standard", "default")]
+        if not m.sigma_reparam:
+            parts.append("nosr")
     if m.mlp_dim:
         parts.append(f"mlp{m.mlp_dim}")
     if cfg.reduce_at is not None:
@@ -141,6 +144,10 @@ class Job:
     counters: dict
     wrapped: torch.nn.Module = None  # what the loop calls: compiled and/or DDP-wrapped
 
+    def steps_in(self, epoch: int) -> int:
+        """Optimizer steps of pass `epoch`: a whole epoch's, or what is left of the run's in the last."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
+
 
 @guarded(lambda cfg: Path(cfg.out) / (cfg.name or default_name(cfg)))
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
@@ -193,8 +200,8 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
     if steps_per_epoch < 1:
         raise UserError(f"{len(splits.train_x)} training images make no full batch of {cfg.batch_size}; "
                         f"lower --batch-size")
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    all_steps = total_steps(cfg, steps_per_epoch)
+    warmup_steps = min(all_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
     prog = progressive.plan_for(cfg, spec, steps_per_epoch, splits, device, fused=device.type == "cuda")
     state_file = run_dir / "state.safetensors"
@@ -211,7 +218,7 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    schedule = dict(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, total_steps=total_steps)
+    schedule = dict(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, total_steps=all_steps)
     config = run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule, micro, source, init_info)
     counters = resume_point(state_file, model, optimizer, scaler, device, d, run_dir)
     if prog is not None:
@@ -226,7 +233,7 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
         counters.update(best_val_acc=val0, best_epoch=0, init_val_acc=val0)
         if d.is_main:
             save_model(run_dir / "model.safetensors", model, config)
-    return Job(cfg, d, device, run_dir, splits, spec, loader, steps_per_epoch, total_steps, warmup_steps, prog,
+    return Job(cfg, d, device, run_dir, splits, spec, loader, steps_per_epoch, all_steps, warmup_steps, prog,
                model, optimizer, scaler, amp_dtype, config, counters)
 
 
@@ -250,8 +257,9 @@ def run_epochs(job: Job, progress, interrupt_at_step) -> None:
     show_bar = progress if progress is not None else (d.is_main and sys.stderr.isatty())
     tb = TBLog(job.run_dir, counters["epoch"]) if cfg.tensorboard and d.is_main else None
     with StopFlag() as stop:
-        for epoch in range(counters["epoch"], cfg.epochs):
-            bar = _bar(show_bar, job.steps_per_epoch, counters["step_in_epoch"], epoch, cfg.epochs)
+        n_passes = passes(cfg, job.steps_per_epoch)
+        for epoch in range(counters["epoch"], n_passes):
+            bar = _bar(show_bar, job.steps_in(epoch), counters["step_in_epoch"], epoch, n_passes)
             loss_sum, correct, seen, seconds, stopped = train_epoch(job, epoch, stop, bar, interrupt_at_step)
             if stopped:
                 if d.enabled:  # every rank stops at the same step; the saved totals cover them all
@@ -276,7 +284,7 @@ def run_epochs(job: Job, progress, interrupt_at_step) -> None:
             else:
                 counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
             dist_.barrier(d)
-            if stop.set and epoch + 1 < cfg.epochs:
+            if stop.set and epoch + 1 < n_passes:
                 interrupted(d, f"after epoch {epoch + 1}", stop.signum)
     if tb is not None:
         tb.close()
@@ -293,10 +301,11 @@ def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
     correct = torch.tensor(p["correct"], dtype=torch.int64, device=device)
     seen, seconds = p["seen"], p["seconds"]
     first_micro = counters["step_in_epoch"] * cfg.grad_accum
+    steps = job.steps_in(epoch)
     t0 = time.perf_counter()
     stopped = False
     for i, (x, y) in enumerate(job.loader.epoch(epoch, first_micro), start=first_micro):
-        if i >= job.steps_per_epoch * cfg.grad_accum:
+        if i >= steps * cfg.grad_accum:
             break
         last_micro = (i + 1) % cfg.grad_accum == 0
         if i % cfg.grad_accum == 0:
@@ -317,7 +326,7 @@ def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
             continue
         optimizer_step(job)
         step = counters["step_in_epoch"]
-        if step % 25 == 0 or step == job.steps_per_epoch:
+        if step % 25 == 0 or step == steps:
             check_finite(loss_sum, job.run_dir, epoch, step)
             if bar is not None:
                 el = seconds + time.perf_counter() - t0
@@ -329,7 +338,7 @@ def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
             stop.set = True
         if d.enabled and step % 25 == 0:  # all ranks must agree to stop at the same step
             stop.set = dist_.any_rank(d, stop.set, device)
-        if stop.set and step < job.steps_per_epoch and (not d.enabled or step % 25 == 0):
+        if stop.set and step < steps and (not d.enabled or step % 25 == 0):
             stopped = True  # mid-epoch; at an epoch's end the normal save below serves
             break
     seconds += time.perf_counter() - t0

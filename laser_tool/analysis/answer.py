@@ -11,6 +11,11 @@ that made its p (McNemar for one seed, paired t over shared seeds, ...), a 95% p
 over seeds and images and a verdict: better, worse, equivalent within the margin (TOST), or
 inconclusive (bootstrap.py). Where test accuracy alone would pick another winner, the answer says so.
 
+With compute-matched rows (`study --match-compute`) the answer is given twice: at equal parameters
+(the rows trained for the baseline's epochs, post-hoc and healed rows), and at equal parameters AND
+training FLOPs (the compute-matched train-time and narrower rows against the healed rows); one Holm
+family holds the confirmatory tests of both.
+
 Works on comparison rows (compare.py's, or results.json's): a budget is the `budget` a run's config
 records, else the rows' `keep` clustered (families reach a budget only to their own granularity, so
 0.498 and 0.5 are one budget). Only rows tested against a same-recipe baseline take part.
@@ -24,6 +29,9 @@ from .stats import holm
 KEEP_TOLERANCE = 0.15  # keeps within 15% of each other (on a log scale) are one budget
 MARGIN = 0.005  # equivalence margin: 0.5 pp of accuracy (`study --margin`)
 ALPHA = 0.05
+# (name, which rows take part); the second only where compute-matched rows exist
+SCOPES = (("parameters", lambda r: not r.get("iso_compute")),
+          ("parameters + training FLOPs", lambda r: bool(r.get("iso_compute")) or r["family"] == "healed"))
 
 
 def budgets(rows) -> list:
@@ -60,7 +68,7 @@ def _is_posthoc(r) -> bool:
 
 def _is_seed_lowrank(r) -> bool:
     """Train-time low-rank at the seed's parameterisation (standard, default init): curve 'lowrank ROLES'."""
-    words = r["curve"].split()
+    words = r["curve"].removesuffix(" iso-compute").split()
     return r["family"] == "train-time" and words[0] == "lowrank" and len(words) == 2
 
 
@@ -70,9 +78,19 @@ def _first(rows, keep):
 
 def answer(rows, margin: float = MARGIN, seed: int = 0) -> list:
     """One dict per (section, budget): the winner chosen on validation, test's own pick, and the
-    confirmatory tests (Holm-adjusted over all of them, each with an interval and a verdict)."""
+    confirmatory tests (Holm-adjusted over all of them, each with an interval and a verdict), per scope
+    (what the rows are matched in)."""
     out = []
-    for sec, b, rs in budgets(rows):
+    scopes = SCOPES if any(r.get("iso_compute") for r in rows) else SCOPES[:1]
+    for scope, member in scopes:
+        out += _answer_scope(rows, [r for r in rows if member(r)], scope, margin, seed)
+    _adjust([t for item in out for t in item["tests"]], margin)
+    return out
+
+
+def _answer_scope(rows, members, scope, margin, seed) -> list:
+    out = []
+    for sec, b, rs in budgets(members):
         rs = sorted((r for r in rs if r.get("val_acc_mean") is not None), key=lambda r: -r["val_acc_mean"])
         if not rs:
             continue
@@ -87,10 +105,9 @@ def answer(rows, margin: float = MARGIN, seed: int = 0) -> list:
                    ("winner vs the baseline", best, base)]
         test_pick = max(rs, key=lambda r: r["acc_mean"])
         out.append(dict(section=sec, budget=b, best=best, test_pick=test_pick, n_rows=len(rs),
-                        disagree=test_pick["label"] != best["label"],
+                        disagree=test_pick["label"] != best["label"], scope=scope,
                         tests=[_test(name, a, o, margin, seed) for name, a, o in planned
                                if a is not None and o is not None and a is not o]))
-    _adjust([t for item in out for t in item["tests"]], margin)
     return out
 
 
@@ -136,7 +153,8 @@ def _pct(x):
 
 def _sentence(item) -> str:
     best = item["best"]
-    s = (f"At keep ≈ {item['budget']:.2f}, validation chooses {best['curve']} ({best['label']}): "
+    matched = f" (matched in {item['scope']})" if item.get("scope", SCOPES[0][0]) != SCOPES[0][0] else ""
+    s = (f"At keep ≈ {item['budget']:.2f}{matched}, validation chooses {best['curve']} ({best['label']}): "
          f"{_pct(best['val_acc_mean'])}% validation, {_pct(best['acc_mean'])}% test accuracy.")
     for t in item["tests"]:
         s += (f" {t['name'].capitalize()} ({t['a']['label']} vs {t['b']['label']}): {_pp(t['diff'])} pp "
@@ -155,21 +173,24 @@ def markdown(rows, margin: float = MARGIN, items=None) -> str:
     if not items:
         return ""
     multi = len({i["section"] for i in items}) > 1
-    sec = lambda i: f"{i['section']} | " if multi else ""
+    scoped = len({i.get("scope") for i in items}) > 1
+    head = ("section | " if multi else "") + ("matched in | " if scoped else "")
+    extra = int(multi) + int(scoped)
+    pre = lambda i: (f"{i['section']} | " if multi else "") + (f"{i['scope']} | " if scoped else "")
     n = sum(len(i["tests"]) for i in items)
-    out = [f"| {'section | ' if multi else ''}keep | winner (chosen on validation) | val acc % | test acc % | "
-           f"test's own pick |", "|" + "---|" * (6 if multi else 5)]
+    out = [f"| {head}keep | winner (chosen on validation) | val acc % | test acc % | test's own pick |",
+           "|" + "---|" * (5 + extra)]
     for i in items:
         b = i["best"]
         pick = i["test_pick"]["curve"] + " (disagrees)" if i["disagree"] else "the same"
-        out.append(f"| {sec(i)}{i['budget']:.2f} | {b['curve']} | {_pct(b['val_acc_mean'])} | {_pct(b['acc_mean'])} | "
+        out.append(f"| {pre(i)}{i['budget']:.2f} | {b['curve']} | {_pct(b['val_acc_mean'])} | {_pct(b['acc_mean'])} | "
                    f"{pick} |")
     out += ["", f"Confirmatory tests ({n}, Holm-adjusted together; test accuracy; margin ±{100 * margin:g} pp):", "",
-            f"| {'section | ' if multi else ''}keep | comparison | Δ test (pp) | 95% CI, bootstrap | p | test | "
-            f"p (Holm) | verdict |", "|" + "---|" * (9 if multi else 8)]
+            f"| {head}keep | comparison | Δ test (pp) | 95% CI, bootstrap | p | test | p (Holm) | verdict |",
+            "|" + "---|" * (8 + extra)]
     for i in items:
         for t in i["tests"]:
-            out.append(f"| {sec(i)}{i['budget']:.2f} | {t['name']}: {t['a']['curve']} vs {t['b']['curve']} | "
+            out.append(f"| {pre(i)}{i['budget']:.2f} | {t['name']}: {t['a']['curve']} vs {t['b']['curve']} | "
                        f"{_pp(t['diff'])} | {_ci(t['ci95'])} | {_p(t['p'])} | {t['p_kind'] or 'none'} | "
                        f"{_p(t.get('p_holm'))} | {t['verdict']} |")
     out.append("")

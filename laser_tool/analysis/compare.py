@@ -75,7 +75,7 @@ def pick_baselines(groups: list, want) -> dict:
     for g in sorted(groups, key=lambda g: (default(g), width(g), g.params or 0, len(g.runs)), reverse=True):
         d = g.desc
         if d["spec"].variant is None and not d["reductions"] and not d["heal"] and not d["slims_in_training"] \
-                and not d["continued"]:
+                and not d["continued"] and not d["iso_compute"]:
             out.setdefault(d["base_match"], g)
     return out
 

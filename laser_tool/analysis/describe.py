@@ -128,13 +128,19 @@ def describe(config: dict) -> dict:
     reduced |= frozenset(layer_role(l["name"]) for c in cuts for l in c.get("layers", []))
     # Trained on from another run's weights without a cut (a compute control: the baseline + h epochs)
     continued = (own or {}).get("epochs") if config.get("init_source") and not reductions else None
+    # Trained longer to match a heal's compute (study --match-compute): tested against the baseline
+    # of its recipe at the epochs that baseline trained
+    iso = recipe.get("matched_to") if isinstance(recipe.get("matched_to"), dict) else None
+    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS and k != "matched_to"}
+    if iso:
+        base_recipe["epochs"] = iso.get("base_epochs")
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
                 base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
-                                  {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS}]),
+                                  base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
-                recipe=recipe, targets=targets, continued=continued)
+                recipe=recipe, targets=targets, continued=continued, iso_compute=iso)
 
 
 def section_title(section) -> str:
@@ -180,6 +186,8 @@ def label(d: dict, base_spec) -> str:
         text += f" + heal {d['heal']}ep"
     if d.get("continued"):
         text += f" + {d['continued']} more ep (control)"
+    if d.get("iso_compute"):
+        text += f" {d['recipe'].get('epochs'):g} ep (iso-compute)"
     return text
 
 
@@ -198,7 +206,13 @@ def family(d: dict, is_baseline: bool) -> str:
 
 
 def curve(d: dict, family: str) -> str:
-    """The plot's finer family: one curve per way of slimming (method, variant, layers)."""
+    """The plot's finer family: one curve per way of slimming (method, variant, layers), the
+    compute-matched rows apart."""
+    text = _curve(d, family)
+    return f"{text} iso-compute" if d.get("iso_compute") else text
+
+
+def _curve(d: dict, family: str) -> str:
     if family in ("post-hoc", "healed"):
         return f"{family} {d['reductions'][-1][0]} {roles_text(r for _, r in d['reduced_layers'])}"
     if family == "train-time":

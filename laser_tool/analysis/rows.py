@@ -97,7 +97,7 @@ def make_row(g: Group, section: str, speed: dict, roots: dict, metric: str) -> d
                baseline=g.base.label if g.base is not None else None, budget=g.runs[0].config.get("budget"),
                **costs_of(g),
                train_seconds=mean(secs) if secs else None, images_per_s=speed.get(id(g)),
-               heal_epochs=g.desc["heal"], reduction=[list(e) for e in g.desc["reductions"]], warnings=warnings)
+               heal_epochs=g.desc["heal"], iso_compute=bool(g.desc.get("iso_compute")), reduction=[list(e) for e in g.desc["reductions"]], warnings=warnings)
     row.update(**no_versus("baseline"), **no_versus("paired"), paired_with=None, params_vs_paired=None)
     return row
 

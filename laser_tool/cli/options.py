@@ -28,6 +28,9 @@ def model_options(f):
         click.option("--param", type=click.Choice(PARAMS),
                      help="standard (the seed's) or structured: per-factor init and lr multipliers (Qiu et al.)."),
         click.option("--init", type=click.Choice(INITS), help="spectral: low-rank factors from a dense init's SVD."),
+        click.option("--sigma-reparam/--no-sigma-reparam", default=None,
+                     help="A structured layer replacing a sigmaReparam projection (vit-tiny's attention) keeps "
+                          "sigmaReparam on its own matrix (default), or drops it (the behaviour before 2026-12)."),
         click.option("--dim", type=int), click.option("--depth", type=int), click.option("--heads", type=int),
         click.option("--dim-head", type=int), click.option("--mlp-dim", type=int, help="FFN hidden width."),
         click.option("--patch-size", type=int), click.option("--image-size", type=int),

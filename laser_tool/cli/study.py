@@ -22,6 +22,9 @@ from .options import minutes
               "parameters kept, each in (0, 1) (default: the preset's).")
 @click.option("--targets", type=click.Choice(FRONTIER_TARGETS), help="Frontier presets: which layers are slimmed.")
 @click.option("--families", metavar="F,F,...", help="Frontier presets: which families (default: the preset's).")
+@click.option("--match-compute", is_flag=True, default=None,
+              help="Frontier presets: also train every train-time and narrower row for the epochs that make its "
+                   "training FLOPs equal the healed rows', and answer at equal compute too.")
 @click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
@@ -34,6 +37,8 @@ from .options import minutes
 @click.option("--val-size", type=int, help="Validation images held out of the training set.")
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation.")
 @click.option("--decay-all/--no-decay-all", default=None, help="Weight decay on every parameter.")
+@click.option("--sigma-reparam/--no-sigma-reparam", default=None,
+              help="Structured layers replacing vit-tiny's sigmaReparam projections keep it (default) or drop it.")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Steps at once (a reduction still waits for its baseline). Slurm: the array's parallelism.")
 @click.option("--threads", type=int, help="torch threads per run (default: CPUs / --jobs; recorded per run).")
@@ -53,7 +58,7 @@ from .options import minutes
               help="Equivalence margin of the answer's tests, in percentage points of accuracy.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
-def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, device, data_dir, jobs, threads,
+def study(preset, seeds, out, heal_epochs, budgets, targets, families, match_compute, epochs, device, data_dir, jobs, threads,
           launcher, gpus_per_job, jobs_per_gpu, partition, account, qos, gpus_per_node, time_limit, no_wait, show_status,
           tensorboard, margin, extend, **train_opts):
     """Train a preset's runs over seeds and write STUDY/report.md (the answer, table, plot, commands).
@@ -71,8 +76,8 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, epochs, d
     if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
     train_opts = {k: v for k, v in train_opts.items() if v is not None}
-    frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families).items()
-                     if v is not None}
+    frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families,
+                                           match_compute=match_compute or None).items() if v is not None}
     if show_status:
         for line in study_status(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs,
                                  device=device, data_dir=data_dir, train_opts=train_opts,

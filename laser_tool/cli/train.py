@@ -41,7 +41,8 @@ def from_source(cfg, opts):
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation (on).")
 @click.option("--val-size", type=int, help="Images held out of the training set for model selection (5000).")
 @click.option("--train-subset", type=int, help="Train on only this many images.")
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=float, help="Epochs to train; fractional E trains round(E x steps per epoch) "
+                                          "optimizer steps, the last pass cut short (e.g. to match compute).")
 @click.option("--batch-size", type=int, help="Images per optimizer step, over all GPUs and accumulation.")
 @click.option("--grad-accum", type=int, help="Micro-batches accumulated per optimizer step.")
 @click.option("--lr", type=float)

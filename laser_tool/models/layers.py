@@ -221,8 +221,69 @@ class SNLinear(nn.Linear):
         self.sigma.copy_(s[:1])
 
 
+class SigmaReparam(nn.Module):
+    """sigmaReparam (Zhai et al. 2023) around any Linear-like layer: the layer's matrix W is used as
+    W / sigma_hat * sigma, as SNLinear does for a dense one, so that a structured layer replacing one of
+    vit-tiny's SNLinear projections changes the structure and nothing else.
+
+    sigma_hat is one power-iteration step per training forward (u, the right singular vector, is a
+    buffer). The step itself runs without gradient on the layer's matrix (a d_in-column product, small
+    next to a batch); the gradient reaches the factors through sigma_hat = v . W u computed with the
+    layer's own forward on u, as SNLinear's einsum(v, W, u) reaches its weight. sigma is learnable and
+    starts at W's spectral norm, so a new wrapper computes exactly what the wrapped layer does.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        with torch.no_grad():
+            _, s, vh = torch.linalg.svd(dense_weight(layer).float(), full_matrices=False)
+        self.register_buffer("u", vh[0].clone())
+        self.sigma = nn.Parameter(s[:1].clone())
+
+    @property
+    def bias(self):
+        return self.layer.bias
+
+    def _matvec(self, u):
+        """W u through the layer's own forward (with gradient to its factors)."""
+        y = self.layer(u[None])[0]
+        bias = self.layer.bias
+        return y if bias is None else y - bias
+
+    def sigma_hat(self):
+        with torch.no_grad():
+            W = dense_weight(self.layer)
+            v = F.normalize(W @ self.u, dim=0)
+            u = F.normalize(W.T @ v, dim=0)
+            if self.training:
+                self.u.copy_(u)
+        return torch.dot(v, self._matvec(u))
+
+    def forward(self, x):
+        y, bias = self.layer(x), self.layer.bias
+        scale = self.sigma / self.sigma_hat()
+        return y * scale if bias is None else (y - bias) * scale + bias
+
+    def dense_weight(self):
+        with torch.no_grad():
+            W = dense_weight(self.layer)
+            v = F.normalize(W @ self.u, dim=0)
+            u = F.normalize(W.T @ v, dim=0)
+            sigma_hat = v @ W @ u
+        return dense_weight(self.layer) / sigma_hat * self.sigma
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The structured layer inside a SigmaReparam wrapper (or the module itself)."""
+    return module.layer if isinstance(module, SigmaReparam) else module
+
+
 def layer_kind(module: nn.Module) -> str:
-    """Short name of a Linear-like layer's type, as `info` prints it."""
+    """Short name of a Linear-like layer's type, as `info` prints it (a sigmaReparam-wrapped layer by
+    the kind it wraps)."""
+    module = unwrapped(module)
     for cls, name in ((SNLinear, "sn-linear"), (LowRankLinear, "lowrank"), (SKLinear, "skl"),
                       (DyadLinear, "dyad"), (MonarchLinear, "monarch"), (BTTLinear, "btt"),
                       (FactoredLinear, "factored"), (nn.Linear, "linear")):

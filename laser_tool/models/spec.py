@@ -54,6 +54,8 @@ class ModelSpec:
                                           # config.json "structure"
     param: str = "standard"               # standard (the seed's) | structured (Qiu et al.'s init and lr rule)
     init: str = "default"                 # default | spectral (low-rank factors from the SVD of a dense init)
+    sigma_reparam: bool = True            # a structured layer replacing an SNLinear keeps sigmaReparam
+                                          # (layers.SigmaReparam); False drops it (before 2026-12)
     # Per-layer replacements made after training (post-hoc reduction), applied last:
     # {layer name: {"kind": "factored", "rank": r, "bias": bool} or {"kind": "linear", "bias": bool}}
     layers: dict = field(default_factory=dict)
@@ -130,7 +132,11 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        given = {k: v for k, v in d.items() if k in known}
+        if given.get("arch", "vit-tiny") == "vit-tiny" and given.get("variant") in STRUCTURED:
+            given.setdefault("sigma_reparam", False)   # structured vit-tiny specs from before the field
+                                                       # dropped sigmaReparam; for the rest it is moot
+        return cls(**given)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -144,7 +150,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             raise UserError(f"variant {s.variant!r} needs at least one --target")
         apply_variant(model, s.variant, s.targets, s.scale, s.blocks, n_dyad=s.n_dyad,
                       dyad_variant=s.dyad_variant, keep=s.keep, param=s.param, init=s.init,
-                      monarch_blocks=s.monarch_blocks, btt_rank=s.btt_rank)
+                      monarch_blocks=s.monarch_blocks, btt_rank=s.btt_rank, sigma_reparam=s.sigma_reparam)
     if s.layers:
         apply_layer_overrides(model, s.layers)
     return model

@@ -14,7 +14,8 @@ import torch.nn as nn
 from ..errors import UserError
 from ..vocab import STRUCTURED, TARGETS
 from .budget import choose, dense_params
-from .layers import DyadLinear, FactoredLinear, LowRankLinear, SKLinear, dense_weight, layer_kind
+from .layers import (DyadLinear, FactoredLinear, LowRankLinear, SigmaReparam, SKLinear, SNLinear, dense_weight,
+                     layer_kind, unwrapped)
 from .parametrize import make_structured, spectral_init
 from .structured import BTTLinear, MonarchLinear
 from .vit_tiny import LSA, FeedForward, ViTTiny
@@ -124,12 +125,14 @@ def make_layer(kind: str, d_in: int, d_out: int, bias: bool, scale: float, n_dya
 
 def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, blocks=None,
                   n_dyad: int = 8, dyad_variant: str = "it", keep: float = None, param: str = "standard",
-                  init: str = "default", monarch_blocks: int = 4, btt_rank: int = 1) -> list:
+                  init: str = "default", monarch_blocks: int = 4, btt_rank: int = 1,
+                  sigma_reparam: bool = True) -> list:
     """Replace the targeted Linear layers by `kind`; returns the names replaced.
 
     vit-tiny's attention has one fused spectral-norm qkv projection (512 -> 1152): `attn-qkv` replaces
-    that fused layer by one structured layer of the same shape (the structured layer's own
-    parametrisation takes the place of the spectral reparametrisation).
+    that fused layer by one structured layer of the same shape. A structured layer replacing an SNLinear
+    keeps sigmaReparam around its own matrix (layers.SigmaReparam) unless `sigma_reparam` is False, so
+    structure is the only difference from the baseline.
     `keep` sets each layer's structure from its budget (budget.py); `param` and `init` choose how the
     factors start and learn (parametrize.py). Each new layer remembers the dense layer's parameter count
     (`replaced_dense_params`) so a run can record the fraction it reached.
@@ -156,6 +159,8 @@ def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, bloc
                 spectral_init(new, dense_weight(old), old.bias)
         except UserError as e:
             raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
+        if sigma_reparam and isinstance(old, SNLinear):
+            new = SigmaReparam(new)
         new.replaced_dense_params = dense_params(old.in_features, old.out_features, old.bias is not None)
         s.set(new)
     return [s.name for s in chosen]
@@ -180,6 +185,7 @@ def apply_layer_overrides(model: nn.Module, layers: dict) -> None:
 
 def layer_setting(module: nn.Module) -> dict:
     """The structure parameter a layer was built with, by kind."""
+    module = unwrapped(module)
     if isinstance(module, (LowRankLinear, SKLinear, BTTLinear)):
         return {"rank": module.rank}
     if isinstance(module, DyadLinear):
@@ -199,9 +205,10 @@ def structure_record(model: nn.Module, spec) -> dict:
         if dense is None:
             continue  # not replaced by the train-time variant
         params = sum(p.numel() for p in m.parameters())
-        layers[s.name] = {"kind": layer_kind(m), **layer_setting(m), "params": params, "dense_params": dense,
+        layers[s.name] = {"kind": layer_kind(m), **layer_setting(m), "sigma_reparam": isinstance(m, SigmaReparam),
+                          "params": params, "dense_params": dense,
                           "fraction": round(params / dense, 6),
-                          "lr_multipliers": {k: round(v, 6) for k, v in getattr(m, "lr_mult", {}).items()}}
+                          "lr_multipliers": {k: round(v, 6) for k, v in getattr(unwrapped(m), "lr_mult", {}).items()}}
     total, dense = sum(v["params"] for v in layers.values()), sum(v["dense_params"] for v in layers.values())
     return {"keep": spec.keep, "param": spec.param, "init": spec.init,
             "fraction": round(total / dense, 6) if dense else None, "layers": layers}

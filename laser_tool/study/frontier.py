@@ -13,6 +13,8 @@ trains one dense baseline, then per budget:
   healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
   control       the baseline itself trained on `heal_epochs` with that recipe (`baseline-plusH`), so a heal
                 is measured against the extra training alone
+  iso-compute   with `--match-compute`, every train-time and narrower row once more, trained for the
+                epochs that make its training FLOPs equal the healed rows' (compute.py)
 Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
 """
 from dataclasses import dataclass, replace
@@ -23,6 +25,7 @@ from ..errors import UserError
 from ..lists import comma_list
 from ..models import build_model
 from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
+from .compute import check_match_compute, matched_epochs
 from .steps import heal_step, reduce_step, seed_settings, train_step
 
 # What each --targets value means to each family.
@@ -122,8 +125,19 @@ def reachable(st, fam: str, keep: float, notes: list) -> bool:
         return False
 
 
+def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: int, seed: int, extra: dict):
+    """The compute-matched twin of a train-time or narrower row (`--match-compute`)."""
+    sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
+    at = PROGRESSIVE_AT if fam == "progressive" else None
+    epochs = matched_epochs(base.cfg, row.cfg, sel, heal_epochs, at)
+    opts = family_opts(fam, keep, targets, replace(base.cfg, epochs=epochs))
+    label = {"base_epochs": base.cfg.epochs, "heal_epochs": heal_epochs}
+    return train_step(fr.trainer_preset, {**opts, "matched_to": label},
+                      f"{fam}-{_tag(keep)}-iso-s{seed}", {**extra, "epochs": epochs})
+
+
 def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, families=None, heal_epochs=None,
-                  epochs=None, device="auto", data_dir=None, train_opts=None):
+                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False):
     """(steps, notes) of a frontier study, in dependency order per seed: the baseline, every train-time
     family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
     fr = FRONTIERS[name]
@@ -133,6 +147,8 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
         raise UserError(f"--targets {targets!r}: choose ffn, attn or all")
     families = parse_families(families) if families is not None else fr.families
     heal_epochs = fr.heal_epochs if heal_epochs is None else heal_epochs
+    if match_compute:
+        check_match_compute(families, POST_HOC, heal_epochs)
     runs = out / "runs"
     steps, notes, checked = [], [], {}
     for seed in range(seeds):
@@ -147,6 +163,8 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
                     checked[fam, keep] = reachable(st, fam, keep, notes)
                 if checked[fam, keep]:
                     steps.append(st)
+                    if match_compute:
+                        steps.append(iso_step(fr, fam, keep, targets, base, st, heal_epochs, seed, extra))
         for method in (f for f in families if f in POST_HOC):
             for keep in budgets:
                 cut = f"{method}-{_tag(keep)}-s{seed}"

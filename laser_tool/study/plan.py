@@ -15,7 +15,7 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, devi
         return plan_frontier(preset, seeds, out, epochs=epochs, heal_epochs=heal_epochs, device=device,
                              data_dir=data_dir, train_opts=train_opts, **(frontier_opts or {}))
     if frontier_opts:
-        raise UserError(f"--{next(iter(frontier_opts))} applies to the frontier presets "
+        raise UserError(f"--{next(iter(frontier_opts)).replace('_', '-')} applies to the frontier presets "
                         f"({', '.join(FRONTIERS)}), not to {preset}")
     if preset not in GRIDS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*FRONTIERS, *GRIDS])}")
@@ -32,7 +32,7 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
     if preset not in FRONTIERS and preset not in GRIDS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*FRONTIERS, *GRIDS])}")
     if frontier_opts and preset not in FRONTIERS:
-        raise UserError(f"--{next(iter(frontier_opts))} applies to the frontier presets "
+        raise UserError(f"--{next(iter(frontier_opts)).replace('_', '-')} applies to the frontier presets "
                         f"({', '.join(FRONTIERS)}), not to {preset}")
     r = dict(preset=preset, seeds=default_seeds(preset) if seeds is None else seeds, epochs=epochs,
              train=dict(sorted((train_opts or {}).items())))
@@ -42,6 +42,8 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
                  budgets=list(parse_budgets(fo["budgets"]) if "budgets" in fo else fr.budgets),
                  targets=fo.get("targets") or fr.targets,
                  families=list(parse_families(fo["families"]) if "families" in fo else fr.families))
+        if fo.get("match_compute"):  # absent when off, so studies recorded before the flag replan alike
+            r["match_compute"] = True
     else:
         r["heal_epochs"] = heal_epochs or 0
     return json.loads(json.dumps(r))
@@ -50,6 +52,7 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
 def plan_request(r: dict, out: Path, device="auto", data_dir=None):
     """(steps, notes) of a request (request_of's dict), on this machine's device and data."""
     frontier_opts = ({k: ",".join(map(str, r[k])) if isinstance(r[k], list) else r[k]
-                      for k in ("budgets", "targets", "families")} if r["preset"] in FRONTIERS else None)
+                      for k in ("budgets", "targets", "families", "match_compute") if k in r}
+                     if r["preset"] in FRONTIERS else None)
     return plan(r["preset"], r["seeds"], out, r["epochs"], r["heal_epochs"], device, data_dir, r["train"] or None,
                 frontier_opts)

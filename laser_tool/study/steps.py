@@ -54,7 +54,8 @@ def seed_settings(seed: int, runs: Path, train_opts=None, epochs=None, device="a
 def train_step(preset: str, opts: dict, name: str, extra: dict) -> Step:
     """A train step: the preset with `opts` and the seed's settings (`extra`) over it."""
     opts = dict(opts, name=name, **extra)
-    cmd = f"laser-tool train --preset {preset} " + " ".join(flag(k, v) for k, v in opts.items())
+    cmd = f"laser-tool train --preset {preset} " + " ".join(flag(k, v) for k, v in opts.items()
+                                                            if k != "matched_to")  # a label, not a setting
     return Step("train", name, cmd, cfg=train_config(preset, opts), seed=extra["seed"])
 
 
