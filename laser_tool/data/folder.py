@@ -72,7 +72,7 @@ def _class_dirs(folder: Path) -> list:
 
 def _differ(a: str, ca: list, b: str, cb: list) -> str:
     only_a, only_b = sorted(set(ca) - set(cb)), sorted(set(cb) - set(ca))
-    parts = [f"only in {a}/: {', '.join(only_a)}" if only_a else "", f"only in {b}/: {', '.join(only_b)}" if only_b else ""]
+    parts = [f"only in {a}/: {', '.join(only_a)}" * bool(only_a), f"only in {b}/: {', '.join(only_b)}" * bool(only_b)]
     return "; ".join(p for p in parts if p)
 
 
@@ -149,8 +149,8 @@ def _probe(root: Path, listing: tuple) -> tuple:
             with Image.open(root / rel) as im:
                 sizes.add(im.size)
                 grey += im.mode in GREY_MODES
-        except Exception as e:  # UnidentifiedImageError, OSError, ...: the decode names it (or skips it)
-            del e
+        except Exception:  # UnidentifiedImageError, OSError, ...: the decode names the file (or skips it)
+            continue
     return frozenset(sizes), grey
 
 
