@@ -1,5 +1,5 @@
 """folder:PATH datasets: real Fashion-MNIST written as PNG folders decodes to the IDX pixels, the cache
-(hit, invalidation), val/, every bad input through the CLI, --skip-bad-images, a tiny study end to end."""
+(hit, invalidation), val/, every bad input through the CLI, --skip-bad-images, an unwritable cache, a tiny study end to end."""
 import json
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from PIL import Image
 from laser_tool.cli import main
 from laser_tool.data import files as data
 from laser_tool.data import folder
+from laser_tool.errors import UserError
 from laser_tool.study import frontier
 from trainers import presets
 
@@ -105,7 +106,7 @@ def test_a_val_folder_is_the_validation_split(tmp_path, fashion):
     s = data.load_dataset(f"folder:{root}", seed=3, train_subset=80)
     assert (len(s.train_x), len(s.val_x), len(s.test_x), s.val_indices) == (80, 40, 20, [])
     assert sorted(s.val_y.tolist()) == sorted(y[100:140].tolist())
-    with pytest.raises(Exception, match="own val/ folder"):
+    with pytest.raises(UserError, match="own val/ folder"):
         data.load_dataset(f"folder:{root}", val_size=10)
 
 
@@ -152,7 +153,7 @@ def test_mixed_sizes_need_image_size(tmp_path, fashion):
     x, y = fashion
     root = write_pngs(tmp_path / "fm", x, y, (("train", 0, 20), ("test", 20, 30)))
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(next((root / "test").rglob("*.png")))
-    with pytest.raises(Exception, match="2 different sizes .*pass --image-size"):
+    with pytest.raises(UserError, match="2 different sizes .*pass --image-size"):
         folder.folder_defaults(f"folder:{root}")
     assert folder.folder_defaults(f"folder:{root}", 24) == (24, 1)
     assert folder.load_folder(f"folder:{root}", 24, 1)[0]["test"][0].shape == (10, 1, 24, 24)
@@ -192,3 +193,15 @@ def test_a_tiny_frontier_study_runs_on_a_folder(tmp_path, fashion, tiny, monkeyp
     assert {r["family"] for r in rows} >= {"baseline", "narrower", "post-hoc"}
     cfg = json.loads((tmp_path / "st" / "runs" / "baseline-s0" / "config.json").read_text())
     assert (cfg["dataset"], cfg["model"]["image_size"]) == (f"folder:{root}", 14)
+
+
+def test_an_unwritable_cache_is_said_once_and_the_data_still_loads(tmp_path, fashion, monkeypatch):
+    x, y = fashion
+    root = write_pngs(tmp_path / "fm", x, y, (("train", 0, 30), ("test", 30, 40)))
+    (tmp_path / "plain-file").write_text("not a folder\n")
+    monkeypatch.setenv("LASER_TOOL_CACHE", str(tmp_path / "plain-file"))
+    lines = []
+    splits, _ = folder.load_folder(f"folder:{root}", 28, 1, log=lines.append)
+    assert len(splits["train"][1]) == 30 and len(lines) == 1 and "not cached" in lines[0]
+    with pytest.raises(UserError, match="--channels 2"):
+        folder.load_folder(f"folder:{root}", 28, 2)

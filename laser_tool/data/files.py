@@ -1,8 +1,8 @@
 """Datasets: finding and reading the files, and the train/val/test split.
 
 Four datasets: cifar10, cifar100, fashion-mnist, mnist, plus folder:PATH, an image folder (folder.py,
-which load_dataset hands it to; the splitting below is shared). We read the standard on-disk files ourselves
-(CIFAR python pickles, (Fashion-)MNIST IDX) instead of going through torchvision's Dataset classes:
+which load_dataset hands it to; the splitting below is shared). We read the standard on-disk files
+ourselves (CIFAR python pickles, (Fashion-)MNIST IDX) instead of going through torchvision's Dataset classes:
 the whole set becomes one uint8 tensor that lives on the GPU (loader.py), and each batch is cropped and
 flipped there in a few tensor ops (augment.py) rather than per image with PIL in worker processes.
 
