@@ -1,5 +1,5 @@
 """folder:PATH datasets: real Fashion-MNIST written as PNG folders decodes to the IDX pixels, the cache
-(hit, invalidation), val/, every bad input through the CLI, --skip-bad-images, an unwritable cache, a tiny study end to end."""
+(hit, invalidation, unwritable), val/, every bad input through the CLI, --skip-bad-images, a tiny study."""
 import json
 from pathlib import Path
 
