@@ -6,7 +6,7 @@ matches on them:
   embed, head, attn-q, attn-k, attn-v, attn-qkv (vit-tiny fuses q, k, v), attn-out, ffn-in, ffn-out
 """
 ARCHS = ("vit-tiny", "xt-vit")
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist")   # data/files.py reads each
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist")   # data/files.py; also folder:PATH (data/folder.py)
 # Train-time structured layers (models/layers.py, models/structured.py) and the whole variant list.
 STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")
 VARIANTS = (*STRUCTURED, "half-ffn")

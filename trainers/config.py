@@ -4,6 +4,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
+from laser_tool.data import canonical_name, folder_defaults, is_folder
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec
 
@@ -19,6 +20,7 @@ class TrainConfig:
     val_size: Optional[int] = None        # None: the dataset's default (5,000)
     train_subset: Optional[int] = None    # keep only this many training images (quick CPU runs)
     augment: bool = True                  # the dataset's default augmentation (data.DEFAULT_AUGMENT)
+    skip_bad_images: bool = False         # folder datasets: leave unreadable files out (counted) instead of stopping
     epochs: float = 10                    # may be fractional: round(epochs * steps per epoch) optimizer
                                           # steps in ceil(epochs) passes, the last one cut short
     batch_size: int = 256                 # per optimizer step, summed over ranks and accumulation
@@ -127,6 +129,8 @@ def build_config(preset=None, given=None) -> TrainConfig:
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     model = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k in model_keys}
     cfg = replace(cfg, model=replace(cfg.model, **model), **{k: v for k, v in given.items() if k in train_keys})
+    if is_folder(cfg.dataset):
+        cfg = fit_folder(cfg, set(model) | set(PRESETS.get(preset, {}).get("model", {})))
     return replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
 
 
@@ -138,3 +142,12 @@ def passes(cfg: TrainConfig, steps_per_epoch: int) -> int:
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """The optimizer steps of the whole run: round(epochs * steps per epoch), at least one."""
     return max(1, round(cfg.epochs * steps_per_epoch))
+
+
+def fit_folder(cfg: TrainConfig, set_keys: set) -> TrainConfig:
+    """folder:PATH with PATH absolute (so a later command re-opens it), and the model's image size and
+    channels, where neither a flag nor the preset set them, the folder's own (data/folder.py)."""
+    size, channels = folder_defaults(cfg.dataset, cfg.model.image_size if "image_size" in set_keys else None,
+                                     cfg.model.channels if "channels" in set_keys else None)
+    return replace(cfg, dataset=canonical_name(cfg.dataset),
+                   model=replace(cfg.model, image_size=size, channels=channels))

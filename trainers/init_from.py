@@ -13,7 +13,8 @@ from laser_tool.errors import UserError
 from laser_tool.runs.reader import check_input_run
 
 # Settings that fix which images are training, validation and test images.
-SPLIT_KEYS = ("dataset", "val_size", "seed", "train_subset")
+# skip_bad_images: a folder dataset's unreadable files left out (absent from configs made before it: False).
+SPLIT_KEYS = ("dataset", "val_size", "seed", "train_subset", "skip_bad_images")
 
 
 def source_config(path) -> dict:
@@ -26,7 +27,7 @@ def source_config(path) -> dict:
 def split_of(config: dict) -> dict:
     """The split settings of a run's config (a reduced or healed run carries its source's)."""
     train = config.get("train") if isinstance(config.get("train"), dict) else config
-    return {k: train.get(k) for k in SPLIT_KEYS}
+    return {k: train.get(k, False if k == "skip_bad_images" else None) for k in SPLIT_KEYS}
 
 
 def check_split(cfg, source: dict, path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from laser_tool.data import Augment, BatchLoader, default_augment, fit_model, load_dataset
+from laser_tool.data import Augment, BatchLoader, default_augment, fit_model, is_folder, load_dataset, short_name
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
 from laser_tool.fileio import atomic_write_json, deferred_commit
@@ -56,7 +56,8 @@ def default_name(cfg: TrainConfig) -> str:
     if cfg.init_from:
         return f"{Path(cfg.init_from).name}-ft{cfg.epochs}-seed{cfg.seed}"
     m = cfg.model
-    parts = [m.arch, cfg.dataset, m.variant or "baseline"]
+    data = short_name(cfg.dataset) if is_folder(cfg.dataset) else cfg.dataset  # no '/' in a run name
+    parts = [m.arch, data, m.variant or "baseline"]
     if m.variant in STRUCTURED:
         setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
         budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
@@ -186,7 +187,9 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
 def prepare(cfg, d, device, run_dir: Path, source) -> Job:
     """The data, loader and schedule; the model (built, or rebuilt with a resume point's factored layers),
     optimizer and scaler, restored from the resume point if there is one; config.json written."""
-    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset)
+    m = cfg.model  # a folder dataset's images are decoded to the model's size and channels (data/folder.py)
+    splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_size, cfg.seed, cfg.train_subset,
+                          m.image_size, m.channels, cfg.skip_bad_images)
     # config["train"] keeps what was asked, for comparisons; "model" what was built
     spec = ModelSpec.from_dict(source["model"]) if source else fit_model(cfg.model, splits)
     micro, rem = divmod(cfg.batch_size, d.world_size * cfg.grad_accum)

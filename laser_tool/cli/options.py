@@ -7,7 +7,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import ARCHS, DYAD_VARIANTS, INITS, PARAMS, TARGETS, VARIANTS
+from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, INITS, PARAMS, TARGETS, VARIANTS
 
 
 def model_options(f):
@@ -66,6 +66,32 @@ def model_settings(opts: dict) -> dict:
     if "blocks" in given:
         given["blocks"] = comma_list(given["blocks"], "--blocks", int, example="0,1")
     return given
+
+
+class DatasetName(click.ParamType):
+    """A built-in dataset (vocab.DATASETS) or folder:PATH, an image folder (data/folder.py)."""
+    name = "|".join(DATASETS) + "|folder:PATH"
+
+    def convert(self, value, param, ctx):
+        if str(value).strip().lower().startswith("folder:") or value in DATASETS:
+            return value
+        raise UserError(f"--dataset {value!r}: choose one of {', '.join(DATASETS)}, or folder:PATH for an image "
+                        f"folder (PATH/train/CLASS/*.png, PATH/test/CLASS/*.png)")
+
+
+def dataset_options(f):
+    """Which data a run trains on: shared by `train` and `study`."""
+    opts = [
+        click.option("--dataset", type=DatasetName(),
+                     help="A built-in dataset, or folder:PATH: an image folder (PATH/train/CLASS/*.png, PATH/test/"
+                          "CLASS/..., optional PATH/val/), decoded to --image-size and --channels (default: the "
+                          "images' own) and cached under ~/.cache/laser-tool."),
+        click.option("--skip-bad-images/--no-skip-bad-images", default=None,
+                     help="folder:PATH: leave unreadable files out (counted) instead of stopping."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
 
 class GradClip(click.ParamType):

@@ -15,7 +15,8 @@ RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 BATCH = click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
 DATA = [click.option("--data-dir", help="Where the run's dataset lives (default: the run's own data_dir)."),
-        click.option("--dataset", help="Dataset name, for checkpoints whose config names none.")]
+        click.option("--dataset", help="Dataset name, for checkpoints whose config names none, or folder:PATH "
+                                        "for a run's image folder that has moved.")]
 CALIB = click.option("--calib-batches", type=int, default=8, show_default=True,
                      help="Training-split batches (128 images each) for whiten/asvd/fisher.")
 

@@ -6,7 +6,7 @@ import click
 from ..errors import UserError
 from ..signals import exit_code
 from ..vocab import FRONTIER_TARGETS
-from .options import minutes
+from .options import dataset_options, minutes
 
 
 @click.command()
@@ -28,6 +28,9 @@ from .options import minutes
 @click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
+@dataset_options
+@click.option("--image-size", type=int, help="folder:PATH: the size images are resized to (default: their own).")
+@click.option("--channels", type=int, help="folder:PATH: 1 (greyscale) or 3 (RGB) (default: most images' own).")
 @click.option("--lr", type=float, help="Override the preset's learning rate (every row).")
 @click.option("--batch-size", type=int, help="Override the preset's batch size (every row).")
 @click.option("--weight-decay", type=float)

@@ -5,8 +5,8 @@ import click
 
 from ..errors import UserError
 from ..signals import exit_code
-from ..vocab import CUT_METHODS, DATASETS
-from .options import GradClip, model_keys, model_options, model_settings
+from ..vocab import CUT_METHODS
+from .options import GradClip, dataset_options, model_keys, model_options, model_settings
 
 
 def config_from_options(preset, opts):
@@ -35,7 +35,7 @@ def from_source(cfg, opts):
 @click.command()
 @click.option("--preset", help="Defaults: seed-vit-tiny, seed-xt (CIFAR-10, the seed's settings) or quick (CPU).")
 @model_options
-@click.option("--dataset", type=click.Choice(DATASETS))
+@dataset_options
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
 @click.option("--download/--no-download", default=None, help="Let torchvision download missing data.")
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation (on).")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .files import canonical_name
+from .folder import is_folder
 
 @dataclass(frozen=True)
 class Augment:
@@ -41,8 +42,12 @@ DEFAULT_AUGMENT = {
 }
 
 
+# Folder datasets (folder.py) are usually photographs: CIFAR's natural-image recipe; --no-augment turns it off.
+FOLDER_AUGMENT = Augment(rrc=True, flip_p=0.3)
+
+
 def default_augment(name: str) -> Augment:
-    return DEFAULT_AUGMENT[canonical_name(name)]
+    return FOLDER_AUGMENT if is_folder(name) else DEFAULT_AUGMENT[canonical_name(name)]
 
 
 def sample_augment(spec: Augment, n: int, generator: torch.Generator) -> dict:

@@ -1,7 +1,8 @@
 """Datasets: finding and reading the files, and the train/val/test split.
 
-Four datasets: cifar10, cifar100, fashion-mnist, mnist. We read the standard on-disk files ourselves
-(CIFAR python pickles, (Fashion-)MNIST IDX) instead of going through torchvision's Dataset classes:
+Four datasets: cifar10, cifar100, fashion-mnist, mnist, plus folder:PATH, an image folder (folder.py,
+which load_dataset hands it to; the splitting below is shared). We read the standard on-disk files
+ourselves (CIFAR python pickles, (Fashion-)MNIST IDX) instead of going through torchvision's Dataset classes:
 the whole set becomes one uint8 tensor that lives on the GPU (loader.py), and each batch is cropped and
 flipped there in a few tensor ops (augment.py) rather than per image with PIL in worker processes.
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from . import folder
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,13 @@ class Splits:
 
 
 def canonical_name(name: str) -> str:
+    if folder.is_folder(name):
+        return folder.canonical(name)  # folder:PATH, PATH made absolute (folder.py)
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or folder:PATH "
+                        f"(PATH/train/CLASS/*.png, PATH/test/CLASS/*.png)")
     return key
 
 
@@ -253,30 +258,59 @@ def _read_idx_set(name: str, folder: Path):
 # ---------------------------------------------------------------- splits
 
 def load_dataset(name: str, data_dir=None, download: bool = False, val_size=None, seed: int = 0,
-                 train_subset=None) -> Splits:
+                 train_subset=None, image_size=None, channels=None, skip_bad: bool = False) -> Splits:
     """Find, read and split a dataset. Validation is held out of the training set by `seed`;
-    `train_subset` keeps the first N of the remaining (shuffled) training images; test is untouched."""
+    `train_subset` keeps the first N of the remaining (shuffled) training images; test is untouched.
+    image_size, channels and skip_bad apply to folder:PATH datasets only (folder.py); the built-in
+    ones have their own size and channels."""
     name = canonical_name(name)
+    if folder.is_folder(name):
+        return _load_folder(name, data_dir, download, val_size, seed, train_subset, image_size, channels, skip_bad)
     info = DATASETS[name]
     if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
         # Say so rather than quietly fall back to ./data: a typo should not train on other files.
         raise UserError(f"--data-dir {data_dir} is not a folder; fix the path, or add --download to fetch {name} there")
-    folder, searched, partial = _locate(name, data_dir)
-    if folder is None and download:
+    found, searched, partial = _locate(name, data_dir)
+    if found is None and download:
         _download(name, data_dir)
-        folder, searched, partial = _locate(name, data_dir)
-    if folder is None:
+        found, searched, partial = _locate(name, data_dir)
+    if found is None:
         incomplete = f" (incomplete: {'; '.join(partial)})" if partial else ""
         raise UserError(f"{name} not found; searched {', '.join(searched)}{incomplete}; {info.hint}")
     reader = _read_cifar if name in CIFAR_FILES else _read_idx_set
-    (train_x, train_y), (test_x, test_y) = reader(name, folder)
+    (train_x, train_y), (test_x, test_y) = reader(name, found)
     for y, split in ((train_y, "train"), (test_y, "test")):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
-            raise UserError(f"{folder}: {split} labels span {int(y.min())}..{int(y.max())}, outside "
+            raise UserError(f"{found}: {split} labels span {int(y.min())}..{int(y.max())}, outside "
                             f"0..{info.num_classes - 1}; re-download {name}")
-
-    n = len(train_x)
     val_size = DEFAULT_VAL_SIZE if val_size is None else int(val_size)
+    train, val, val_idx = _hold_out(name, train_x, train_y, val_size, seed, train_subset)
+    return Splits(*train, *val, test_x, test_y, val_idx, info.num_classes, info.channels, info.image_size, name,
+                  str(found))
+
+
+def _load_folder(name, data_dir, download, val_size, seed, train_subset, image_size, channels, skip_bad):
+    if data_dir is not None or download:
+        raise UserError(f"--dataset {name} reads that folder; drop --data-dir and --download (they are for the "
+                        f"built-in datasets)")
+    image_size, channels = folder.folder_defaults(name, image_size, channels)
+    splits, classes = folder.load_folder(name, image_size, channels, skip_bad)
+    train_x, train_y = splits["train"]
+    if "val" in splits:  # PATH/val/ is the validation split; train/ is used whole
+        if val_size is not None:
+            raise UserError(f"--val-size {val_size}: {name} has its own val/ folder, which is the validation "
+                            f"split; drop --val-size")
+        (train, _, _), val, val_idx = _hold_out(name, train_x, train_y, 0, seed, train_subset), splits["val"], []
+    else:  # a tenth of train/, at most the built-in datasets' 5,000
+        val_size = min(DEFAULT_VAL_SIZE, max(1, len(train_x) // 10)) if val_size is None else int(val_size)
+        train, val, val_idx = _hold_out(name, train_x, train_y, val_size, seed, train_subset)
+    return Splits(*train, *val, *splits["test"], val_idx, len(classes), channels, image_size, name,
+                  name[len(folder.PREFIX):])
+
+
+def _hold_out(name, train_x, train_y, val_size, seed, train_subset):
+    """((train x, y), (val x, y), val indices): val_size images held out by the seed, then the subset."""
+    n = len(train_x)
     if not 0 <= val_size < n:
         raise UserError(f"val_size {val_size} must be in 0..{n - 1} (the {name} training set has {n} images); "
                         f"pick a smaller --val-size")
@@ -288,12 +322,14 @@ def load_dataset(name: str, data_dir=None, download: bool = False, val_size=None
                             f"the validation split); pick a smaller --train-subset")
         keep = keep[:train_subset]
     keep = keep.sort().values  # original order; the loader shuffles anyway
-    return Splits(train_x[keep], train_y[keep], train_x[val_idx], train_y[val_idx], test_x, test_y,
-                  val_idx.tolist(), info.num_classes, info.channels, info.image_size, name, str(folder))
+    return (train_x[keep], train_y[keep]), (train_x[val_idx], train_y[val_idx]), val_idx.tolist()
 
 
 def fit_model(spec, dataset):
     """The model's input and output sizes from the dataset (a name or loaded Splits): the one place
     a model is fitted to its data, by the trainer and by every plan that must predict what it builds."""
+    if not isinstance(dataset, Splits) and folder.is_folder(dataset):
+        # a folder's images are resized to the model's size and channels (folder.py): only the classes are its own
+        return replace(spec, num_classes=folder.num_classes(dataset))
     info = dataset if isinstance(dataset, Splits) else DATASETS[canonical_name(dataset)]
     return replace(spec, image_size=info.image_size, channels=info.channels, num_classes=info.num_classes)

@@ -80,8 +80,10 @@ def run_data(config: dict, data_dir=None, dataset=None):
     name = dataset or config.get("dataset")
     if not name:
         raise UserError("the run's config names no dataset; pass --dataset (and --data-dir)")
+    model = config.get("model", {})  # a folder dataset is decoded to the size and channels the model was built for
     return load_dataset(name, data_dir or config.get("data_dir"), False, config.get("val_size"),
-                        config.get("seed", 0), config.get("train_subset"))
+                        config.get("seed", 0), config.get("train_subset"), model.get("image_size"),
+                        model.get("channels"), bool(config.get("skip_bad_images")))
 
 
 def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=8,

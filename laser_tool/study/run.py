@@ -106,7 +106,8 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
         todo = [st for st in steps if st.kind == "train" and finished_run(runs / st.name) is None]
         if todo:  # a missing dataset is one clear error up front, not one per run
             c = todo[0].cfg
-            load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset)
+            load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset,
+                         c.model.image_size, c.model.channels, c.skip_bad_images)
         me = journal.start(out, request)  # logged before any work, so a killed invocation still counts
         launch.on_done = lambda name: journal.step_done(out, me)
         res = execute(steps, out, launch, device, data_dir, lambda s: (log(s), journal.update(out, me)))

@@ -31,6 +31,8 @@ def flag(k, v) -> str:
         return " ".join(f"--target {t}" for t in v)
     if isinstance(v, bool):
         return f if v else f.replace("--", "--no-", 1)
+    if k == "dataset":
+        return f"{f} {shlex.quote(str(v))}"
     if k == "reduce_layers":
         return " ".join(f"--reduce-layer {shlex.quote(t)}" for t in v)
     return f"{f} {v}"
