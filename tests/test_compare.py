@@ -571,3 +571,22 @@ def test_parameterisation_and_new_variants_are_separate_groups(tmp_path):
                       "lowrank ffn r=0.5 structured spectral": "train-time", "lowrank ffn keep=0.5": "train-time",
                       "monarch ffn keep=0.5": "train-time", "btt ffn rank=2": "train-time"}
     assert all(r["n"] == 1 for r in c.rows)
+
+
+def test_lr_grid_keeps_the_point_best_on_validation_even_where_test_disagrees(tmp_path):
+    """Two points of one lr grid: validation prefers x2, test would prefer x0.5. The table keeps x2 only,
+    tests it against the baseline of the grid's base lr, never shows x0.5's test accuracy, and a note
+    lists both points' validation accuracy."""
+    recipe = {"epochs": 2, "batch_size": 32, "weight_decay": 0.05}
+    make_run(tmp_path, "base", 0.80, train={**recipe, "lr": 1e-3}, val_acc=0.80)
+    narrow = replace(TINY, mlp_dim=32)
+    for mult, val, test in ((0.5, 0.80, 0.91), (2.0, 0.85, 0.70)):
+        make_run(tmp_path, f"narrow-lr{mult:g}", test, spec=narrow, val_acc=val,
+                 train={**recipe, "lr": 1e-3 * mult, "lr_grid": {"base_lr": 1e-3, "mult": mult}})
+    c = cmp.compare_runs([tmp_path], speed=False)
+    narrow_rows = [r for r in c.rows if r["family"] == "narrower"]
+    assert len(narrow_rows) == 1 and "lr×2" in narrow_rows[0]["label"]
+    assert narrow_rows[0]["acc_mean"] == pytest.approx(0.70) and narrow_rows[0]["baseline"] == "baseline"
+    assert not any(r["acc_mean"] == pytest.approx(0.91) for r in c.rows)
+    note = next(n for n in c.notes if n.startswith("lr grid"))
+    assert "×0.5 80.00%" in note and "×2 85.00%" in note

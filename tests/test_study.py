@@ -281,3 +281,31 @@ def test_match_compute_needs_heals_and_rows_to_match(tmp_path):
     res = CliRunner().invoke(main, ["study", "--preset", "seed-xt", "--match-compute", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--match-compute applies to the frontier presets" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_lr_grid_trains_every_point_and_the_report_keeps_the_validation_best(tiny_study, monkeypatch):
+    tmp, calls = tiny_study
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd"),
+                                                                       heal_epochs=1))
+    report = study.run_study("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
+                             train_opts={"augment": False}, frontier_opts={"lr_grid": "2,0.5"})
+    assert sorted(calls["train"]) == ["baseline-s0", "narrower-k0.5-lr0.5-s0", "narrower-k0.5-lr2-s0"]
+    assert sorted(calls["heal"]) == ["baseline-plus1-s0", "svd-k0.5-heal1-lr0.5-s0", "svd-k0.5-heal1-lr2-s0"]
+    runs = tmp / "st" / "runs"
+    val = {n: json.loads((runs / n / "final.json").read_text())["val_acc"] for n in calls["train"] + calls["heal"]}
+    rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
+    for fam, names in (("narrower", ["narrower-k0.5-lr0.5-s0", "narrower-k0.5-lr2-s0"]),
+                       ("healed", ["svd-k0.5-heal1-lr0.5-s0", "svd-k0.5-heal1-lr2-s0"])):
+        kept = {r["label"] for r in rows if r["family"] == fam}
+        best = max(names, key=lambda n: val[n])  # ties: the first point, as max() keeps it
+        assert len(kept) == 1 and f"lr×{best.split('-lr')[1].split('-')[0]}" in kept.pop()
+    assert report.read_text().count("lr grid: ") == 2
+
+
+def test_lr_grid_errors(tmp_path):
+    for text, msg in (("0,1", "not a positive multiple"), ("1,1", "given twice"), ("1,fast", "is not a number"),
+                      ("-2", "not a positive multiple")):
+        with pytest.raises(UserError, match=msg):
+            study.plan("quick", 1, tmp_path, frontier_opts=dict(lr_grid=text))
+    steps, _ = study.plan("frontier", 1, tmp_path)   # the frontier preset tries 0.5, 1 and 2 by default
+    assert {s.cfg.lr_grid["mult"] for s in steps if s.kind == "train" and s.cfg.lr_grid} == {0.5, 1.0, 2.0}

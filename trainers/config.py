@@ -53,6 +53,9 @@ class TrainConfig:
     # (study/compute.py): {"base_epochs": E, "heal_epochs": H}. A label (it changes nothing trained) that
     # keeps the run apart from the same row at the baseline's epochs and names that baseline's length.
     matched_to: Optional[dict] = None
+    # `study --lr-grid`: this run is one point of a learning-rate grid, {"base_lr": lr, "mult": m}
+    # (lr = base_lr * m); compare keeps the grid point with the best validation accuracy. A label too.
+    lr_grid: Optional[dict] = None
 
     def __post_init__(self):
         # One spelling per setting, so a config read back from JSON compares equal to the one written.

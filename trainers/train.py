@@ -49,7 +49,7 @@ from .tblog import TBLog
 
 # Settings that do not change what is trained: a run may be continued with these changed.
 VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard",
-            "matched_to"}
+            "matched_to", "lr_grid"}
 
 
 def default_name(cfg: TrainConfig) -> str:

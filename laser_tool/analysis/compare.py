@@ -23,6 +23,7 @@ from ..runs.reader import Run, find_run_dirs, read_run
 from ..vocab import METRICS
 from .costs import layer_table
 from .describe import describe, family, label, section_title
+from .lrgrid import choose_lr
 from .paired import predictions, versus
 from .rows import Group, make_row
 from .speed import measure_images_per_s
@@ -75,7 +76,7 @@ def pick_baselines(groups: list, want) -> dict:
     for g in sorted(groups, key=lambda g: (default(g), width(g), g.params or 0, len(g.runs)), reverse=True):
         d = g.desc
         if d["spec"].variant is None and not d["reductions"] and not d["heal"] and not d["slims_in_training"] \
-                and not d["continued"] and not d["iso_compute"]:
+                and not d["continued"] and not d["iso_compute"] and not d["lr_grid"]:
             out.setdefault(d["base_match"], g)
     return out
 
@@ -260,6 +261,7 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
     for sec, by_key in sections.items():
         groups, title = list(by_key.values()), section_title(sec)
         bases = classify(groups, baseline, notes, title)
+        groups = choose_lr(groups, notes)
         speed_of = speeds(groups, device, speed_batch, speed_reps) if speed else {}
         made = {id(g): make_row(g, title, speed_of, roots, metric) for g in groups}
         for g in groups:

@@ -21,6 +21,8 @@ VARIANT_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_varia
 # Training settings that slim the model while it trains (progressive reduction): part of a row's
 # group key, but not of the recipe its baseline must share.
 VARIANT_TRAIN_KEYS = ("reduce_at", "reduce_to", "reduce_layers", "reduce_method", "reduce_tolerance", "reduce_window")
+# Config labels that name a run's place in a study (study/steps.LABELS), not how it trains.
+LABELS = ("matched_to", "lr_grid")
 # Parts of a recorded reduction step that differ between the seeds of one request.
 STEP_PER_RUN = ("parent", "parent_checkpoint", "ranks", "calib", "layers")
 # Runs are only tested against a baseline of the same dataset and base architecture.
@@ -131,11 +133,21 @@ def describe(config: dict) -> dict:
     # Trained longer to match a heal's compute (study --match-compute): tested against the baseline
     # of its recipe at the epochs that baseline trained
     iso = recipe.get("matched_to") if isinstance(recipe.get("matched_to"), dict) else None
-    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS and k != "matched_to"}
+    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS + LABELS}
     if iso:
         base_recipe["epochs"] = iso.get("base_epochs")
+    # One point of a learning-rate grid (study --lr-grid): tested against the baseline of the grid's
+    # base lr; `grid_key` is what the points of one grid share (compare keeps the best on validation)
+    grid = (own or recipe).get("lr_grid")
+    grid = grid if isinstance(grid, dict) else None
+    if grid and not own:
+        base_recipe["lr"] = grid.get("base_lr")
+    unlr = lambda d: None if d is None else {k: v for k, v in d.items() if k not in ("lr", "lr_grid")}
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
+                grid_key=_json([spec, unlr(recipe) if not own else recipe, requested,
+                                unlr(heal_key) if isinstance(heal_key, dict) else heal_key, unlr(own)])
+                if grid else None, lr_grid=grid,
                 base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
                                   base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
@@ -188,6 +200,8 @@ def label(d: dict, base_spec) -> str:
         text += f" + {d['continued']} more ep (control)"
     if d.get("iso_compute"):
         text += f" {d['recipe'].get('epochs'):g} ep (iso-compute)"
+    if d.get("lr_grid"):
+        text += f" lr×{d['lr_grid'].get('mult'):g}"
     return text
 
 

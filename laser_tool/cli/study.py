@@ -22,6 +22,9 @@ from .options import dataset_options, minutes
               "parameters kept, each in (0, 1) (default: the preset's).")
 @click.option("--targets", type=click.Choice(FRONTIER_TARGETS), help="Frontier presets: which layers are slimmed.")
 @click.option("--families", metavar="F,F,...", help="Frontier presets: which families (default: the preset's).")
+@click.option("--lr-grid", metavar="M,M,...", help="Frontier presets: train every train-time, narrower and progressive "
+              "row and every heal at these multiples of its learning rate and keep, per row, the best on validation "
+              "(the frontier preset: 0.5,1,2).")
 @click.option("--match-compute", is_flag=True, default=None,
               help="Frontier presets: also train every train-time and narrower row for the epochs that make its "
                    "training FLOPs equal the healed rows', and answer at equal compute too.")
@@ -61,7 +64,7 @@ from .options import dataset_options, minutes
               help="Equivalence margin of the answer's tests, in percentage points of accuracy.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
-def study(preset, seeds, out, heal_epochs, budgets, targets, families, match_compute, epochs, device, data_dir, jobs, threads,
+def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, match_compute, epochs, device, data_dir, jobs, threads,
           launcher, gpus_per_job, jobs_per_gpu, partition, account, qos, gpus_per_node, time_limit, no_wait, show_status,
           tensorboard, margin, extend, **train_opts):
     """Train a preset's runs over seeds and write STUDY/report.md (the answer, table, plot, commands).
@@ -79,7 +82,7 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, match_com
     if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
     train_opts = {k: v for k, v in train_opts.items() if v is not None}
-    frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families,
+    frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families, lr_grid=lr_grid,
                                            match_compute=match_compute or None).items() if v is not None}
     if show_status:
         for line in study_status(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs,

@@ -13,10 +13,14 @@ trains one dense baseline, then per budget:
   healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
   control       the baseline itself trained on `heal_epochs` with that recipe (`baseline-plusH`), so a heal
                 is measured against the extra training alone
+  lr grid       with `--lr-grid M1,M2,...` (the `frontier` preset: 0.5,1,2), every train-time, narrower
+                and progressive row and every heal at each multiple of its learning rate; compare keeps,
+                per row, the multiple with the best validation accuracy
   iso-compute   with `--match-compute`, every train-time and narrower row once more, trained for the
                 epochs that make its training FLOPs equal the healed rows' (compute.py)
 Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
 """
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,6 +48,7 @@ class Frontier:
     families: tuple
     heal_epochs: int = 0     # > 0: every post-hoc cut is also healed this many epochs
     seeds: int = 1
+    lr_grid: tuple = ()      # multiples of the learning rate each train-time row and heal is tried at
 
 
 FRONTIERS = {
@@ -52,7 +57,7 @@ FRONTIERS = {
     "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
                       ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"), heal_epochs=1),
     # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
-    "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1),
+    "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1, lr_grid=(0.5, 1, 2)),
     # The seed's ViT-tiny on CIFAR-10 (a GPU job).
     "frontier-seed-vit-tiny": Frontier("seed-vit-tiny", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=10,
                                        seeds=3),
@@ -72,6 +77,31 @@ def parse_budgets(text) -> tuple:
                             f"the targeted layers' parameters kept")
         out.append(b)
     return tuple(sorted(set(out), reverse=True))
+
+
+def parse_lr_grid(text) -> tuple:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0): multiples of the preset's learning rate, each > 0, each once."""
+    out = []
+    for part in comma_list(text, "--lr-grid", example="0.5,1,2"):
+        try:
+            m = float(part)
+        except ValueError:
+            raise UserError(f"--lr-grid {text!r}: {part!r} is not a number; give multiples of the learning "
+                            f"rate, e.g. --lr-grid 0.5,1,2") from None
+        if not (math.isfinite(m) and m > 0):
+            raise UserError(f"--lr-grid {text!r}: {part} is not a positive multiple of the learning rate")
+        if m in out:
+            raise UserError(f"--lr-grid {text!r}: {part} is given twice; list each multiple once")
+        out.append(m)
+    return tuple(sorted(out))
+
+
+def grid_points(lr_grid) -> list:
+    """(multiple, name part) per grid point; without a grid one point, the preset's lr, unlabelled.
+    The multiple 1 keeps the plain name, so a grid added to a study reuses its finished rows."""
+    if not lr_grid:
+        return [(None, "")]
+    return [(m, "" if m == 1 else f"-lr{m:g}") for m in lr_grid]
 
 
 def parse_families(text) -> tuple:
@@ -137,7 +167,7 @@ def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: in
 
 
 def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, families=None, heal_epochs=None,
-                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False):
+                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False, lr_grid=None):
     """(steps, notes) of a frontier study, in dependency order per seed: the baseline, every train-time
     family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
     fr = FRONTIERS[name]
@@ -147,6 +177,7 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
         raise UserError(f"--targets {targets!r}: choose ffn, attn or all")
     families = parse_families(families) if families is not None else fr.families
     heal_epochs = fr.heal_epochs if heal_epochs is None else heal_epochs
+    points = grid_points(parse_lr_grid(lr_grid) if lr_grid is not None else fr.lr_grid)
     if match_compute:
         check_match_compute(families, POST_HOC, heal_epochs)
     runs = out / "runs"
@@ -157,22 +188,25 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
         steps.append(base)
         for fam in (f for f in families if f not in POST_HOC):
             for keep in budgets:
-                st = train_step(fr.trainer_preset, family_opts(fam, keep, targets, base.cfg),
-                                f"{fam}-{_tag(keep)}-s{seed}", extra)
-                if (fam, keep) not in checked:
-                    checked[fam, keep] = reachable(st, fam, keep, notes)
-                if checked[fam, keep]:
-                    steps.append(st)
-                    if match_compute:
-                        steps.append(iso_step(fr, fam, keep, targets, base, st, heal_epochs, seed, extra))
+                for mult, part in points:
+                    opts = family_opts(fam, keep, targets, base.cfg)
+                    if mult is not None:
+                        opts.update(lr=base.cfg.lr * mult, lr_grid={"base_lr": base.cfg.lr, "mult": mult})
+                    st = train_step(fr.trainer_preset, opts, f"{fam}-{_tag(keep)}{part}-s{seed}", extra)
+                    if (fam, keep) not in checked:
+                        checked[fam, keep] = reachable(st, fam, keep, notes)
+                    if checked[fam, keep]:
+                        steps.append(st)
+                if checked[fam, keep] and match_compute:
+                    steps.append(iso_step(fr, fam, keep, targets, base, st, heal_epochs, seed, extra))
         for method in (f for f in families if f in POST_HOC):
             for keep in budgets:
                 cut = f"{method}-{_tag(keep)}-s{seed}"
                 sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
                 steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}"))
-                if heal_epochs:
-                    steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}-s{seed}",
-                                           heal_epochs, seed))
+                for mult, part in (points if heal_epochs else []):
+                    steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}-s{seed}",
+                                           heal_epochs, seed, mult))
         if heal_epochs and any(f in POST_HOC for f in families):  # a heal against extra training alone
             steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-s{seed}", heal_epochs, seed))
     return steps, notes

@@ -8,6 +8,7 @@ from pathlib import Path
 from trainers.config import build_config
 
 HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
+LABELS = ("matched_to", "lr_grid")  # config labels that name a run's place in the study, not settings
 
 
 @dataclass
@@ -57,7 +58,7 @@ def train_step(preset: str, opts: dict, name: str, extra: dict) -> Step:
     """A train step: the preset with `opts` and the seed's settings (`extra`) over it."""
     opts = dict(opts, name=name, **extra)
     cmd = f"laser-tool train --preset {preset} " + " ".join(flag(k, v) for k, v in opts.items()
-                                                            if k != "matched_to")  # a label, not a setting
+                                                            if k not in LABELS)
     return Step("train", name, cmd, cfg=train_config(preset, opts), seed=extra["seed"])
 
 
@@ -68,11 +69,14 @@ def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str
     return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed)
 
 
-def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int) -> Step:
+def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int, lr_mult: float = None) -> Step:
     """Healing a reduced run: the baseline's own recipe (batch size, augmentation, label smoothing, weight
-    decay, split) from the reduced weights, a tenth of its lr, no warmup (`train --init-from`)."""
-    cfg = replace(base_cfg, init_from=str(runs / reduced), name=name, epochs=epochs,
-                  lr=base_cfg.lr * HEAL_LR_FACTOR, warmup_epochs=0.0)
+    decay, split) from the reduced weights, a tenth of its lr (times `lr_mult`, a point of an lr grid), no
+    warmup (`train --init-from`)."""
+    lr = base_cfg.lr * HEAL_LR_FACTOR
+    grid = None if lr_mult is None else {"base_lr": lr, "mult": lr_mult}
+    cfg = replace(base_cfg, init_from=str(runs / reduced), name=name, epochs=epochs, lr=lr * (lr_mult or 1),
+                  warmup_epochs=0.0, lr_grid=grid)
     cmd = (f"laser-tool train --init-from {runs / reduced} --out {runs} --name {name} "
            f"--epochs {epochs} --lr {cfg.lr:g} --warmup-epochs 0")
     return Step("heal", name, cmd, cfg=cfg, parent=reduced, epochs=epochs, seed=seed)
