@@ -14,7 +14,8 @@ CSV_COLUMNS = ("section", "label", "family", "curve", "baseline", "paired_with",
                "val_acc_std", "metric", "diff_vs_baseline", "diff_vs_baseline_ci", "diff_vs_baseline_ci_kind",
                "p_vs_baseline", "p_vs_baseline_holm", "p_vs_baseline_kind", "diff_vs_paired", "diff_vs_paired_ci",
                "diff_vs_paired_ci_kind", "p_vs_paired", "p_vs_paired_holm", "p_vs_paired_kind", "params_vs_paired",
-               "forward_flops", "train_flops", "train_seconds", "images_per_s", "heal_epochs", "test_size",
+               "forward_flops", "train_flops", "train_seconds", "images_per_s", "onnx_ms_b1", "onnx_ms_b64",
+               "heal_epochs", "test_size",
                "accs", "val_accs", "runs", "warnings")
 P_MARK = {"mcnemar": "ᴹ", "paired-t": "ᵗ", "welch": "ᵂ", "z-unpaired": "ᶻ"}
 CI_MARK = {"test-set": "†", "paired-images": "‡"}
@@ -64,6 +65,14 @@ def _ci(r):
     return f"[{_pct(r['acc_ci_low'])}, {_pct(r['acc_ci_high'])}]" + ("†" if r["ci_kind"] == "test-set" else "")
 
 
+def _latency(r) -> str:
+    """'0.41 / 9.80': the exported model's onnxruntime ms per batch of 1 and 64 images; blank if not measured."""
+    b1, b64 = r.get("onnx_ms_b1"), r.get("onnx_ms_b64")
+    if b1 is None and b64 is None:
+        return ""
+    return f"{_num(b1, '{:.2f}')} / {_num(b64, '{:.2f}')}"
+
+
 def markdown(comparison, commands=None) -> str:
     """The comparison as markdown: notes, one table per section, then runs not compared.
     `commands` maps a run directory name to the commands that reproduce it (the study passes these)."""
@@ -75,11 +84,12 @@ def markdown(comparison, commands=None) -> str:
         if r["section"] not in sections:
             sections.append(r["section"])
     metric = getattr(comparison, "metric", "test")
+    exported = any(r.get("onnx_ms_b1") is not None or r.get("onnx_ms_b64") is not None for r in comparison.rows)
     head = (f"| row | family | n | params | keep | test acc % (mean ± sd) | 95% CI | val acc % | "
             f"Δ {metric} vs baseline (pp) | p (Holm) | Δ {metric} vs train-time (pp) | p (Holm) | train s | "
-            f"infer img/s |")
+            f"infer img/s |" + (" onnx ms b1 / b64 |" if exported else ""))
     for sec in sections:
-        out += [f"### {sec}", "", head, "|" + "---|" * 14]
+        out += [f"### {sec}", "", head, "|" + "---|" * (14 + exported)]
         for r in comparison.rows:
             if r["section"] != sec:
                 continue
@@ -96,7 +106,8 @@ def markdown(comparison, commands=None) -> str:
             val += "" if r.get("val_acc_std") is None else f" ± {_pct(r['val_acc_std'])}"
             out.append(f"| {label} | {r['family']} | {r['n']} | {_num(r['params'])} | {keep} | {_acc(r)} | {_ci(r)} | "
                        f"{val} | {base_d} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
-                       f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |")
+                       f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |"
+                       + (f" {_latency(r)} |" if exported else ""))
         out.append("")
     out += [line for f in footnotes(comparison.rows, metric) for line in (f, "")]
     warnings = list(dict.fromkeys((r["label"], w) for r in comparison.rows for w in r["warnings"]))
@@ -131,6 +142,10 @@ def footnotes(rows, metric="test") -> list:
            f"(for a trained row the best epoch's, which chose the checkpoint, so it leans high); test acc is "
            f"measured once, on the test set, and is the unbiased one. train s: training time of the weights a row "
            f"holds (post-hoc rows inherit their baseline's; healed rows add the fine-tune)."]
+    if any(r.get("onnx_ms_b1") is not None or r.get("onnx_ms_b64") is not None for r in rows):
+        out.append("onnx ms b1 / b64: median onnxruntime CPU milliseconds per batch of 1 and of 64 images of the "
+                   "row's exported ONNX model (`laser-tool export --format onnx --measure-latency`, its "
+                   "RUN/export/latency.json records the processor and threads), shown where it was measured.")
     kinds = {r.get(f"p_vs_{n}_kind") for r in rows for n in ("baseline", "paired")}
     out += [f"{mark} {P_KINDS[k]}." for k, mark in P_MARK.items() if k in kinds]
     cis = {r.get(f"diff_vs_{n}_ci_kind") for r in rows for n in ("baseline", "paired")} | {r["ci_kind"] for r in rows}
