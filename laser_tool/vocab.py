@@ -6,6 +6,9 @@ matches on them:
   embed, head, attn-q, attn-k, attn-v, attn-qkv (vit-tiny fuses q, k, v), attn-out, ffn-in, ffn-out
 """
 ARCHS = ("vit-tiny", "xt-vit")
+# Architectures from outside: `timm:NAME` (timm's registry, built offline) and `python:MODULE:FUNCTION`
+# (a factory the user wrote). Their constructor arguments are ModelSpec.arch_args (`--arch-arg K=V`).
+EXTERNAL_ARCHS = ("timm:", "python:")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist")   # data/files.py; also folder:PATH (data/folder.py)
 # Train-time structured layers (models/layers.py, models/structured.py) and the whole variant list.
 STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")

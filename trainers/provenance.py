@@ -10,7 +10,7 @@ import torch
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("x-transformers", "laser-tool", "safetensors", "torchvision"):
+    for pkg in ("x-transformers", "timm", "laser-tool", "safetensors", "torchvision"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -16,6 +16,7 @@ on the CPU an interrupted and resumed run ends bitwise identical to an uninterru
 What each epoch and the end write is records.py's.
 """
 import contextlib
+import hashlib
 import json
 import math
 import signal
@@ -56,8 +57,11 @@ def default_name(cfg: TrainConfig) -> str:
     if cfg.init_from:
         return f"{Path(cfg.init_from).name}-ft{cfg.epochs}-seed{cfg.seed}"
     m = cfg.model
+    arch = m.arch.replace(":", "-")  # timm:NAME, python:MODULE:FUNCTION: no colons in a directory name
+    if m.arch_args:  # two timm models of one name differ by their arguments
+        arch += "-" + hashlib.sha1(json.dumps(m.arch_args, sort_keys=True).encode()).hexdigest()[:6]
     data = short_name(cfg.dataset) if is_folder(cfg.dataset) else cfg.dataset  # no '/' in a run name
-    parts = [m.arch, data, m.variant or "baseline"]
+    parts = [arch, data, m.variant or "baseline"]
     if m.variant in STRUCTURED:
         setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
         budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")

@@ -62,7 +62,7 @@ def collect(paths):
 def pick_baselines(groups: list, want) -> dict:
     """{base_match: reference group} of a section: per recipe, the group holding run `want` if it has
     that recipe, else a dense unreduced group (the arch's default FFN width first, then the widest)."""
-    default = lambda g: g.desc["spec"].mlp_dim == ARCH_DEFAULTS[g.desc["spec"].arch]["mlp_dim"]
+    default = lambda g: g.desc["spec"].mlp_dim == ARCH_DEFAULTS.get(g.desc["spec"].arch, {}).get("mlp_dim")
 
     def width(g):  # the unslimmed model is the widest: its Linear layers hold the most parameters
         try:

@@ -152,7 +152,8 @@ def describe(config: dict) -> dict:
                                   base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
-                recipe=recipe, targets=targets, continued=continued, iso_compute=iso)
+                recipe=recipe, targets=targets, continued=continued, iso_compute=iso,
+                imported=(recipe_root(config).get("import") or {}).get("weights"))  # `laser-tool import`
 
 
 def section_title(section) -> str:
@@ -168,6 +169,8 @@ def label(d: dict, base_spec) -> str:
         narrowed = [f"{k.replace('_', ' ')} {getattr(s, k)}" for k in ("mlp_dim", "dim_head")
                     if base_spec is not None and getattr(s, k) != getattr(base_spec, k)]
         text = "dense " + " ".join(narrowed).replace("mlp dim", "mlp") if narrowed else "baseline"
+        if text == "baseline" and d.get("imported"):  # weights brought in, not trained here
+            text = f"imported {str(d['imported']).replace(chr(92), '/').rpartition('/')[2]}"
         if d.get("slims_in_training"):
             r = d["recipe"]
             cut = f"{roles_text(x for _, x in d['reduced_layers'])} {r.get('reduce_to')}@{r.get('reduce_at')}"

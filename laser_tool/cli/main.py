@@ -7,6 +7,7 @@ import click
 from ..errors import UserError
 from .compare import compare
 from .export import export_cmd
+from .importing import import_cmd
 from .info import info
 from .posthoc import reduce_cmd, search_cmd, spectrum_cmd
 from .study import study
@@ -36,5 +37,5 @@ def main():
     """Train small or cut after? Train ViTs with structured layers, reduce them post hoc, compare."""
 
 
-for _command in (info, train, compare, study, reduce_cmd, search_cmd, spectrum_cmd, export_cmd):
+for _command in (info, train, import_cmd, compare, study, reduce_cmd, search_cmd, spectrum_cmd, export_cmd):
     main.add_command(_command)

@@ -1,19 +1,50 @@
 """Click options shared by several commands (the model description, a gradient-clip value, a time
 limit) and their conversion to specs. Commands import these; main.py only assembles the group.
 """
+import json
 from dataclasses import fields, replace
 
 import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, INITS, PARAMS, TARGETS, VARIANTS
+from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS, VARIANTS
+
+
+class Arch(click.ParamType):
+    """vit-tiny, xt-vit, timm:NAME or python:MODULE:FUNCTION (checked when the model is built)."""
+    name = "|".join(ARCHS) + "|timm:NAME|python:MODULE:FUNCTION"
+
+    def convert(self, value, param, ctx):
+        if value in ARCHS or str(value).startswith(EXTERNAL_ARCHS):
+            return value
+        self.fail(f"{value!r}: choose {', '.join(ARCHS)}, timm:NAME (e.g. timm:vit_tiny_patch16_224) or "
+                  f"python:MODULE:FUNCTION (your factory)", param, ctx)
+
+
+def arch_args(pairs) -> dict:
+    """--arch-arg KEY=VALUE pairs -> {KEY: VALUE}, each VALUE read as JSON (7, 0.5, true, null, [1, 2]),
+    else kept as text."""
+    out = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UserError(f"--arch-arg {pair!r}: write KEY=VALUE with a Python argument name, e.g. embed_dim=32")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = {"True": True, "False": False, "None": None}.get(text, text)
+        out[key.strip()] = value
+    return out
 
 
 def model_options(f):
     """Options that describe a model: shared by `info` and `train`."""
     opts = [
-        click.option("--arch", type=click.Choice(ARCHS), help="Architecture."),
+        click.option("--arch", type=Arch(), metavar="ARCH", help="Architecture: vit-tiny, xt-vit, timm:NAME (built offline) or "
+                                                 "python:MODULE:FUNCTION (your factory)."),
+        click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+                     help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=32."),
         click.option("--variant", type=click.Choice(VARIANTS), help="Train-time variant (default: baseline)."),
         click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
                      help="Layers the variant replaces (repeatable)."),
@@ -63,6 +94,15 @@ def model_settings(opts: dict) -> dict:
         raise UserError(f"give --keep or {setting[0]}, not both: --keep sets the structure from the budget")
     if "targets" in given:
         given["targets"] = list(given["targets"])
+    if "arch_args" in given:
+        given["arch_args"] = arch_args(given["arch_args"])
+    external = str(given.get("arch", "")).startswith(EXTERNAL_ARCHS)
+    seed_only = [k for k in ("dim", "depth", "heads", "patch_size", "dropout", "emb_dropout", "attn_dropout")
+                 if k in given]
+    if external and seed_only:
+        flag = "--" + seed_only[0].replace("_", "-")
+        raise UserError(f"{flag} sets the seed's models; for {given['arch']} give the constructor's own "
+                        f"argument with --arch-arg (e.g. --arch-arg embed_dim=32)")
     if "blocks" in given:
         given["blocks"] = comma_list(given["blocks"], "--blocks", int, example="0,1")
     return given

@@ -4,6 +4,8 @@
   with a learnable temperature and a masked diagonal, sigmaReparam projections, CLS pooling.
 - `xt-vit` (xt_vit.py): the seed's x-transformers ViTransformerWrapper(Encoder(residual_attn, macaron,
   rmsnorm)).
+- `timm:NAME` (timm_vit.py) and `python:MODULE:FUNCTION` (factory.py): models from outside, built with
+  the spec's `arch_args`; their sizes are read off the built model (external.py).
 
 A `ModelSpec` holds everything needed to rebuild a model (it is stored in every checkpoint), including
 the train-time variant and any per-layer replacements made after training.
@@ -15,6 +17,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..vocab import ARCHS, INITS, PARAMS, STRUCTURED, VARIANTS
+from .external import SIZE_FIELDS, build_external, is_external, natural_sizes
 from .surgery import apply_layer_overrides, apply_variant
 from .vit_tiny import ViTTiny
 from .xt_vit import build_xt_vit
@@ -59,11 +62,13 @@ class ModelSpec:
     # Per-layer replacements made after training (post-hoc reduction), applied last:
     # {layer name: {"kind": "factored", "rank": r, "bias": bool} or {"kind": "linear", "bias": bool}}
     layers: dict = field(default_factory=dict)
+    # Constructor arguments of an external arch (timm:NAME, python:MODULE:FUNCTION): `--arch-arg K=V`.
+    arch_args: dict = field(default_factory=dict)
 
     def resolved(self) -> "ModelSpec":
         """A copy with the arch defaults filled in and half-ffn applied to mlp_dim."""
         spec = self.validated()
-        if spec.image_size % spec.patch_size:
+        if not is_external(spec.arch) and spec.image_size % spec.patch_size:
             raise UserError(f"image size {spec.image_size} is not divisible by patch size {spec.patch_size}; "
                             f"pick a patch size that divides it")
         return spec
@@ -71,15 +76,26 @@ class ModelSpec:
     def validated(self) -> "ModelSpec":
         """A copy with the arch defaults filled in, every value checked; the image size is not yet
         compared with the patch size (the trainer fits the image size to the dataset later)."""
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.arch not in ARCHS and not is_external(self.arch):
+            raise UserError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}, timm:NAME or "
+                            f"python:MODULE:FUNCTION")
+        if not isinstance(self.arch_args, dict) or not all(isinstance(k, str) for k in self.arch_args):
+            raise UserError(f"arch args {self.arch_args!r} must be a mapping of names to values (--arch-arg K=V)")
+        if self.arch_args and not is_external(self.arch):
+            raise UserError(f"--arch-arg applies to timm:NAME and python:MODULE:FUNCTION archs, not {self.arch}; "
+                            f"use the model flags (--dim, --depth, ...) instead")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.targets and self.variant not in STRUCTURED:
             raise UserError(f"--target applies only to the {', '.join(STRUCTURED)} variants (got variant "
                             f"{self.variant}); add --variant or drop --target")
         self._check_structure()
-        filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
+        if is_external(self.arch):  # its sizes are the architecture's own, read off the model
+            natural = natural_sizes(self)
+            filled = {k: natural[k] for k in SIZE_FIELDS if getattr(self, k) is None}
+            filled["patch_size"] = natural["patch_size"] or self.patch_size
+        else:
+            filled = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         spec = replace(self, **filled)
         spec.check_values()
         return spec
@@ -89,13 +105,18 @@ class ModelSpec:
         deep in torch (or, from a checkpoint's metadata, as a huge allocation)."""
         def bad(flag, v, want):
             raise UserError(f"model setting {flag} {v!r} is invalid: it must be {want}")
+        external = is_external(self.arch)  # sizes the architecture does not have stay None
         for k in ("image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head",
                   "mlp_dim", "n_dyad"):
             v = getattr(self, k)
+            if external and v is None and k in SIZE_FIELDS:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad("--" + k.replace("_", "-"), v, "an integer >= 1")
         for k in ("dropout", "emb_dropout", "attn_dropout"):
             v = getattr(self, k)
+            if external and v is None:  # timm's dropouts are its own arguments (--arch-arg drop_rate=0.1)
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 bad("--" + k.replace("_", "-"), v, "a number in [0, 1)")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
@@ -144,7 +165,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
     s = spec.resolved()
     if s.variant == "half-ffn":
         s = replace(s, mlp_dim=s.mlp_dim // 2)
-    model = ViTTiny(s) if s.arch == "vit-tiny" else build_xt_vit(s)
+    if is_external(s.arch):
+        model = build_external(s)
+    else:
+        model = ViTTiny(s) if s.arch == "vit-tiny" else build_xt_vit(s)
     if s.variant in STRUCTURED:
         if not s.targets:
             raise UserError(f"variant {s.variant!r} needs at least one --target")

@@ -1,12 +1,16 @@
 """Naming and replacing the Linear-like layers of a model.
 
 Layers are found by the type of the module that holds them (attention, feed-forward), never by index
-paths, and get the same readable names in both architectures:
+paths, and get the same readable names in every architecture:
   embed, blocks.{i}.attn.{q,k,v,qkv,out}, blocks.{i}.ffn.{in,out}, head
 x-transformers' macaron blocks hold two feed-forwards, named ffn1 (before attention) and ffn2 (after).
-These are the names `info` prints and `reduce --layer` accepts.
+timm's models are matched by timm's Attention and Mlp types, a user's model (and a timm model built of
+other blocks) by the Linear layers its modules hold (ATTN_LAYOUTS, FFN_LAYOUTS); timm's patch embedding
+is a Conv2d, not a slot. These are the names `info` prints and `reduce --layer` accepts; `slots` is the
+one way any command finds them.
 """
 import difflib
+import sys
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -58,11 +62,15 @@ def _ffn_slots(ffn, prefix, block):
 
 def slots(model: nn.Module) -> list:
     """Every Linear-like layer of a model as a Slot, in a stable order."""
-    if isinstance(model, ViTTiny):  # importing x-transformers costs seconds: only when needed
-        attn_types, ffn_types = (LSA,), (FeedForward,)
-    else:
+    if isinstance(model, ViTTiny):
+        return _seed_slots(model, (LSA,), (FeedForward,))
+    if type(model).__module__.split(".")[0] == "x_transformers":  # importing it costs seconds: only then
         xt = import_x_transformers().x_transformers
-        attn_types, ffn_types = (LSA, xt.Attention), (FeedForward, xt.FeedForward)
+        return _seed_slots(model, (xt.Attention,), (xt.FeedForward,))
+    return _found_slots(model)
+
+
+def _seed_slots(model, attn_types, ffn_types) -> list:
     attns = [m for m in model.modules() if isinstance(m, attn_types)]
     ffns = [m for m in model.modules() if isinstance(m, ffn_types)]
     if not attns or len(ffns) % len(attns):
@@ -80,6 +88,91 @@ def slots(model: nn.Module) -> list:
             name = "ffn" if per_block == 1 else f"ffn{j + 1}"
             out += _ffn_slots(ffns[i * per_block + j], f"blocks.{i}.{name}", i)
     return out + [head]
+
+
+# Any other model (timm's, the user's): an attention module holds one of these sets of Linear layers
+# (attribute -> short name), a feed-forward one of these pairs. timm's Attention is (qkv, proj) and its
+# Mlp (fc1, fc2); the others are the common spellings (vit-pytorch, Hugging Face, the seed's).
+ATTN_LAYOUTS = ((("qkv", "qkv"), ("proj", "out")), (("to_qkv", "qkv"), ("to_out", "out")),
+                (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out", "out")),
+                (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "out")),
+                (("q", "q"), ("k", "k"), ("v", "v"), ("proj", "out")))
+FFN_LAYOUTS = ((("fc1", "in"), ("fc2", "out")), (("fc_in", "in"), ("fc_out", "out")),
+               (("linear1", "in"), ("linear2", "out")), (("w1", "in"), ("w2", "out")))
+HEAD_NAMES = ("head", "fc", "classifier", "mlp_head")
+
+
+def is_linear_like(m) -> bool:
+    """nn.Linear or one of the tool's replacements for it (each has in_features and out_features)."""
+    return isinstance(m, nn.Module) and all(isinstance(getattr(m, k, None), int) for k in ("in_features", "out_features"))
+
+
+def _layout(module, layouts):
+    for layout in layouts:
+        if all(is_linear_like(getattr(module, key, None)) for key, _ in layout):
+            return layout
+    return None
+
+
+def _timm_types(model):
+    """timm's Attention and Mlp classes when `model` is timm's (timm is loaded then), else None."""
+    if type(model).__module__.split(".")[0] != "timm":
+        return None
+    layers = sys.modules["timm.layers"]
+    return (layers.Attention,), (layers.Mlp,)
+
+
+def _blocks(named, types) -> tuple:
+    """([(name, attention module, layout)], [(name, feed-forward module, layout)]) in module order;
+    with `types` (timm's Attention and Mlp classes) only modules of those types."""
+    attns, ffns = [], []
+    for name, m in named:
+        if types is not None and not isinstance(m, types[0] + types[1]):
+            continue
+        if (lay := _layout(m, ATTN_LAYOUTS)) and (types is None or isinstance(m, types[0])):
+            attns.append((name, m, lay))
+        elif (lay := _layout(m, FFN_LAYOUTS)) and (types is None or isinstance(m, types[1])):
+            ffns.append((name, m, lay))
+    return attns, ffns
+
+
+def _found_slots(model) -> list:
+    """Slots of a model found by module type (timm's Attention and Mlp) or, for a model of the user's,
+    by the layouts above; the head is the classifier outside every block."""
+    named = list(model.named_modules())
+    attns, ffns = _blocks(named, _timm_types(model))
+    if not attns:  # a timm model built from other block types: the layouts alone
+        attns, ffns = _blocks(named, None)
+    if not attns or not ffns or len(ffns) % len(attns):
+        raise UserError(_not_found(model, named, attns, ffns))
+    per_block, out = len(ffns) // len(attns), []
+    for i, (_, attn, lay) in enumerate(attns):
+        out += [Slot(f"blocks.{i}.attn.{short}", attn, key, f"attn-{short}", i) for key, short in lay]
+        for j in range(per_block):
+            _, ffn, lay = ffns[i * per_block + j]
+            part = "ffn" if per_block == 1 else f"ffn{j + 1}"
+            out += [Slot(f"blocks.{i}.{part}.{short}", ffn, key, f"ffn-{short}", i) for key, short in lay]
+    inside = [n for n, _, _ in attns + ffns]
+    outside = [n for n, m in named if is_linear_like(m) and not any(n.startswith(p + ".") for p in inside)]
+    outside = [n for n in outside if not any(n.startswith(o + ".") for o in outside)]  # not a factor's parts
+    heads = [n for n in outside if n.rpartition(".")[2] in HEAD_NAMES] or outside[-1:]
+    order = {n: i for i, (n, _) in enumerate(named)}
+    embeds = [n for n in outside if n not in heads and order[n] < order[attns[0][0]]][:1]  # before the blocks
+    return [_slot_at(model, n, "embed") for n in embeds] + out + [_slot_at(model, n, "head") for n in heads[-1:]]
+
+
+def _slot_at(model, dotted: str, role: str) -> Slot:
+    parent, _, key = dotted.rpartition(".")
+    return Slot(role, model.get_submodule(parent) if parent else model, key, role)
+
+
+def _not_found(model, named, attns, ffns) -> str:
+    linears = [n for n, m in named if isinstance(m, nn.Linear)]
+    shown = ", ".join(linears[:6]) + (f" and {len(linears) - 6} more" if len(linears) > 6 else "")
+    return (f"cannot find the transformer layers of {type(model).__name__}: found {len(attns)} attention "
+            f"module(s) (Linear layers named qkv+proj, to_qkv+to_out, to_q/k/v+to_out, q/k/v_proj+out_proj) "
+            f"and {len(ffns)} feed-forward module(s) (fc1+fc2, fc_in+fc_out, linear1+linear2, w1+w2); its "
+            f"Linear layers are {shown or 'none'}: name them so, or wrap them in modules that are")
 
 
 def named_linears(model: nn.Module) -> list:
