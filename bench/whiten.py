@@ -39,12 +39,13 @@ from laser_tool.models.layers import FactoredLinear, dense_weight  # noqa: E402
 from laser_tool.models.surgery import slots  # noqa: E402
 from laser_tool.posthoc.calibration import (calibrate_sequentially, calibration_batches,  # noqa: E402
                                             collect_calibration)
-from laser_tool.posthoc.decompose import Decomposition  # noqa: E402
+from laser_tool.posthoc.decompose import Calib, Decomposition  # noqa: E402
 from laser_tool.posthoc.ranks import resolve_rank, select  # noqa: E402
 from laser_tool.posthoc.reduce import forward_order, run_data  # noqa: E402
 from laser_tool.runs.checkpoint import load_run  # noqa: E402
 
-TINY = dict(keeps="0.5,0.1", heldout=100, calib_batches=1, more_batches=2)
+DAMPS = (0.01, 0.1)
+TINY = dict(keeps="0.5,0.1", heldout=100, drift_images=50, calib_batches=1, more_batches=2)
 
 
 def grams(model, names, images, batch=500) -> dict:
@@ -57,6 +58,13 @@ def out_err(W, Wr, G) -> float:
     """||(W - W_r) X^T|| / ||W X^T|| over the inputs X with X^T X = G (the bias cancels)."""
     D = W - Wr
     return float((torch.trace(D @ G @ D.T) / torch.trace(W @ G @ W.T).clamp_min(1e-300)).sqrt())
+
+
+def damped(calib: Calib, d: float) -> Calib:
+    """X^T X + d * mean(diag) * I: GPTQ's dampening, which bounds the whitened cut's gain on directions
+    the calibration inputs barely visit."""
+    G = calib.xtx
+    return Calib(xtx=G + d * G.diagonal().mean() * torch.eye(G.shape[0], dtype=G.dtype), tokens=calib.tokens)
 
 
 def cut_model(model, plan, decs):
@@ -105,7 +113,8 @@ def per_layer(names, W, plan, calib_g, more_g, held_g):
         ev = torch.linalg.eigvalsh(calib_g[n].xtx)
         row = dict(rank=r, shape=list(Wn.shape), cholesky_shift=wh.info.get("cholesky_shift", 0.0),
                    cond_xtx=float(ev[-1] / ev[0].clamp_min(1e-300)))
-        for tag, d in (("svd", svd), ("whiten", wh), ("whiten_more_calib", wh_more)):
+        wh_damp = Decomposition(Wn, "whiten", damped(calib_g[n], 0.1))
+        for tag, d in (("svd", svd), ("whiten", wh), ("whiten_more_calib", wh_more), ("whiten_damp0.1", wh_damp)):
             U, V = d.factors(r, torch.float64)
             Wr = U @ V
             row[tag] = dict(calib=round(out_err(Wn, Wr, calib_g[n].xtx), 4),
@@ -121,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--data-dir")
     ap.add_argument("--keeps", default="0.5,0.25,0.1")
     ap.add_argument("--heldout", type=int, default=2000, help="validation images for held-out errors")
+    ap.add_argument("--drift-images", type=int, default=1000, help="validation images for the compounded error")
     ap.add_argument("--calib-batches", type=int, default=8, help="as reduce's default (128 images each)")
     ap.add_argument("--more-batches", type=int, default=64, help="the larger calibration set")
     ap.add_argument("--threads", type=int)
@@ -153,7 +163,9 @@ def main(argv=None):
         layers = per_layer(names, W, plan, calib_g, more_g, held_g)
         decs = {"svd": {n: Decomposition(W[n]) for n in names},
                 "whiten": {n: Decomposition(W[n], "whiten", calib_g[n]) for n in names},
-                "whiten_more_calib": {n: Decomposition(W[n], "whiten", more_g[n]) for n in names}}
+                "whiten_more_calib": {n: Decomposition(W[n], "whiten", more_g[n]) for n in names},
+                **{f"whiten_damp{d:g}": {n: Decomposition(W[n], "whiten", damped(calib_g[n], d)) for n in names}
+                   for d in DAMPS}}
         cuts = {tag: cut_model(model, plan, d) for tag, d in decs.items()}
         seq = copy.deepcopy(model)
         by_name = {s.name: s for s in slots(seq)}
@@ -164,7 +176,8 @@ def main(argv=None):
             by_name[name].set(FactoredLinear(U, V, None if old.bias is None else old.bias.detach().clone()))
         calibrate_sequentially(seq, names, batches, "whiten", cut_one)
         cuts["whiten_sequential"] = seq
-        e2e = {tag: dict(val_acc=evaluate(m, sp.val_x, sp.val_y, 500, dev)[1], drift=drift(model, m, names, held))
+        e2e = {tag: dict(val_acc=evaluate(m, sp.val_x, sp.val_y, 500, dev)[1],
+                         drift=drift(model, m, names, held[:a.drift_images]))
                for tag, m in cuts.items()}
         results[f"{keep:g}"] = dict(layers=layers, end_to_end=e2e)
         print(f"keep {keep:g}: " + ", ".join(f"{t} {v['val_acc']:.4f}" for t, v in e2e.items()), flush=True)
