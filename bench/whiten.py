@@ -7,13 +7,15 @@ On a trained run (the quick baseline), every attention and FFN layer cut to each
 cuts it (`*:all=params:KEEP`, factored), by svd and by whiten, measuring:
   per layer  the relative output error ||(W - W_r) X|| / ||W X|| of the layer alone, on its calibration
              inputs (8 training batches, what whitening minimises) and on held-out inputs (validation
-             images, never calibrated on), all inputs from the unreduced model; also whiten fitted on 8x
-             more calibration data, and ||W_r||_2 / ||W||_2 (how much the cut layer can amplify a change
-             of its input)
+             images, never calibrated on), all inputs from the unreduced model, over all tokens and over
+             the CLS token alone (the only token the head reads); also whiten fitted on 4x more
+             calibration data, with X^T X damped (GPTQ-style), and with the CLS token weighted as much as
+             all other tokens; ||W_r||_2 / ||W||_2 (how much the cut layer can amplify its input)
   end to end validation accuracy and, per layer, the relative error of the layer's output in the cut model
              against the unreduced model's (the compounded error), for svd, whiten with original
-             calibration, whiten with sequential calibration (each layer on the inputs of the model
-             whose earlier layers are already cut) and whiten on 8x more calibration data
+             calibration, whiten with sequential calibration (each layer on the inputs of the model whose
+             earlier layers are already cut), damped whiten and CLS-weighted whiten
+The CLS split assumes the CLS-pooled vit-tiny (token 0 is the CLS token).
 Validation images only: nothing here looks at the test set.
 """
 import argparse
@@ -44,7 +46,7 @@ from laser_tool.posthoc.ranks import resolve_rank, select  # noqa: E402
 from laser_tool.posthoc.reduce import forward_order, run_data  # noqa: E402
 from laser_tool.runs.checkpoint import load_run  # noqa: E402
 
-DAMPS = (0.01, 0.1)
+DAMPS = (0.1,)
 TINY = dict(keeps="0.5,0.1", heldout=100, drift_images=50, calib_batches=1, more_batches=2)
 
 
@@ -65,6 +67,37 @@ def damped(calib: Calib, d: float) -> Calib:
     the calibration inputs barely visit."""
     G = calib.xtx
     return Calib(xtx=G + d * G.diagonal().mean() * torch.eye(G.shape[0], dtype=G.dtype), tokens=calib.tokens)
+
+
+@torch.no_grad()
+def token_grams(model, names, images, batch=500) -> dict:
+    """{name: (X^T X of the CLS token (position 0), X^T X of the other tokens, tokens per image)}."""
+    by_name, got = {s.name: s for s in slots(model)}, {n: [0.0, 0.0, 0] for n in names}
+
+    def hook(name):
+        def fn(module, args, out):
+            x = args[0].double()
+            g = got[name]
+            g[0] = g[0] + x[:, 0].T @ x[:, 0]
+            rest = x[:, 1:].reshape(-1, x.shape[-1])
+            g[1], g[2] = g[1] + rest.T @ rest, x.shape[1]
+        return fn
+    handles = [by_name[n].module.register_forward_hook(hook(n)) for n in names]
+    model.eval()
+    try:
+        for i in range(0, len(images), batch):
+            model(images[i:i + batch].float().div(255))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: tuple(g) for n, g in got.items()}
+
+
+def cls_equal(tok) -> Calib:
+    """The CLS token weighted as much as all the other tokens together (its rows counted T-1 times): the
+    head reads the CLS token only, which token-averaged X^T X weights 1/T."""
+    G_cls, G_rest, T = tok
+    return Calib(xtx=(T - 1) * G_cls + G_rest, tokens=T)
 
 
 def cut_model(model, plan, decs):
@@ -103,7 +136,7 @@ def drift(model, cut, names, images, batch=500) -> dict:
     return {n: round((num[n] / den[n]) ** 0.5, 4) for n in names}
 
 
-def per_layer(names, W, plan, calib_g, more_g, held_g):
+def per_layer(names, W, plan, calib_g, more_g, held_g, tok_g, held_tok):
     rows = {}
     for n in names:
         r, Wn = plan[n], W[n]
@@ -114,14 +147,49 @@ def per_layer(names, W, plan, calib_g, more_g, held_g):
         row = dict(rank=r, shape=list(Wn.shape), cholesky_shift=wh.info.get("cholesky_shift", 0.0),
                    cond_xtx=float(ev[-1] / ev[0].clamp_min(1e-300)))
         wh_damp = Decomposition(Wn, "whiten", damped(calib_g[n], 0.1))
-        for tag, d in (("svd", svd), ("whiten", wh), ("whiten_more_calib", wh_more), ("whiten_damp0.1", wh_damp)):
+        wh_cls = Decomposition(Wn, "whiten", cls_equal(tok_g[n]))
+        G_cls, G_rest, T = held_tok[n]
+        row["cls_energy_share"] = round(float(torch.trace(G_cls) / (torch.trace(G_cls) + torch.trace(G_rest))), 4)
+        for tag, d in (("svd", svd), ("whiten", wh), ("whiten_more_calib", wh_more), ("whiten_damp0.1", wh_damp),
+                       ("whiten_cls_equal", wh_cls)):
             U, V = d.factors(r, torch.float64)
             Wr = U @ V
             row[tag] = dict(calib=round(out_err(Wn, Wr, calib_g[n].xtx), 4),
                             heldout=round(out_err(Wn, Wr, held_g[n].xtx), 4),
+                            heldout_cls=round(out_err(Wn, Wr, G_cls), 4),
                             gain=round(float(torch.linalg.matrix_norm(Wr, 2) / torch.linalg.matrix_norm(Wn, 2)), 3))
         rows[n] = row
     return rows
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Per keep: each layer's held-out output error (alone) and compounded error (in the cut model)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keeps = list(doc["results"])
+    fig, axes = plt.subplots(2, len(keeps), figsize=(4.2 * len(keeps), 6.4), squeeze=False, sharey="row")
+    for j, k in enumerate(keeps):
+        res = doc["results"][k]
+        names = list(res["layers"])
+        x = range(len(names))
+        for tag, style in (("svd", "o-"), ("whiten", "s-"), ("whiten_damp0.1", "^--")):
+            axes[0][j].plot(x, [res["layers"][n][tag]["heldout"] for n in names], style, label=tag, ms=4)
+        for tag, style in (("svd", "o-"), ("whiten", "s-"), ("whiten_sequential", "d-"), ("whiten_damp0.1", "^--")):
+            e = res["end_to_end"][tag]
+            axes[1][j].plot(x, [e["drift"][n] for n in names], style, ms=4,
+                            label=f"{tag} (val {100 * e['val_acc']:.1f}%)")
+        axes[0][j].set_title(f"keep {k}: layer alone, held-out inputs")
+        axes[1][j].set_title(f"keep {k}: layer output in the cut model")
+        for row in (0, 1):
+            axes[row][j].set_xticks(list(x), [n.replace("blocks.", "b").replace(".attn", "").replace(".ffn", "")
+                                              for n in names], rotation=70, fontsize=7)
+            axes[row][j].legend(fontsize=7)
+            axes[row][j].set_yscale("log")
+    axes[0][0].set_ylabel("relative output error")
+    axes[1][0].set_ylabel("relative error vs unreduced")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
@@ -132,8 +200,9 @@ def main(argv=None):
     ap.add_argument("--heldout", type=int, default=2000, help="validation images for held-out errors")
     ap.add_argument("--drift-images", type=int, default=1000, help="validation images for the compounded error")
     ap.add_argument("--calib-batches", type=int, default=8, help="as reduce's default (128 images each)")
-    ap.add_argument("--more-batches", type=int, default=64, help="the larger calibration set")
+    ap.add_argument("--more-batches", type=int, default=32, help="the larger calibration set")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--plot", help="also draw the figure of docs/whitening.md to this PNG")
     ap.add_argument("--out", help="results file (default bench/results/whiten.json)")
     a = tiny.parse(ap, argv, TINY, "bench/results/whiten.json")
     a.out = a.out or str(Path(__file__).parent / "results" / "whiten.json")
@@ -156,14 +225,16 @@ def main(argv=None):
     calib_g = collect_calibration(model, names, batches, "whiten")     # exactly what reduce calibrates on
     more_g = collect_calibration(model, names, more, "whiten")
     held_g = grams(model, names, held)
+    tok_g = token_grams(model, names, torch.cat([b[0] for b in batches]))
+    held_tok = token_grams(model, names, held)
     results = {}
     for keep in [float(k) for k in a.keeps.split(",")]:
         chosen = select(model, [f"*:all=params:{keep:g}"], None)
         plan = {n: resolve_rank(chosen[n][1], *W[n].shape, torch.linalg.svdvals(W[n]), n) for n in names}
-        layers = per_layer(names, W, plan, calib_g, more_g, held_g)
+        layers = per_layer(names, W, plan, calib_g, more_g, held_g, tok_g, held_tok)
         decs = {"svd": {n: Decomposition(W[n]) for n in names},
                 "whiten": {n: Decomposition(W[n], "whiten", calib_g[n]) for n in names},
-                "whiten_more_calib": {n: Decomposition(W[n], "whiten", more_g[n]) for n in names},
+                "whiten_cls_equal": {n: Decomposition(W[n], "whiten", cls_equal(tok_g[n])) for n in names},
                 **{f"whiten_damp{d:g}": {n: Decomposition(W[n], "whiten", damped(calib_g[n], d)) for n in names}
                    for d in DAMPS}}
         cuts = {tag: cut_model(model, plan, d) for tag, d in decs.items()}
@@ -188,6 +259,8 @@ def main(argv=None):
     if a.tiny:
         doc["tiny"] = True
     atomic_write_json(Path(a.out), doc)
+    if a.plot:
+        plot(doc, Path(a.plot))
 
 
 if __name__ == "__main__":
