@@ -163,7 +163,8 @@ def per_layer(names, W, plan, calib_g, more_g, held_g, tok_g, held_tok):
 
 
 def plot(doc: dict, path: Path) -> None:
-    """Per keep: each layer's held-out output error (alone) and compounded error (in the cut model)."""
+    """Per keep: each layer's held-out output error alone (all tokens, and the CLS token), and its compounded
+    error in the cut model (all tokens), with each method's validation accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -173,9 +174,13 @@ def plot(doc: dict, path: Path) -> None:
         res = doc["results"][k]
         names = list(res["layers"])
         x = range(len(names))
-        for tag, style in (("svd", "o-"), ("whiten", "s-"), ("whiten_damp0.1", "^--")):
-            axes[0][j].plot(x, [res["layers"][n][tag]["heldout"] for n in names], style, label=tag, ms=4)
-        for tag, style in (("svd", "o-"), ("whiten", "s-"), ("whiten_sequential", "d-"), ("whiten_damp0.1", "^--")):
+        for tag, style, c in (("svd", "o", "C0"), ("whiten", "s", "C1"), ("whiten_cls_equal", "v", "C4")):
+            axes[0][j].plot(x, [res["layers"][n][tag]["heldout"] for n in names], style + "-", c=c, ms=4,
+                            label=f"{tag}, all tokens")
+            axes[0][j].plot(x, [res["layers"][n][tag]["heldout_cls"] for n in names], style + ":", c=c, ms=4,
+                            label=f"{tag}, CLS token")
+        for tag, style in (("svd", "o-"), ("whiten", "s-"), ("whiten_sequential", "d-"), ("whiten_damp0.1", "^--"),
+                           ("whiten_cls_equal", "v-")):
             e = res["end_to_end"][tag]
             axes[1][j].plot(x, [e["drift"][n] for n in names], style, ms=4,
                             label=f"{tag} (val {100 * e['val_acc']:.1f}%)")
