@@ -93,3 +93,29 @@ def test_calibrate_sequential_with_svd_is_one_line_and_writes_nothing(base, tmp_
     assert not (tmp_path / "x").exists() and hashes(base) == before
     res = cli("reduce", base, "--layer", "*:all", "--rank", "params:0.5", "--calibrate", "nope")
     assert res.exit_code != 0 and "original" in res.output
+
+
+def test_sequential_budgets_in_one_call_equal_one_call_each(base, tmp_path):
+    """Sharing a call across budgets must not share sequential calibration: each budget's later layers see
+    its own earlier cuts."""
+    from laser_tool.posthoc.reduce import reduce_run_budgets
+    sel = {k: [f"*:all=params:{k}"] for k in (0.5, 0.1)}
+    kw = dict(method="whiten", store="factored", calib_batches=1, calibrate="sequential")
+    both = reduce_run_budgets(base, sel, outs={k: tmp_path / f"both{k}" for k in sel}, **kw)
+    for k in sel:
+        one = reduce_run(base, sel[k], out=tmp_path / f"one{k}", **kw)
+        ma, mb = ({s.name: s.module for s in slots(load_run(r)[0])} for r in (both[k], one))
+        assert all(torch.equal(ma[n].U, mb[n].U) and torch.equal(ma[n].V, mb[n].V)
+                   for n in ma if isinstance(ma[n], FactoredLinear))
+
+
+def test_study_steps_keep_original_calibration_and_its_fingerprint():
+    from pathlib import Path
+    from laser_tool.study import frontier
+    from laser_tool.study.record import fingerprint
+    from laser_tool.study.steps import reduce_step
+    st = reduce_step(Path("runs"), "base", "whiten-k50", ["*:all=params:0.5"], "whiten", 0)
+    assert "--calibrate" not in st.command and st.calibrate == "original" == frontier.CALIBRATION
+    assert fingerprint(st) == json.dumps(["reduce", "base", ["*:all=params:0.5"], "whiten"], sort_keys=True)
+    seq = reduce_step(Path("runs"), "base", "whiten-k50", ["*:all=params:0.5"], "whiten", 0, calibrate="sequential")
+    assert "--calibrate sequential" in seq.command and fingerprint(seq) != fingerprint(st)
