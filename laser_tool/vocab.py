@@ -38,6 +38,9 @@ LAYER_TYPES = {
 # Post-hoc truncation methods (posthoc/decompose.py); the ones a progressive cut or a study uses.
 REDUCE_METHODS = ("svd", "whiten", "asvd", "fisher")
 CUT_METHODS = ("svd", "whiten")
+# How activation-aware methods calibrate (`reduce --calibrate`): every layer on the unreduced model's inputs
+# (SVD-LLM), or each on the inputs of the model whose earlier layers are already cut (GPTQ-style).
+CALIBRATIONS = ("original", "sequential")
 STORES = ("dense", "factored")
 
 METRICS = ("test", "val")   # the accuracy a comparison tests on

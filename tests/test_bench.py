@@ -31,6 +31,7 @@ CASES = {
                                      "budgets", "store", "val_images", "test_images", "base_test_acc",
                                      "score_seconds", "results", "tiny"}, []),
     "train": ([], {"machine", "cpu", "tiny"}, []),
+    "whiten": (["--data-dir", DATA, "--threads", "1"], {"about", "results", "base_val_acc", "tiny"}, []),
 }
 
 

@@ -336,3 +336,34 @@ def test_dyad_split_k_path_is_exact(variant, monkeypatch):
         assert rel_err(a, b) <= 1e-6
     ref = x.detach() @ dyad_reference(layer).detach().T + layer.bias.detach()
     assert rel_err(results[1][0], ref) <= 1e-5
+
+
+def official_dyad_forward(layer, x):
+    """asappresearch/dyad's Dyad.forward (sparse_opt/dyad.py) as written there: feature-major x (d_in, N),
+    weights (dyad_dim, dim_out, dim_in), bias (d_out, 1). Ours keeps (nd, bi, bo), hence the transposes."""
+    nd, bi, bo = layer.n_dyad, layer.in_features // layer.n_dyad, layer.out_features // layer.n_dyad
+    wl, wu = layer.w_lower.transpose(1, 2), layer.w_upper.transpose(1, 2)
+    x1 = x.reshape(nd, bi, -1)
+    x2 = x.reshape(bi, nd, -1).transpose(0, 1)
+    out = (wl.bmm(x1) + wu.bmm(x2)).reshape(nd * bo, -1)
+    return out + layer.bias[:, None]
+
+
+@pytest.mark.parametrize("d_in,d_out,n_dyad", DYAD_SHAPES)
+def test_dyad_it_matches_the_official_forward(d_in, d_out, n_dyad):
+    layer = DyadLinear(d_in, d_out, n_dyad=n_dyad)
+    x = torch.randn(d_in, 9)
+    assert rel_err(layer(x.T).detach(), official_dyad_forward(layer, x).T.detach()) <= 1e-6
+
+
+def test_dyad_init_bound_is_the_official_one():
+    """The official layer draws every weight and the bias from U(-k, k), k = 1/sqrt(dim_in*dyad_dim): the
+    full input width. At 256 -> 1024, n_dyad 8 that is 1/16 = 0.0625 (a per-block fan-in of 2*32 would
+    give 0.125, twice as wide)."""
+    torch.manual_seed(0)
+    layer = DyadLinear(256, 1024, n_dyad=8)
+    k = 1 / math.sqrt(256)
+    for p in (layer.w_lower, layer.w_upper, layer.bias):
+        assert p.abs().max().item() <= k and p.abs().max().item() > 0.99 * k
+        # uniform on (-k, k): std k/sqrt(3)
+        assert p.std().item() == pytest.approx(k / math.sqrt(3), rel=0.05)

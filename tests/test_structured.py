@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from laser_tool.models.budget import KEEP_SLACK, choose, dense_params, settings
+from laser_tool.models.budget import (KEEP_SLACK, btt_params, choose, dense_params, even_split, prime_split,
+                                      settings)
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models.layers import DyadLinear, LowRankLinear, SKLinear, layer_kind
@@ -88,14 +89,14 @@ def test_btt_is_a_two_core_block_tensor_train():
             for j0 in range(n0):
                 for j1 in range(n1):
                     W[j0 * n1 + j1, i1 * m0 + i0] = (c1[i1, i0, j0] * c2[j0, i1, :, j1]).sum()
-    assert (m0, m1, n0, n1) == (3, 4, 4, 5)
+    assert (m0, m1, n0, n1) == (2, 6, 2, 10)          # 12 = 2*2*3 -> (2, 6); 20 = 2*2*5 -> (2, 10)
     assert rel_err(layer.dense_weight().detach(), W) <= 1e-6
 
 
 def test_full_rank_btt_expresses_any_matrix():
     """At rank min(m0, n1) a BTT layer can hold any matrix: each (i1, j0) block of W is an m0 x n1 matrix
     that one SVD splits between core 1 and core 2 exactly."""
-    layer = BTTLinear(12, 20, rank=3, bias=False)          # m0=3, m1=4, n0=4, n1=5: full at 3
+    layer = BTTLinear(12, 20, rank=2, bias=False)          # m0=2, m1=6, n0=2, n1=10: full at 2
     (m0, m1, n0, n1), r = layer.dims, layer.rank
     target = torch.randn(20, 12)
     c1, c2 = torch.zeros(m1, m0, n0, r), torch.zeros(n0, m1, r, n1)
@@ -111,6 +112,30 @@ def test_full_rank_btt_expresses_any_matrix():
 
 
 # --------------------------------------------------------------------------------- parameter counts
+
+
+def authors_factorize(x, n=2):
+    """Qiu et al.'s `factorize` (compute-better-spent, nn/cola_nn.py) as they wrote it, on sympy's factorint:
+    the reference our own prime_split must match."""
+    from sympy import factorint
+    numbers = [1] * n
+    for prime, count in factorint(x).items():
+        for _ in range(count):
+            min_index = min(range(n), key=lambda i: numbers[i])
+            numbers[min_index] *= prime
+    return sorted(numbers)
+
+
+def test_btt_splits_widths_as_the_authors_code():
+    assert all(list(prime_split(x)) == authors_factorize(x) for x in range(1, 2050))
+    # Where the greedy rule and the most even pair differ: 1152 = 2^7 * 3^2. Seven 2s alternate into
+    # (16, 8), then 3 -> (16, 24), 3 -> (48, 24): 24 x 48, where the most even pair is 32 x 36.
+    assert prime_split(1152) == (24, 48) and even_split(1152) == (32, 36)
+    # vit-tiny's qkv 512 -> 1152 at rank 1 with bias: 512 = 16 x 32 both ways (m1 = 32), so
+    # 512*n0 + 1152*32 + 1152: n0 = 24 gives 12,288 + 36,864 + 1,152 = 50,304 (the authors' split);
+    # n0 = 32 would give 16,384 + 36,864 + 1,152 = 54,400.
+    assert sum(p.numel() for p in BTTLinear(512, 1152, rank=1).parameters()) == 50304
+    assert btt_params(512, 1152, 1, True) == 50304
 
 
 def closed_form_params(kind, d_in, d_out, setting, bias=True):
@@ -129,9 +154,8 @@ def closed_form_params(kind, d_in, d_out, setting, bias=True):
         return b * ib * min(ib, ob) + b * min(ib, ob) * ob + d_out * bias
     if kind == "btt":
         r = setting["rank"]
-        m0 = max(a for a in range(1, int(d_in ** 0.5) + 1) if d_in % a == 0)
-        n0 = max(a for a in range(1, int(d_out ** 0.5) + 1) if d_out % a == 0)
-        return r * (d_in * n0 + d_out * (d_in // m0)) + d_out * bias
+        (m0, m1), (n0, _) = authors_factorize(d_in), authors_factorize(d_out)
+        return r * (d_in * n0 + d_out * m1) + d_out * bias
     raise ValueError(kind)
 
 
@@ -383,3 +407,34 @@ def test_runs_written_before_the_new_model_settings_still_match():
     assert settings({"train": old}) == settings({"train": cfg})
     old["model"]["scale"] = 0.25
     assert settings({"train": old}) != settings({"train": cfg})
+
+
+def test_monarch_bias_init_follows_fly():
+    """HazyResearch/fly StructuredLinear.reset_parameters_bias: U(-1/sqrt(d_out), 1/sqrt(d_out)) (the bias's
+    own length as its fan-in); each factor U(-1/sqrt(fan_in)) (kaiming_uniform a=sqrt(5))."""
+    torch.manual_seed(0)
+    layer = MonarchLinear(64, 1024, blocks=4)            # ib 16, mid 16, ob 256
+    bound = 1 / math.sqrt(1024)
+    assert bound * 0.95 < layer.bias.abs().max().item() <= bound
+    for w, fan_in in ((layer.w1, 16), (layer.w2, 16)):
+        assert 0.95 / math.sqrt(fan_in) < w.abs().max().item() <= 1 / math.sqrt(fan_in)
+
+
+def fly_monarch_reference(layer, x):
+    """HazyResearch/fly blockdiag_butterfly_multiply_reference(version=3) with MonarchLinear's pad/crop,
+    written with reshapes for einops' rearranges. fly's w1 is (k, q, p), w2 (l, s, r): ours transposed."""
+    w1, w2 = layer.w1.transpose(1, 2), layer.w2.transpose(1, 2)
+    nb, b = layer.blocks, x.shape[0]
+    x = torch.nn.functional.pad(x, (0, nb * w1.shape[2] - x.shape[1]))
+    out1 = x @ torch.block_diag(*w1.unbind(0)).T
+    out1 = out1.reshape(b, -1, nb).transpose(1, 2).reshape(b, -1)                # 'b (r l) -> b (l r)'
+    out2 = out1 @ torch.block_diag(*w2.unbind(0)).T
+    out2 = out2.reshape(b, nb, -1).transpose(1, 2).reshape(b, -1)                # 'b (l s) -> b (s l)'
+    return out2[:, :layer.out_features] + layer.bias
+
+
+@pytest.mark.parametrize("d_in,d_out,blocks", [(48, 80, 4), (80, 48, 4), (100, 36, 3), (64, 64, 8)])
+def test_monarch_matches_fly_reference(d_in, d_out, blocks):
+    layer = MonarchLinear(d_in, d_out, blocks=blocks)
+    x = torch.randn(5, d_in)
+    assert rel_err(layer(x).detach(), fly_monarch_reference(layer, x).detach()) <= 1e-6

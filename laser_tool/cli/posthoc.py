@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import REDUCE_METHODS as METHODS
+from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
@@ -38,12 +38,15 @@ def data_options(f):
               help="dense: write the truncated matrix back (LASER's way); factored: rank-r U,V layers.")
 @click.option("--out", type=click.Path(path_type=Path), help="New run directory (default RUN-reduced-...).")
 @CALIB
+@click.option("--calibrate", type=click.Choice(CALIBRATIONS), default="original", show_default=True,
+              help="original: every layer calibrated on the unreduced model; sequential: each on the inputs "
+                   "of the model with the earlier layers already cut (whiten/asvd/fisher only).")
 @DEVICE
 @BATCH
 @data_options
 @click.option("--json", "as_json", is_flag=True, help="Print reduce.json instead of a table.")
-def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, batch_size, data_dir, dataset,
-               as_json):
+def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, device, batch_size, data_dir,
+               dataset, as_json):
     """Cut chosen layers of a trained RUN to a chosen rank; write a new run directory.
 
     \b
@@ -74,7 +77,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
     from ..posthoc.reduce import reduce_run
     path = reduce_run(run, list(layers), rank=rank, method=method, store=store, out=out,
                       calib_batches=calib_batches, device=device, data_dir=data_dir, dataset=dataset,
-                      batch_size=batch_size)
+                      batch_size=batch_size, calibrate=calibrate)
     rep = json.loads((path / "reduce.json").read_text())
     if as_json:
         click.echo(json.dumps(rep, indent=2))

@@ -132,7 +132,7 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, si
     remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
     reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=step.method,
                                store="factored", outs={g.name: runs / g.name for g in group}, device=device,
-                               splits=cache[step.seed])
+                               splits=cache[step.seed], calibrate=step.calibrate)
 
 
 def set_threads(threads):

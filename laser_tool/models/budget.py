@@ -73,17 +73,40 @@ def monarch_params(d_in: int, d_out: int, blocks: int, bias: bool) -> int:
 
 
 def even_split(n: int):
-    """(a, b) with a*b == n and a <= b as close as possible (a = 1 for a prime n)."""
+    """(a, b) with a*b == n and a <= b as close as possible (a = 1 for a prime n). Not the authors' rule
+    (prime_split is); kept for comparison in tests and docs/structured.md."""
     a = math.isqrt(n)
     while n % a:
         a -= 1
     return a, n // a
 
 
+def prime_factors(n: int) -> list:
+    """The prime factors of n with multiplicity, ascending (12 -> [2, 2, 3])."""
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out + ([n] if n > 1 else [])
+
+
+def prime_split(n: int):
+    """(a, b) with a*b == n, a <= b, by Qiu et al.'s rule (compute-better-spent, nn/cola_nn.py, `factorize(x,
+    2)`): the prime factors, smallest first, each multiplied into the currently smaller of two numbers (the
+    first on a tie), then sorted. Greedy, so not always the most even pair: 1152 -> (24, 48), not (32, 36)."""
+    nums = [1, 1]
+    for p in prime_factors(n):
+        nums[nums.index(min(nums))] *= p
+    return tuple(sorted(nums))
+
+
 def btt_shape(d_in: int, d_out: int):
-    """(m0, m1, n0, n1): d_in = m0*m1 (m0 the fast index), d_out = n0*n1 (n1 the fast index)."""
-    m0, m1 = even_split(d_in)
-    n0, n1 = even_split(d_out)
+    """(m0, m1, n0, n1): d_in = m0*m1 (m0 the fast index), d_out = n0*n1 (n1 the fast index), each split as
+    Qiu et al.'s build_btt does (ms = factorize(d_in, 2), ns = factorize(d_out, 2), ascending)."""
+    m0, m1 = prime_split(d_in)
+    n0, n1 = prime_split(d_out)
     return m0, m1, n0, n1
 
 

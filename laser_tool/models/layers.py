@@ -126,8 +126,10 @@ class DyadLinear(MatmulLinear):
                 f"pick an n_dyad that divides both")
         self.in_features, self.out_features, self.n_dyad, self.variant = d_in, d_out, n_dyad, variant
         bi, bo = d_in // n_dyad, d_out // n_dyad
-        # Each output sees 2*bi inputs: initialise like an nn.Linear with that fan-in.
-        bound = 1.0 / math.sqrt(2 * bi)
+        # As the official layer (asappresearch/dyad, sparse_opt/dyad.py, Dyad.__init__): weights and bias
+        # uniform in +-1/sqrt(d_in), the bound of an nn.Linear of the full input width. (Each output sees
+        # only 2*bi inputs, so at n_dyad > 2 this starts the layer's outputs smaller than a dense layer's.)
+        bound = 1.0 / math.sqrt(d_in)
         self.w_lower = nn.Parameter(torch.empty(n_dyad, bi, bo).uniform_(-bound, bound))
         self.w_upper = nn.Parameter(torch.empty(n_dyad, bi, bo).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound)) if bias else None

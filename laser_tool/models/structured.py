@@ -53,7 +53,9 @@ class MonarchLinear(MatmulLinear):
         b1, b2 = 1 / math.sqrt(ib), 1 / math.sqrt(mid)
         self.w1 = nn.Parameter(torch.empty(blocks, ib, mid).uniform_(-b1, b1))
         self.w2 = nn.Parameter(torch.empty(blocks, mid, ob).uniform_(-b2, b2))
-        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-1 / math.sqrt(d_in), 1 / math.sqrt(d_in))) \
+        # The bias as HazyResearch/fly's StructuredLinear.reset_parameters_bias: its "fan_in" is the bias's
+        # own length, d_out.
+        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-1 / math.sqrt(d_out), 1 / math.sqrt(d_out))) \
             if bias else None
 
     def factor_fans(self) -> dict:

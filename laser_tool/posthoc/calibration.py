@@ -1,10 +1,18 @@
 """Calibration for the activation-aware methods: batches from the training split only (a fixed
-function of the run's seed), and one pass that gathers each selected layer's statistics (Calib)."""
+function of the run's seed), and one pass that gathers each selected layer's statistics (Calib).
+
+Two calibrations (`reduce --calibrate`):
+  original    one pass over the unreduced model gathers every layer's statistics (SVD-LLM's way): each
+              layer is fitted to inputs it will not see once the layers before it are cut.
+  sequential  layers in forward order, each calibrated on the inputs of the model whose earlier layers
+              are already cut, as layer-wise post-training methods (GPTQ, OBC) do: one pass per layer.
+"""
 import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
 from ..models.surgery import slots
+from ..vocab import CALIBRATIONS
 from .decompose import Calib
 
 CALIB_BATCH_SIZE = 128
@@ -73,4 +81,24 @@ def collect_calibration(model, names, batches, method: str, device="cpu") -> dic
     finally:
         for h in handles:
             h.remove()
+    return stats
+
+
+def check_calibrate(calibrate: str, method: str) -> None:
+    """A calibration mode names one of CALIBRATIONS, and only an activation-aware method has one."""
+    if calibrate not in CALIBRATIONS:
+        raise UserError(f"unknown --calibrate {calibrate!r}; choose {' or '.join(CALIBRATIONS)}")
+    if calibrate != "original" and method == "svd":
+        raise UserError(f"--calibrate {calibrate} needs an activation-aware method (whiten, asvd or fisher); "
+                        f"svd uses no calibration: drop --calibrate or pick --method whiten")
+
+
+def calibrate_sequentially(model, names, batches, method: str, cut, device="cpu") -> dict:
+    """{layer name: Calib}, each layer's taken on `model` after `cut(name, calib)` has replaced (in place)
+    every layer before it in `names` (give them in forward order). The first layer's Calib is exactly
+    collect_calibration's on the unreduced model; the later ones see the reduced layers' outputs."""
+    stats = {}
+    for name in names:
+        stats[name] = collect_calibration(model, [name], batches, method, device)[name]
+        cut(name, stats[name])
     return stats

@@ -31,7 +31,8 @@ from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
 from ..runs.reader import check_input_run, finished_run
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import REDUCE_METHODS, STORES
-from .calibration import CALIB_BATCH_SIZE, calibration_batches, collect_calibration
+from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
+                          collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
 from .ranks import resolve_rank, select
 
@@ -87,22 +88,25 @@ def run_data(config: dict, data_dir=None, dataset=None):
 
 
 def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=8,
-               device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None, extra=None) -> Path:
+               device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None, extra=None,
+               calibrate="original") -> Path:
     """Reduce the selected layers of a run and write a new run directory; returns its path.
 
-    `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run."""
+    `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run;
+    `calibrate` original | sequential (calibration.py)."""
     return reduce_run_budgets(run, {0: selectors}, rank, method, store, {0: out}, calib_batches, device, data_dir,
-                              dataset, batch_size, splits, {0: extra or {}})[0]
+                              dataset, batch_size, splits, {0: extra or {}}, calibrate)[0]
 
 
 def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
                        calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
-                       extra=None) -> dict:
+                       extra=None, calibrate="original") -> dict:
     """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
     `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
     and data are loaded once, the calibration pass runs once over the union of the selected layers,
     each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
-    unreduced model is scored once. Only the cut, its scoring and the write are per budget.
+    unreduced model is scored once. Only the cut, its scoring and the write are per budget (and, with
+    calibrate="sequential", the calibration and decomposition, which depend on the budget's earlier cuts).
     `outs` and `extra` ({file name: JSON object}) are keyed by budget like the selectors."""
     run = Path(run)
     if store not in STORES:
@@ -110,6 +114,7 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
     if method not in REDUCE_METHODS:
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
     check_batch_size(batch_size)
+    check_calibrate(calibrate, method)
     if method != "svd" and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1):
         raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     if not selectors_by_budget:
@@ -124,6 +129,8 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
         args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                     rank=None if rank is None else str(rank), method=method, store=store,
                     calib_batches=calib_batches if method != "svd" else 0)
+        if calibrate != "original":  # recorded only when not the default, so earlier outputs keep their names
+            args["calibrate"] = calibrate
         jobs[budget] = (selectors, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
     if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
         raise UserError("two budgets would write the same output directory; give each its own --out")
@@ -134,7 +141,7 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
             remove_debris(out.parent, {out.name})  # what a killed writer left is cleared first
             check_out(out, run)  # again under the lock: another writer may have finished meanwhile
         return _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size,
-                       splits, extra)
+                       splits, extra, calibrate)
 
 
 def check_batch_size(batch_size) -> None:
@@ -143,7 +150,7 @@ def check_batch_size(batch_size) -> None:
 
 
 def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size, splits,
-            extra) -> dict:
+            extra, calibrate="original") -> dict:
     """The work of reduce_run_budgets, under the output locks: load once, decompose and calibrate once,
     score the unreduced model once, then cut, score and write each budget."""
     t0 = time.time()
@@ -151,7 +158,8 @@ def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, d
     chosen_by = {budget: select(model, selectors, rank) for budget, (selectors, _, _) in jobs.items()}
     splits = splits or run_data(config, data_dir, dataset)
     layer, plans = _plan_layers(chosen_by, method)
-    calib, calib_info = _calibrate(model, layer, method, splits, calib_batches, config, dev)
+    sequential = calibrate == "sequential"
+    calib, calib_info, batches = _calibrate(model, layer, method, splits, calib_batches, config, dev, sequential)
     amp = eval_amp_dtype(dev, config.get("amp", "auto"))  # as the parent was scored
     before = dict(val=evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp),
                   test=evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp),
@@ -160,7 +168,8 @@ def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, d
     for budget, (_, args, out) in jobs.items():
         t1 = time.time()
         reduced = copy.deepcopy(model) if len(jobs) > 1 else model
-        spec, layers, warnings = _cut(reduced, config, plans[budget], layer, method, calib, store)
+        spec, layers, warnings = _cut(reduced, config, plans[budget], layer, method, calib, store,
+                                      batches if sequential else None, dev)
         for w in warnings:
             warn(w)
         after = dict(val=evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp),
@@ -189,29 +198,43 @@ def _plan_layers(chosen_by: dict, method: str):
     return layer, plans
 
 
-def _calibrate(model, layer: dict, method: str, splits, calib_batches: int, config: dict, dev):
-    """({layer: Calib}, what the run records about the calibration) on the unreduced model; none for svd."""
+def _calibrate(model, layer: dict, method: str, splits, calib_batches: int, config: dict, dev, sequential=False):
+    """({layer: Calib} on the unreduced model, what the run records about the calibration, the batches);
+    none for svd. Sequential calibration happens during each budget's cut: here its batches are drawn."""
     if method == "svd":
-        return {}, None
-    order = {s.name: i for i, s in enumerate(slots(model))}
+        return {}, None, None
     batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
-    calib = collect_calibration(model, sorted(layer, key=order.get), batches, method, dev)
     info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,
                 images=sum(len(b[0]) for b in batches), seed=config.get("seed", 0) + 1)
-    return calib, info
+    if sequential:
+        return {}, dict(info, mode="sequential"), batches
+    calib = collect_calibration(model, forward_order(model, layer), batches, method, dev)
+    return calib, info, batches
 
 
-def _cut(reduced, config: dict, plan: list, layer: dict, method: str, calib: dict, store: str):
-    """Replace one budget's layers in `reduced`, in place: (its ModelSpec, per-layer records, warnings)."""
+def forward_order(model, names) -> list:
+    order = {s.name: i for i, s in enumerate(slots(model))}
+    return sorted(names, key=order.get)
+
+
+def _cut(reduced, config: dict, plan: list, layer: dict, method: str, calib: dict, store: str, batches=None,
+         dev="cpu"):
+    """Replace one budget's layers in `reduced`, in place: (its ModelSpec, per-layer records, warnings).
+    With `batches` (sequential calibration) the layers are cut in forward order, each calibrated on
+    `reduced` as the earlier cuts left it, and decomposed for this budget alone."""
     by_name = {s.name: s for s in slots(reduced)}
     spec = ModelSpec.from_dict(copy.deepcopy(config["model"]))  # its layers dict is filled per budget
     layers, warnings = [], []
-    for name, rspec, r in plan:
-        W, s, dec = layer[name]
+    entry = {name: (rspec, r) for name, rspec, r in plan}
+
+    def cut(name, layer_calib=None):
+        (rspec, r), (W, s, dec) = entry[name], layer[name]
         slot = by_name[name]
         old = slot.module
         d_out, d_in = W.shape
-        if dec is None:
+        if layer_calib is not None:                     # sequential: this budget's own decomposition
+            dec = Decomposition(W, method, layer_calib)
+        elif dec is None:
             dec = Decomposition(W, method, calib.get(name))
             layer[name] = (W, s, dec)
         U, V = dec.factors(r)
@@ -233,6 +256,12 @@ def _cut(reduced, config: dict, plan: list, layer: dict, method: str, calib: dic
                            # W's own spectrum; for whiten/asvd/fisher also the weighted one they truncate
                            energy_kept_weight=energy_kept(s, r), energy_kept_truncated=energy_kept(dec.s, r),
                            **({"decomposition": dec.info} if dec.info else {})))
+
+    if batches is None:
+        for name in entry:
+            cut(name)
+    else:
+        calibrate_sequentially(reduced, forward_order(reduced, entry), batches, method, cut, dev)
     return spec, layers, warnings
 
 

@@ -28,7 +28,10 @@ def fingerprint(step) -> str:
     reduction cuts."""
     if step.cfg is not None:
         return json.dumps([step.kind, settings(step.cfg.to_dict())], sort_keys=True, default=str)
-    return json.dumps([step.kind, step.parent, list(step.selectors), step.method], sort_keys=True)
+    cut = [step.kind, step.parent, list(step.selectors), step.method]
+    if getattr(step, "calibrate", "original") != "original":  # the default adds nothing: old plans still match
+        cut.append(step.calibrate)
+    return json.dumps(cut, sort_keys=True)
 
 
 def _marked(out: Path) -> bool:

@@ -23,6 +23,7 @@ class Step:
     epochs: int = 0
     group: str = None              # reduce steps of one group (baseline, method) share one decomposition
     seed: int = 0                  # the runs of one seed share one data split
+    calibrate: str = "original"    # reduce with an activation-aware method: original | sequential
 
 
 def flag(k, v) -> str:
@@ -62,11 +63,14 @@ def train_step(preset: str, opts: dict, name: str, extra: dict) -> Step:
     return Step("train", name, cmd, cfg=train_config(preset, opts), seed=extra["seed"])
 
 
-def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str, seed: int, group=None) -> Step:
+def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str, seed: int, group=None,
+                calibrate="original") -> Step:
     """A post-hoc reduction of `parent` to factored layers (as `laser-tool reduce ... --store factored`)."""
     cmd = (f"laser-tool reduce {runs / parent} " + " ".join(f"--layer {shlex.quote(s)}" for s in selectors)
-           + f" --method {method} --store factored --out {runs / name}")
-    return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed)
+           + f" --method {method} --store factored"
+           + (f" --calibrate {calibrate}" if calibrate != "original" else "") + f" --out {runs / name}")
+    return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed,
+                calibrate=calibrate)
 
 
 def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int, lr_mult: float = None) -> Step:
