@@ -92,14 +92,18 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
 
 @click.command("search")
 @RUN_ARG
-@click.option("--budget", required=True, metavar="params:F",
-              help="Keep at most fraction F of the selected layers' parameters (factored form).")
+@click.option("--budget", required=True, metavar="params:F|uniform:F",
+              help="params:F: keep at most fraction F of the selected layers' parameters (factored form); "
+                   "uniform:F: at most what the uniform cut `reduce --rank params:F` of every selected layer "
+                   "leaves (the frontier study's budget).")
 @click.option("--layers", "layers", multiple=True, metavar="GLOB",
               help="Layers to consider (names, globs or B:TYPE as in reduce); repeatable. Default: all.")
 @click.option("--method", type=click.Choice(METHODS), default="svd", show_default=True)
 @click.option("--ranks", metavar="SPEC,SPEC,...", help="Rank grid per layer (default params:0.05,0.1,0.2,"
               "0.3,0.4,0.5,0.6,0.8). SPECs as in reduce.")
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")
+@click.option("--val-images", type=int, metavar="N",
+              help="Search on the first N validation images only (cheaper; default: the whole split).")
 @click.option("--apply", is_flag=True, help="Also write the reduced run (factored layers).")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory for --apply (default RUN-reduced-...).")
 @click.option("--report", type=click.Path(path_type=Path),
@@ -108,8 +112,8 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
 @DEVICE
 @BATCH
 @data_options
-def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, report, calib_batches, device,
-               batch_size, data_dir, dataset):
+def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, apply, out, report, calib_batches,
+               device, batch_size, data_dir, dataset):
     """Find per-layer ranks that meet a parameter budget with the best validation accuracy.
 
     \b
@@ -129,7 +133,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     from ..posthoc.search import search_run
     grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
     rep = search_run(run, budget, list(layers) or ["*"], method, grid, apply, out, report, calib_batches,
-                     device, batch_size, not no_compose, data_dir, dataset)
+                     device, batch_size, not no_compose, data_dir, dataset, val_images)
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
                f"budget {rep['budget_params']:,.0f}")
     for name, rows in rep["table"].items():
@@ -140,7 +144,8 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     accepted = sum(s["accepted"] for s in rep["compose"]["steps"])
     click.echo(f"compose: {accepted} of {len(rep['compose']['steps'])} steps accepted")
     click.echo(f"chosen: {json.dumps(c['ranks'])}")
-    click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}")
+    click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}"
+               + (f" (searched on {rep['val_images']:,} validation images)" if val_images else ""))
     click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
                f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
                f"the budget is an upper bound)")

@@ -95,13 +95,15 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
 
 def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
                        calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
-                       extra=None) -> dict:
+                       extra=None, requests=None) -> dict:
     """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
     `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
     and data are loaded once, the calibration pass runs once over the union of the selected layers,
     each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
     unreduced model is scored once. Only the cut, its scoring and the write are per budget.
-    `outs` and `extra` ({file name: JSON object}) are keyed by budget like the selectors."""
+    `outs`, `extra` ({file name: JSON object}) and `requests` are keyed by budget like the selectors; a
+    request (what a rank search asked for, search.py) is recorded in the reduction step beside the selectors
+    it chose, and stands for them when runs are grouped (analysis/describe.py)."""
     run = Path(run)
     if store not in STORES:
         raise UserError(f"unknown store {store!r}; choose dense or factored")
@@ -122,6 +124,8 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
         args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                     rank=None if rank is None else str(rank), method=method, store=store,
                     calib_batches=calib_batches if method != "svd" else 0)
+        if (requests or {}).get(budget) is not None:
+            args["request"] = requests[budget]
         jobs[budget] = (selectors, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
     if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
         raise UserError("two budgets would write the same output directory; give each its own --out")

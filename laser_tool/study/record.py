@@ -28,7 +28,8 @@ def fingerprint(step) -> str:
     reduction cuts."""
     if step.cfg is not None:
         return json.dumps([step.kind, settings(step.cfg.to_dict())], sort_keys=True, default=str)
-    return json.dumps([step.kind, step.parent, list(step.selectors), step.method], sort_keys=True)
+    what = [step.kind, step.parent, list(step.selectors), step.method]
+    return json.dumps(what + ([step.search] if getattr(step, "search", None) else []), sort_keys=True)
 
 
 def _marked(out: Path) -> bool:

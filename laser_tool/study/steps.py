@@ -12,7 +12,7 @@ HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of t
 
 @dataclass
 class Step:
-    kind: str                      # train | reduce | heal
+    kind: str                      # train | reduce (a uniform cut, or a rank search's) | heal
     name: str                      # run directory name under STUDY/runs
     command: str                   # how to reproduce it by hand
     cfg: object = None             # TrainConfig (train, heal)
@@ -22,6 +22,7 @@ class Step:
     epochs: int = 0
     group: str = None              # reduce steps of one group (baseline, method) share one decomposition
     seed: int = 0                  # the runs of one seed share one data split
+    search: dict = None            # reduce by `search --apply`: budget, val_images, compose (selectors: its layers)
 
 
 def flag(k, v) -> str:
@@ -63,6 +64,18 @@ def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str
     cmd = (f"laser-tool reduce {runs / parent} " + " ".join(f"--layer {shlex.quote(s)}" for s in selectors)
            + f" --method {method} --store factored --out {runs / name}")
     return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed)
+
+
+def search_step(runs: Path, parent: str, name: str, layers: list, method: str, seed: int, budget: str,
+                val_images: int, compose: bool, group=None) -> Step:
+    """A post-hoc reduction whose per-layer ranks a search on validation chooses under `budget` (as
+    `laser-tool search ... --apply`): the step's selectors are the layers it may cut."""
+    search = dict(budget=budget, val_images=val_images, compose=compose)
+    cmd = (f"laser-tool search {runs / parent} --budget {budget} " + " ".join(f"--layers {shlex.quote(s)}" for s in layers)
+           + f" --method {method} --val-images {val_images}" + ("" if compose else " --no-compose")
+           + f" --apply --out {runs / name}")
+    return Step("reduce", name, cmd, parent=parent, selectors=list(layers), method=method, group=group, seed=seed,
+                search=search)
 
 
 def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int) -> Step:
