@@ -16,7 +16,7 @@ from laser_tool.posthoc.reduce import reduce_run, run_data
 from laser_tool.posthoc.search import parse_budget, search_budgets, search_run
 from laser_tool.runs.checkpoint import load_run
 from laser_tool.study import frontier
-from laser_tool.study.allocated import SEARCH_VAL_IMAGES
+from laser_tool.study.allocated import SEARCH
 from test_reduce import hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
 from test_study import tiny_study  # noqa: F401 (fixture)
 
@@ -116,7 +116,7 @@ def test_study_rows_equal_search_apply_and_show_in_the_table(tiny_study, monkeyp
             uniform = json.loads((runs / f"{fam.split('-')[0]}-k{keep:g}-s0" / "final.json").read_text())
             assert json.loads((mine / "final.json").read_text())["params"] <= uniform["params"]
             searched = json.loads((mine / "search.json").read_text())
-            assert searched["chosen"]["meets_budget"] and searched["val_images"] == min(SEARCH_VAL_IMAGES, 50)
+            assert searched["chosen"]["meets_budget"] and searched["val_images"] == min(SEARCH["val_images"], 50)
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
     curves = {r["curve"] for r in rows}
     assert {"post-hoc svd all", "post-hoc whiten all", "post-hoc svd-alloc all", "post-hoc whiten-alloc all"} <= curves

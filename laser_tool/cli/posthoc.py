@@ -104,6 +104,9 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")
 @click.option("--val-images", type=int, metavar="N",
               help="Search on the first N validation images only (cheaper; default: the whole split).")
+@click.option("--criterion", type=click.Choice(["acc", "loss"]), default="acc", show_default=True,
+              help="What the allocation's threshold bounds: each layer's validation accuracy drop or loss rise "
+                   "(loss ranks layers where a small split shows no accuracy drop).")
 @click.option("--apply", is_flag=True, help="Also write the reduced run (factored layers).")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory for --apply (default RUN-reduced-...).")
 @click.option("--report", type=click.Path(path_type=Path),
@@ -112,8 +115,8 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, device, bat
 @DEVICE
 @BATCH
 @data_options
-def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, apply, out, report, calib_batches,
-               device, batch_size, data_dir, dataset):
+def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, criterion, apply, out, report,
+               calib_batches, device, batch_size, data_dir, dataset):
     """Find per-layer ranks that meet a parameter budget with the best validation accuracy.
 
     \b
@@ -121,7 +124,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, apply
        One SVD per layer; the activations entering the layer under test are cached, so each
        candidate re-runs only the network from that layer on (same numbers as a full evaluation).
     2. Allocation by threshold search: for a threshold t, every layer takes its cheapest grid
-       rank whose accuracy drop (alone) is <= t; the smallest t whose allocation fits the budget
+       rank whose accuracy drop (alone; or loss rise, --criterion loss) is <= t; the smallest t whose allocation fits the budget
        wins. The budget counts the selected layers only, factored rank r costing r*(m+n)+bias.
        It is an upper bound: the chosen ranks use at most it, and the output says how much.
     3. LASER's greedy compose done right: from the last layer to the first, try successively
@@ -133,7 +136,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, apply
     from ..posthoc.search import search_run
     grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
     rep = search_run(run, budget, list(layers) or ["*"], method, grid, apply, out, report, calib_batches,
-                     device, batch_size, not no_compose, data_dir, dataset, val_images)
+                     device, batch_size, not no_compose, data_dir, dataset, val_images, criterion)
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
                f"budget {rep['budget_params']:,.0f}")
     for name, rows in rep["table"].items():

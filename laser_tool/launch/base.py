@@ -134,7 +134,8 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, si
     if step.search:  # ranks chosen on validation under each budget: `search --apply`, one sweep for the group
         searcher.search_budgets(parent, {g.name: g.search["budget"] for g in group}, step.selectors, step.method,
                                 apply=True, outs=outs, device=device, do_compose=step.search["compose"],
-                                val_images=step.search["val_images"], splits=cache[step.seed], write_reports=False)
+                                val_images=step.search["val_images"], criterion=step.search["criterion"],
+                                splits=cache[step.seed], write_reports=False)
         return
     reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=step.method,
                                store="factored", outs=outs, device=device, splits=cache[step.seed])

@@ -159,10 +159,20 @@ def budget_params(budget, model, names, layer_params) -> float:
     return total
 
 
-def allocate(table, base_acc, layer_params, budget_params):
-    """(threshold, {layer: rank}) by threshold search; UserError if no allocation fits."""
+CRITERIA = ("acc", "loss")
+
+
+def allocate(table, base_acc, layer_params, budget_params, criterion="acc", base_loss=None):
+    """(threshold, {layer: rank}) by threshold search; UserError if no allocation fits. The drop a
+    threshold bounds is in validation accuracy (`acc`) or validation loss (`loss`): on a small split
+    single-layer accuracy drops are mostly 0, so every layer looks free and the budget goes unused;
+    the loss still ranks them."""
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown --criterion {criterion!r}; choose acc or loss")
+    score = (lambda c: c["val_acc"]) if criterion == "acc" else (lambda c: -c["val_loss"])
+    base_acc = base_acc if criterion == "acc" else -base_loss       # scores: higher is better
     opts = {n: [(layer_params[n], None, base_acc)] +
-               [(c["params"], c["rank"], c["val_acc"]) for c in rows if c["params"] < layer_params[n]]
+               [(c["params"], c["rank"], score(c)) for c in rows if c["params"] < layer_params[n]]
             for n, rows in table.items()}
     floor = sum(min(o[0] for o in os_) for os_ in opts.values())
     if floor > budget_params:
@@ -212,15 +222,15 @@ def compose(base, decomps, table, alloc, start_acc, val, batch_size, device):
 
 def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None, apply=False, out=None,
                report=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
-               dataset=None, val_images=None) -> dict:
+               dataset=None, val_images=None, criterion="acc") -> dict:
     """Run the search (module docstring); write the report JSON; with apply, also the reduced run."""
     return search_budgets(run, {0: budget}, layers, method, ranks, apply, {0: out}, {0: report}, calib_batches,
-                          device, batch_size, do_compose, data_dir, dataset, val_images)[0]
+                          device, batch_size, do_compose, data_dir, dataset, val_images, criterion=criterion)[0]
 
 
 def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, apply=False, outs=None,
                    reports=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
-                   dataset=None, val_images=None, splits=None, write_reports=True) -> dict:
+                   dataset=None, val_images=None, splits=None, write_reports=True, criterion="acc") -> dict:
     """{key: report} for budgets {key: budget}, each the report (and with apply the run) that
     `search_run(run, budget, ...)` makes, sharing what no budget changes: the load, the calibration pass,
     the decompositions and the sensitivity sweep; the applied runs are written together (reduce_run_budgets).
@@ -232,6 +242,8 @@ def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, 
         parse_budget(b)
     specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
     check_batch_size(batch_size)
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown --criterion {criterion!r}; choose acc or loss")
     if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 1):
         raise UserError(f"--val-images {val_images!r} must be an integer >= 1 (or left out: the whole split)")
     for k in budgets:  # checked before the work: never an input, a device or a directory
@@ -254,7 +266,7 @@ def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, 
     base_loss, base_acc = evaluate(model, *val, batch_size, dev)
     t_sweep = time.time()
     table, decomps = sweep(model, names, specs, *val, batch_size, dev, method, calib)
-    shared = dict(run=str(run), method=method, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
+    shared = dict(run=str(run), method=method, criterion=criterion, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
                   layer_params={n: n_params(find_slot(model, n).module) for n in names}, base_val_acc=base_acc,
                   base_val_loss=base_loss, calib_batches=calib_batches if method != "svd" else 0,
                   sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
@@ -279,7 +291,8 @@ def _choose(model, decomps, table, shared, budget, val, splits, do_compose, batc
     `splits` is given, the chosen model's test accuracy."""
     names, layer_params, total = shared["layers"], shared["layer_params"], shared["selected_params"]
     limit = budget_params(budget, model, names, layer_params)
-    t, alloc = allocate(table, shared["base_val_acc"], layer_params, limit)
+    t, alloc = allocate(table, shared["base_val_acc"], layer_params, limit, shared["criterion"],
+                        shared["base_val_loss"])
     alloc_acc = evaluate(_apply(copy.deepcopy(model), decomps, alloc), *val, batch_size, dev)[1]
     chosen, chosen_acc, steps = alloc, alloc_acc, []
     if do_compose:
@@ -313,7 +326,8 @@ def search_request(rep: dict, layers, do_compose: bool) -> dict:
     """What an applied search asked for, recorded in its reduction step in place of per-seed selectors, so
     the seeds of one search are one row in `compare` (analysis/describe.py)."""
     return dict(search=rep["budget"], layers=[layers] if isinstance(layers, str) else list(layers or ["*"]),
-                targets=rep["layers"], grid=rep["grid"], val_images=rep["val_images"], compose=do_compose)
+                targets=rep["layers"], grid=rep["grid"], val_images=rep["val_images"], criterion=rep["criterion"],
+                compose=do_compose)
 
 
 def _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, device, splits, batch_size) -> None:

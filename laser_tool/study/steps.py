@@ -67,13 +67,14 @@ def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str
 
 
 def search_step(runs: Path, parent: str, name: str, layers: list, method: str, seed: int, budget: str,
-                val_images: int, compose: bool, group=None) -> Step:
+                search: dict, group=None) -> Step:
     """A post-hoc reduction whose per-layer ranks a search on validation chooses under `budget` (as
-    `laser-tool search ... --apply`): the step's selectors are the layers it may cut."""
-    search = dict(budget=budget, val_images=val_images, compose=compose)
+    `laser-tool search ... --apply`): the step's selectors are the layers it may cut; `search` holds
+    val_images, criterion and compose."""
+    search = dict(search, budget=budget)
     cmd = (f"laser-tool search {runs / parent} --budget {budget} " + " ".join(f"--layers {shlex.quote(s)}" for s in layers)
-           + f" --method {method} --val-images {val_images}" + ("" if compose else " --no-compose")
-           + f" --apply --out {runs / name}")
+           + f" --method {method} --val-images {search['val_images']} --criterion {search['criterion']}"
+           + ("" if search["compose"] else " --no-compose") + f" --apply --out {runs / name}")
     return Step("reduce", name, cmd, parent=parent, selectors=list(layers), method=method, group=group, seed=seed,
                 search=search)
 
