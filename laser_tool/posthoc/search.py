@@ -9,15 +9,18 @@
    - evaluation is batched on the device, with the batches `evaluate` uses, so the numbers are the
      very ones a full evaluation gives (`naive_sweep` is the reference; tests check they agree).
 2. Allocation (threshold search, as ASVD does). A threshold t lets each layer take its cheapest grid
-   rank whose accuracy drop (that layer alone) is <= t. Parameters fall as t grows; we take the
-   smallest t, among the drops in the table, whose allocation fits the budget. The budget params:F
-   counts the selected layers only: their parameters in factored form must be <= F x their current
-   parameters (a layer left alone counts in full).
+   rank whose accuracy drop (that layer alone; or loss rise, criterion "loss") is <= t. Parameters fall
+   as t grows; we take the smallest t, among the drops in the table, whose allocation fits the budget.
+   The budget counts the selected layers only: params:F, their parameters in factored form must be
+   <= F x their current parameters (a layer left alone counts in full); uniform:F, <= what the uniform
+   cut params:F of every one of them leaves (the frontier's allocated rows against its uniform ones).
 3. LASER's greedy compose, done right. From the last layer to the first (LASER's order), try each
    layer at successively lower grid ranks with the whole allocation in place; accept a step only if
    validation accuracy is >= the best so far (LASER's script compared with the minimum); a layer
    stops at its first rejected step. Steps only remove parameters, so the budget stays met.
 4. The test set is evaluated once, at the end, on the chosen model.
+Only validation images choose (`val_images`: the first N of them, for a cheaper sweep). Several budgets
+of one run and method share everything but steps 2-4 (`search_budgets`, what a study runs).
 """
 import copy
 import hashlib
