@@ -124,14 +124,16 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
        One SVD per layer; the activations entering the layer under test are cached, so each
        candidate re-runs only the network from that layer on (same numbers as a full evaluation).
     2. Allocation by threshold search: for a threshold t, every layer takes its cheapest grid
-       rank whose accuracy drop (alone; or loss rise, --criterion loss) is <= t; the smallest t whose allocation fits the budget
-       wins. The budget counts the selected layers only, factored rank r costing r*(m+n)+bias.
+       rank whose accuracy drop (alone; --criterion loss: loss rise) is <= t; the smallest t
+       whose allocation fits the budget wins. The budget counts the selected layers only,
+       factored rank r costing r*(m+n)+bias (uniform:F: what the uniform cut params:F leaves).
        It is an upper bound: the chosen ranks use at most it, and the output says how much.
     3. LASER's greedy compose done right: from the last layer to the first, try successively
        lower grid ranks with everything in place; accept a step only if validation accuracy is
        >= the best so far; a layer stops at its first rejected step.
     4. The test set is evaluated once, on the chosen model.
-    Only the training (calibration) and validation splits inform the choice.
+    Only the training (calibration) and validation splits inform the choice (--val-images N:
+    the first N validation images only).
     """
     from ..posthoc.search import search_run
     grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
