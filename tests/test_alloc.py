@@ -128,3 +128,17 @@ def test_study_rows_equal_search_apply_and_show_in_the_table(tiny_study, monkeyp
         assert r["keep"] <= twin["keep"] + 1e-9 and r["params"] <= twin["params"]
     md = report.read_text()
     assert "svd-alloc" in md and "whiten-alloc" in md and "laser-tool search" in md
+
+
+def test_loss_criterion_ranks_layers_where_accuracy_shows_no_drop():
+    """Hand-made table: neither layer's accuracy drops at any rank, so the accuracy threshold takes the
+    cheapest rank everywhere (t = 0) and leaves budget unused; the loss threshold spends it on the layer
+    whose loss rises most (a, cut to rank 2, rises 0.5; b at rank 1 rises 0.1)."""
+    row = lambda rank, params, loss: dict(rank=rank, params=params, val_acc=0.9, val_loss=loss)
+    table = {"a": [row(4, 40, 1.1), row(2, 20, 1.5)], "b": [row(2, 20, 1.05), row(1, 10, 1.1)]}
+    layer_params = {"a": 100, "b": 50}
+    assert searcher.allocate(table, 0.9, layer_params, 60) == (0.0, {"a": 2, "b": 1})  # 30 of 60 used
+    t, alloc = searcher.allocate(table, 0.9, layer_params, 60, "loss", base_loss=1.0)
+    assert alloc == {"a": 4, "b": 1} and t == pytest.approx(0.1)  # 50 of 60: a keeps rank 4 (+0.1, not +0.5)
+    with pytest.raises(UserError, match="criterion"):
+        searcher.allocate(table, 0.9, layer_params, 60, "f1")
