@@ -159,10 +159,15 @@ def test_frontier_parameter_counts_match_each_familys_formula(tmp_path):
         else:  # low-rank: rank int(keep * d_in*d_out/(d_in+d_out)) plus the seed's two biases
             assert spec.keep == keep and got == pytest.approx(keep, abs=0.02)
     assert not notes
-    cuts = [s for s in steps if s.kind == "reduce"]
+    cuts = [s for s in steps if s.kind == "reduce" and not s.search]
     assert [(s.name, s.selectors) for s in cuts if s.method == "svd"] == [
         (f"svd-k{k:g}-s0", [f"*:all=params:{k:g}"]) for k in (0.5, 0.25, 0.1)]
     assert len({s.group for s in cuts}) == 2  # one decomposition per method for all budgets
+    # the allocated families: a search per budget under the uniform cut's parameters, one sweep per method
+    searched = [s for s in steps if s.search]
+    assert [(s.name, s.selectors, s.search["budget"]) for s in searched if s.method == "svd"] == [
+        (f"svd-alloc-k{k:g}-s0", ["*:all"], f"uniform:{k:g}") for k in (0.5, 0.25, 0.1)]
+    assert len({s.group for s in searched}) == 2 and not {s.group for s in searched} & {s.group for s in cuts}
 
 
 def test_frontier_options_and_their_errors(tmp_path):

@@ -31,12 +31,13 @@ def layer_table(spec) -> dict:
     return _layers(_key(spec))
 
 
-def keep(spec, base_spec):
+def keep(spec, base_spec, targeted=()):
     """(fraction kept, names of the targeted layers): the parameters of the layers that differ from the
     baseline's layers of the same name (in count or kind) over the baseline's parameters in those layers.
-    1.0 and () when nothing differs."""
+    1.0 and () when nothing differs. `targeted` layers count even where unchanged (a rank search's budget
+    covers the layers it left whole)."""
     mine, base = layer_table(spec), layer_table(base_spec)
-    changed = [n for n in base if n in mine and mine[n][:2] != base[n][:2]]
+    changed = [n for n in base if n in mine and (mine[n][:2] != base[n][:2] or n in targeted)]
     if not changed:
         return 1.0, ()
     return sum(mine[n][0] for n in changed) / sum(base[n][0] for n in changed), tuple(changed)

@@ -59,9 +59,23 @@ def _reduction_entries(config) -> list:
         ranks = e.get("ranks") or e.get("layers") or {}
         if isinstance(ranks, list):
             ranks = {r["name"]: r.get("rank", r.get("rank_after")) for r in ranks}
-        out.append((str(e.get("method", "?")), tuple(sorted((k, int(v)) for k, v in ranks.items())),
-                    str(e.get("store", "dense"))))
+        out.append((method_of(e), tuple(sorted((k, int(v)) for k, v in ranks.items())), str(e.get("store", "dense"))))
     return out
+
+
+def method_of(step: dict) -> str:
+    """A reduction step's method as tables name it: 'svd', or 'svd-alloc' when a rank search under a
+    parameter budget chose its per-layer ranks (`search --apply`, the frontier's -alloc families)."""
+    method = str(step.get("method", "?"))
+    return f"{method}-alloc" if searched_layers(step) is not None else method
+
+
+def searched_layers(step: dict):
+    """The layers a rank search chose ranks for (those it left whole included), or None for a plain cut."""
+    request = step.get("request")
+    if isinstance(request, dict) and request.get("search") is not None:
+        return tuple(request.get("targets") or ())
+    return None
 
 
 def _requested(step: dict) -> dict:
@@ -126,6 +140,9 @@ def describe(config: dict) -> dict:
     else:
         layer_set = frozenset((b, r) for b in range(s.depth) for r in ("ffn-in", "ffn-out"))
     reduced = frozenset(layer_role(name) for _, ranks, _ in reductions for name, _ in ranks)
+    # A search targets every layer it chose for, also those it left whole: they are the row's budget.
+    targeted = tuple(n for e in config.get("reduction") or [] for n in (searched_layers(e) or ()))
+    reduced |= frozenset(map(layer_role, targeted))
     cuts = (config.get("progressive") or {}).get("cuts") or []  # layers a progressive run cut while training
     reduced |= frozenset(layer_role(l["name"]) for c in cuts for l in c.get("layers", []))
     # Trained on from another run's weights without a cut (a compute control: the baseline + h epochs)
@@ -152,7 +169,7 @@ def describe(config: dict) -> dict:
                                   base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
-                recipe=recipe, targets=targets, continued=continued, iso_compute=iso,
+                recipe=recipe, targets=targets, continued=continued, iso_compute=iso, targeted=targeted,
                 imported=(recipe_root(config).get("import") or {}).get("weights"))  # `laser-tool import`
 
 
@@ -195,7 +212,8 @@ def label(d: dict, base_spec) -> str:
     for method, ranks, store in d["reductions"]:
         rs = sorted({r for _, r in ranks})
         rtext = f"r={rs[0]}" if len(rs) == 1 else f"r={rs[0]}-{rs[-1]}"
-        roles = "+".join(sorted({layer_role(n)[1] for n, _ in ranks}))
+        names = [n for n, _ in ranks] + (list(d["targeted"]) if method.endswith("-alloc") else [])
+        roles = "+".join(sorted({layer_role(n)[1] for n in names}))
         text += f" -> {method} {roles} {rtext}" + (" dense" if store == "dense" else "")
     if d["heal"]:
         text += f" + heal {d['heal']}ep"

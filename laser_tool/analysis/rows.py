@@ -51,7 +51,7 @@ def costs_of(g: Group) -> dict:
     try:
         spec = lambda r: r.config["model"]
         if g.base is not None:
-            keeps = [costs.keep(spec(r), spec(g.base.runs[0])) for r in g.runs]
+            keeps = [costs.keep(spec(r), spec(g.base.runs[0]), g.desc["targeted"]) for r in g.runs]
             out.update(keep=mean(k for k, _ in keeps), targeted_layers=roles_text(layer_role(n)[1] for n in keeps[0][1])
                        if keeps[0][1] else None)
         r = g.runs[0]

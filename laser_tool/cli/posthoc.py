@@ -96,14 +96,21 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 
 @click.command("search")
 @RUN_ARG
-@click.option("--budget", required=True, metavar="params:F",
-              help="Keep at most fraction F of the selected layers' parameters (factored form).")
+@click.option("--budget", required=True, metavar="params:F|uniform:F",
+              help="params:F: keep at most fraction F of the selected layers' parameters (factored form); "
+                   "uniform:F: at most what the uniform cut `reduce --rank params:F` of every selected layer "
+                   "leaves (the frontier study's budget).")
 @click.option("--layers", "layers", multiple=True, metavar="GLOB",
               help="Layers to consider (names, globs or B:TYPE as in reduce); repeatable. Default: all.")
 @click.option("--method", type=click.Choice(METHODS), default="svd", show_default=True)
 @click.option("--ranks", metavar="SPEC,SPEC,...", help="Rank grid per layer (default params:0.05,0.1,0.2,"
               "0.3,0.4,0.5,0.6,0.8). SPECs as in reduce.")
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")
+@click.option("--val-images", type=int, metavar="N",
+              help="Search on the first N validation images only (cheaper; default: the whole split).")
+@click.option("--criterion", type=click.Choice(["acc", "loss"]), default="acc", show_default=True,
+              help="What the allocation's threshold bounds: each layer's validation accuracy drop or loss rise "
+                   "(loss ranks layers where a small split shows no accuracy drop).")
 @click.option("--apply", is_flag=True, help="Also write the reduced run (factored layers).")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory for --apply (default RUN-reduced-...).")
 @click.option("--report", type=click.Path(path_type=Path),
@@ -112,8 +119,8 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 @DEVICE
 @BATCH
 @data_options
-def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, report, calib_batches, device,
-               batch_size, data_dir, dataset):
+def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, criterion, apply, out, report,
+               calib_batches, device, batch_size, data_dir, dataset):
     """Find per-layer ranks that meet a parameter budget with the best validation accuracy.
 
     \b
@@ -121,19 +128,21 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
        One SVD per layer; the activations entering the layer under test are cached, so each
        candidate re-runs only the network from that layer on (same numbers as a full evaluation).
     2. Allocation by threshold search: for a threshold t, every layer takes its cheapest grid
-       rank whose accuracy drop (alone) is <= t; the smallest t whose allocation fits the budget
-       wins. The budget counts the selected layers only, factored rank r costing r*(m+n)+bias.
+       rank whose accuracy drop (alone; --criterion loss: loss rise) is <= t; the smallest t
+       whose allocation fits the budget wins. The budget counts the selected layers only,
+       factored rank r costing r*(m+n)+bias (uniform:F: what the uniform cut params:F leaves).
        It is an upper bound: the chosen ranks use at most it, and the output says how much.
     3. LASER's greedy compose done right: from the last layer to the first, try successively
        lower grid ranks with everything in place; accept a step only if validation accuracy is
        >= the best so far; a layer stops at its first rejected step.
     4. The test set is evaluated once, on the chosen model.
-    Only the training (calibration) and validation splits inform the choice.
+    Only the training (calibration) and validation splits inform the choice (--val-images N:
+    the first N validation images only).
     """
     from ..posthoc.search import search_run
     grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
     rep = search_run(run, budget, list(layers) or ["*"], method, grid, apply, out, report, calib_batches,
-                     device, batch_size, not no_compose, data_dir, dataset)
+                     device, batch_size, not no_compose, data_dir, dataset, val_images, criterion)
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
                f"budget {rep['budget_params']:,.0f}")
     for name, rows in rep["table"].items():
@@ -144,7 +153,8 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, apply, out, repor
     accepted = sum(s["accepted"] for s in rep["compose"]["steps"])
     click.echo(f"compose: {accepted} of {len(rep['compose']['steps'])} steps accepted")
     click.echo(f"chosen: {json.dumps(c['ranks'])}")
-    click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}")
+    click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}"
+               + (f" (searched on {rep['val_images']:,} validation images)" if val_images else ""))
     click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
                f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
                f"the budget is an upper bound)")

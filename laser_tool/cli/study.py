@@ -72,7 +72,9 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, 
     \b
     Frontier presets (quick, frontier, frontier-seed-vit-tiny): per budget (--budgets, fractions of the
     targeted layers' parameters kept), every family: narrower, train-time structured (standard and
-    structured parameterisation), progressive, post-hoc svd and whiten from the baseline, healed.
+    structured parameterisation), progressive, post-hoc svd and whiten from the baseline, healed,
+    and svd-alloc/whiten-alloc (per-layer ranks chosen by `search` on validation, at most the uniform cut's
+    parameters).
     Seed grids (seed-xt, seed-vit-tiny): the blog's rows, each train-time row with the baseline cut
     post hoc to its parameter count.
     Running the same command again skips finished runs and continues unfinished ones.

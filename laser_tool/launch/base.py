@@ -34,7 +34,7 @@ import torch
 from trainers import train as trainer
 from ..errors import UserError
 from ..fileio import remove_debris
-from ..posthoc import reduce as reducer
+from ..posthoc import reduce as reducer, search as searcher
 from ..runs.reader import finished_run
 from ..runs.safety import remove_run
 from ..signals import Interrupted, exit_code
@@ -130,9 +130,16 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, si
         if out.exists() or out.is_symlink():  # a reduce output appears whole (renamed into place) or not at
             remove_run(out, what="study")       # all; only a directory laser-tool wrote is removed
     remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
+    outs = {g.name: runs / g.name for g in group}
+    if step.search:  # ranks chosen on validation under each budget: `search --apply`, one sweep for the group
+        searcher.search_budgets(parent, {g.name: g.search["budget"] for g in group}, step.selectors, step.method,
+                                apply=True, outs=outs, device=device, do_compose=step.search["compose"],
+                                val_images=step.search["val_images"], criterion=step.search["criterion"],
+                                splits=cache[step.seed], write_reports=False)
+        return
     reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=step.method,
-                               store="factored", outs={g.name: runs / g.name for g in group}, device=device,
-                               splits=cache[step.seed], calibrate=step.calibrate)
+                               store="factored", outs=outs, device=device, splits=cache[step.seed],
+                               calibrate=step.calibrate)
 
 
 def set_threads(threads):

@@ -100,14 +100,16 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
 
 def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
                        calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
-                       extra=None, calibrate="original") -> dict:
+                       extra=None, calibrate="original", requests=None) -> dict:
     """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
     `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
     and data are loaded once, the calibration pass runs once over the union of the selected layers,
     each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
     unreduced model is scored once. Only the cut, its scoring and the write are per budget (and, with
     calibrate="sequential", the calibration and decomposition, which depend on the budget's earlier cuts).
-    `outs` and `extra` ({file name: JSON object}) are keyed by budget like the selectors."""
+    `outs`, `extra` ({file name: JSON object}) and `requests` are keyed by budget like the selectors; a
+    request (what a rank search asked for, search.py) is recorded in the reduction step beside the selectors
+    it chose, and stands for them when runs are grouped (analysis/describe.py)."""
     run = Path(run)
     if store not in STORES:
         raise UserError(f"unknown store {store!r}; choose dense or factored")
@@ -131,6 +133,8 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
                     calib_batches=calib_batches if method != "svd" else 0)
         if calibrate != "original":  # recorded only when not the default, so earlier outputs keep their names
             args["calibrate"] = calibrate
+        if (requests or {}).get(budget) is not None:
+            args["request"] = requests[budget]
         jobs[budget] = (selectors, args, check_out(outs.get(budget) or default_out(run, "reduced", args), run))
     if len({j[2].resolve() for j in jobs.values()}) < len(jobs):
         raise UserError("two budgets would write the same output directory; give each its own --out")

@@ -9,15 +9,18 @@
    - evaluation is batched on the device, with the batches `evaluate` uses, so the numbers are the
      very ones a full evaluation gives (`naive_sweep` is the reference; tests check they agree).
 2. Allocation (threshold search, as ASVD does). A threshold t lets each layer take its cheapest grid
-   rank whose accuracy drop (that layer alone) is <= t. Parameters fall as t grows; we take the
-   smallest t, among the drops in the table, whose allocation fits the budget. The budget params:F
-   counts the selected layers only: their parameters in factored form must be <= F x their current
-   parameters (a layer left alone counts in full).
+   rank whose accuracy drop (that layer alone; or loss rise, criterion "loss") is <= t. Parameters fall
+   as t grows; we take the smallest t, among the drops in the table, whose allocation fits the budget.
+   The budget counts the selected layers only: params:F, their parameters in factored form must be
+   <= F x their current parameters (a layer left alone counts in full); uniform:F, <= what the uniform
+   cut params:F of every one of them leaves (the frontier's allocated rows against its uniform ones).
 3. LASER's greedy compose, done right. From the last layer to the first (LASER's order), try each
    layer at successively lower grid ranks with the whole allocation in place; accept a step only if
    validation accuracy is >= the best so far (LASER's script compared with the minimum); a layer
    stops at its first rejected step. Steps only remove parameters, so the budget stays met.
 4. The test set is evaluated once, at the end, on the chosen model.
+Only validation images choose (`val_images`: the first N of them, for a cheaper sweep). Several budgets
+of one run and method share everything but steps 2-4 (`search_budgets`, what a study runs).
 """
 import copy
 import hashlib
@@ -36,80 +39,17 @@ from ..models.evaluate import evaluate
 from ..models.layers import dense_weight
 from ..models.selectors import match_all
 from ..models.surgery import find_slot, slots
-from ..models.vit_tiny import ViTTiny
 from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
 from ..runs.writer import check_out, run_root
 from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
-from .ranks import parse_spec, resolve_rank
-from .reduce import check_batch_size, n_params, reduce_run, reduced_module, run_data, warn
+from .ranks import RankSpec, parse_spec, resolve_rank
+from .reduce import check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
+from .staged import staged
 
 DEFAULT_GRID = ("params:0.05", "params:0.1", "params:0.2", "params:0.3", "params:0.4", "params:0.5",
                 "params:0.6", "params:0.8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a model in stages
-
-
-class Staged:
-    """prefix(images) -> state; stages[k] = (layer names it holds, fn(state) -> next state); the last
-    stage returns logits. Stage functions look modules up when called, so a swapped layer is used."""
-
-    def __init__(self, prefix, stages):
-        self.prefix, self.stages = prefix, stages
-        self.index = {n: k for k, (names, _) in enumerate(stages) for n in names}
-
-    def run_from(self, k, state):
-        for _, fn in self.stages[k:]:
-            state = fn(state)
-        return state
-
-
-def _lsa_core(attn, h):
-    """LSA.forward up to (not including) to_out: the attention output that to_out projects."""
-    return h, attn.attend(h)
-
-
-def _vit_tiny_stages(model):
-    """ViTTiny.forward cut before every Linear layer; the same ops in the same order."""
-    def tokens(x):
-        return model.add_tokens(model.embed.proj(x))
-
-    stages = [(["embed"], tokens)]
-    for i, blk in enumerate(model.blocks):
-        a, f = blk["attn"], blk["ffn"]
-        stages += [([f"blocks.{i}.attn.qkv"], lambda h, a=a: _lsa_core(a, h)),
-                   ([f"blocks.{i}.attn.out"], lambda st, a=a: a.out_drop(a.to_out(st[1])) + st[0]),
-                   ([f"blocks.{i}.ffn.in"], lambda h, f=f: (h, f.drop(F.gelu(f.fc_in(h))))),
-                   ([f"blocks.{i}.ffn.out"], lambda st, f=f: f.drop(f.fc_out(st[1])) + st[0])]
-    stages += [([], lambda h: model.head_norm(h[:, 0])), (["head"], lambda z: model.head(z))]
-    return Staged(model.embed.patches, stages)
-
-
-def staged(model, check_images=None) -> Staged:
-    """Stages for `model`. x-transformers threads the previous layer's attention logits through one
-    long loop (residual_attn), so an xt-vit splits only before its head. If `check_images` is given,
-    the split must reproduce model(x) bit for bit, or we fall back to one stage."""
-    names = [s.name for s in slots(model)]
-    if isinstance(model, ViTTiny):
-        st = _vit_tiny_stages(model)
-    elif hasattr(model, "mlp_head"):
-        st = Staged(lambda img: img, [([n for n in names if n != "head"],
-                                       lambda img: model(img, return_embeddings=True).mean(dim=-2)),
-                                      (["head"], lambda z: model.mlp_head(z))])
-    else:
-        st = Staged(lambda img: img, [(names, model)])
-    if check_images is not None:
-        with torch.no_grad():
-            if not torch.equal(st.run_from(0, st.prefix(check_images)), model(check_images)):
-                warn("the staged forward differs from the model's own; searching without activation caching")
-                st = Staged(lambda img: img, [(names, model)])
-    missing = [n for n in names if n not in st.index]
-    if missing:
-        raise RuntimeError(f"stages miss layers {missing}")
-    return st
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,18 +134,48 @@ def naive_sweep(run, ranks: dict, images, labels, batch_size=500, device="cpu", 
 # Allocation and compose
 
 
-def parse_budget(text) -> float:
+BUDGET_HELP = ("params:F, at most fraction F of the selected layers' parameters, or uniform:F, at most the "
+               "parameters the uniform cut --rank params:F of every selected layer leaves (the frontier's budget)")
+
+
+def parse_budget(text) -> tuple:
+    """'params:0.5' -> ('params', 0.5); 'uniform:0.25' -> ('uniform', 0.25); UserError for anything else."""
     t = str(text).strip()
-    if not t.startswith("params:"):
-        raise UserError(f"cannot parse --budget {t!r}; use params:F, the fraction of the selected layers' "
-                        f"parameters to keep, e.g. params:0.5")
-    return parse_spec(t).value
+    kind, _, rest = t.partition(":")
+    if kind not in ("params", "uniform"):
+        raise UserError(f"cannot parse --budget {t!r}; use {BUDGET_HELP}, e.g. params:0.5")
+    return kind, parse_spec(f"params:{rest}").value
 
 
-def allocate(table, base_acc, layer_params, budget_params):
-    """(threshold, {layer: rank}) by threshold search; UserError if no allocation fits."""
+def budget_params(budget, model, names, layer_params) -> float:
+    """The budget in parameters of the selected layers. uniform:F is what `reduce --layer NAME=params:F
+    --store factored` leaves in them: each layer at rank int(F*m*n/(m+n)), r*(m+n) weights plus its bias,
+    so an allocated row holds at most the parameters of the uniform row it is compared with."""
+    kind, frac = parse_budget(budget)
+    if kind == "params":
+        return frac * sum(layer_params.values())
+    total = 0
+    for n in names:
+        m = find_slot(model, n).module
+        r = resolve_rank(RankSpec("params", frac, f"params:{frac}"), m.out_features, m.in_features, layer=n)
+        total += factored_params(m.out_features, m.in_features, r, m.bias is not None)
+    return total
+
+
+CRITERIA = ("acc", "loss")
+
+
+def allocate(table, base_acc, layer_params, budget_params, criterion="acc", base_loss=None):
+    """(threshold, {layer: rank}) by threshold search; UserError if no allocation fits. The drop a
+    threshold bounds is in validation accuracy (`acc`) or validation loss (`loss`): on a small split
+    single-layer accuracy drops are mostly 0, so every layer looks free and the budget goes unused;
+    the loss still ranks them."""
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown --criterion {criterion!r}; choose acc or loss")
+    score = (lambda c: c["val_acc"]) if criterion == "acc" else (lambda c: -c["val_loss"])
+    base_acc = base_acc if criterion == "acc" else -base_loss       # scores: higher is better
     opts = {n: [(layer_params[n], None, base_acc)] +
-               [(c["params"], c["rank"], c["val_acc"]) for c in rows if c["params"] < layer_params[n]]
+               [(c["params"], c["rank"], score(c)) for c in rows if c["params"] < layer_params[n]]
             for n, rows in table.items()}
     floor = sum(min(o[0] for o in os_) for os_ in opts.values())
     if floor > budget_params:
@@ -251,38 +221,81 @@ def compose(base, decomps, table, alloc, start_acc, val, batch_size, device):
     return alloc, best, steps
 
 
+
+
 def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None, apply=False, out=None,
                report=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
-               dataset=None) -> dict:
+               dataset=None, val_images=None, criterion="acc") -> dict:
     """Run the search (module docstring); write the report JSON; with apply, also the reduced run."""
+    return search_budgets(run, {0: budget}, layers, method, ranks, apply, {0: out}, {0: report}, calib_batches,
+                          device, batch_size, do_compose, data_dir, dataset, val_images, criterion=criterion)[0]
+
+
+def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, apply=False, outs=None,
+                   reports=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
+                   dataset=None, val_images=None, splits=None, write_reports=True, criterion="acc") -> dict:
+    """{key: report} for budgets {key: budget}, each the report (and with apply the run) that
+    `search_run(run, budget, ...)` makes, sharing what no budget changes: the load, the calibration pass,
+    the decompositions and the sensitivity sweep; the applied runs are written together (reduce_run_budgets).
+    `val_images` N searches on the first N validation images only (cheaper; the rows still report the
+    whole validation split). With apply, the test set is evaluated once, by the reduction that writes the run."""
     t0 = time.time()
-    run, frac = Path(run), parse_budget(budget)
+    run, outs, reports = Path(run), outs or {}, reports or {}
+    for b in budgets.values():
+        parse_budget(b)
     specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
     check_batch_size(batch_size)
-    if report is not None:  # checked before the work: never an input, a device or a directory
-        check_output_file(report, inputs=[run_root(run) or run], what="--report")
-    if apply and out is not None:
-        check_out(out, run)
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown --criterion {criterion!r}; choose acc or loss")
+    if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 1):
+        raise UserError(f"--val-images {val_images!r} must be an integer >= 1 (or left out: the whole split)")
+    for k in budgets:  # checked before the work: never an input, a device or a directory
+        if write_reports and reports.get(k) is not None:
+            check_output_file(reports[k], inputs=[run_root(run) or run], what="--report")
+        if apply and outs.get(k) is not None:
+            check_out(outs[k], run)
     dev = resolve_device(device)
     check_input_run(run, "search:")
     model, config = load_run(run, dev)
     names = [s.name for s in match_all(slots(model), [layers] if isinstance(layers, str) else list(layers or ["*"]))]
-    splits = run_data(config, data_dir, dataset)
+    splits = splits or run_data(config, data_dir, dataset)
+    if len(splits.val_x) == 0:
+        raise UserError("the run has no validation split (val_size 0); search selects on validation data only")
     calib = None
     if method != "svd":
         batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
         calib = collect_calibration(model, names, batches, method, dev)
-    val = (splits.val_x, splits.val_y)
-    if len(splits.val_x) == 0:
-        raise UserError("the run has no validation split (val_size 0); search selects on validation data only")
+    val = (splits.val_x[:val_images], splits.val_y[:val_images])
     base_loss, base_acc = evaluate(model, *val, batch_size, dev)
     t_sweep = time.time()
     table, decomps = sweep(model, names, specs, *val, batch_size, dev, method, calib)
-    t_sweep = time.time() - t_sweep
-    layer_params = {n: n_params(find_slot(model, n).module) for n in names}
-    total = sum(layer_params.values())
-    budget_params = frac * total
-    t, alloc = allocate(table, base_acc, layer_params, budget_params)
+    shared = dict(run=str(run), method=method, criterion=criterion, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
+                  layer_params={n: n_params(find_slot(model, n).module) for n in names}, base_val_acc=base_acc,
+                  base_val_loss=base_loss, calib_batches=calib_batches if method != "svd" else 0,
+                  sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
+    shared["selected_params"] = sum(shared["layer_params"].values())
+    shared["table"] = {n: [dict(c, layer_params=shared["layer_params"][n]) for c in rows] for n, rows in table.items()}
+    reps, test = {}, not apply
+    for k, budget in budgets.items():
+        reps[k] = _choose(model, decomps, table, shared, budget, val, splits if test else None, do_compose,
+                          batch_size, dev)
+        reps[k]["seconds"] = round(time.time() - t0, 3)
+        reps[k]["report"] = str(reports.get(k) or _default_report(run, budget, shared))
+    if apply:
+        _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, device, splits, batch_size)
+    for k, rep in reps.items():
+        if write_reports:
+            atomic_write_json(rep["report"], rep)
+    return reps
+
+
+def _choose(model, decomps, table, shared, budget, val, splits, do_compose, batch_size, dev) -> dict:
+    """One budget's report: the allocation, the compose, the chosen ranks against the budget and, when
+    `splits` is given, the chosen model's test accuracy."""
+    names, layer_params, total = shared["layers"], shared["layer_params"], shared["selected_params"]
+    limit = budget_params(budget, model, names, layer_params)
+    t, alloc = allocate(table, shared["base_val_acc"], layer_params, limit, shared["criterion"],
+                        shared["base_val_loss"])
     alloc_acc = evaluate(_apply(copy.deepcopy(model), decomps, alloc), *val, batch_size, dev)[1]
     chosen, chosen_acc, steps = alloc, alloc_acc, []
     if do_compose:
@@ -292,34 +305,48 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
         return sum(table_params(table, n, a[n]) if n in a else layer_params[n] for n in names)
 
     chosen = {n: chosen[n] for n in names if n in chosen}
-    final_model = _apply(copy.deepcopy(model), decomps, chosen)
-    test_loss, test_acc = evaluate(final_model, splits.test_x, splits.test_y, batch_size, dev)
-    rep = dict(run=str(run), budget=str(budget), budget_params=budget_params, method=method,
-               layers=names, grid=[str(s) for s in specs], layer_params=layer_params, selected_params=total,
-               base_val_acc=base_acc, base_val_loss=base_loss,
-               table={n: [dict(c, layer_params=layer_params[n]) for c in rows] for n, rows in table.items()},
-               allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
-               compose=dict(enabled=do_compose, steps=steps),
-               # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
-               chosen=dict(ranks=chosen, params=params_of(chosen), val_acc=chosen_acc, test_acc=test_acc,
-                           test_loss=test_loss, meets_budget=params_of(chosen) <= budget_params,
-                           fraction_kept=params_of(chosen) / total, budget_fraction=frac,
-                           budget_unused=budget_params - params_of(chosen)),
-               calib_batches=calib_batches if method != "svd" else 0, sweep_seconds=round(t_sweep, 3),
-               seconds=round(time.time() - t0, 3), device=str(dev))
-    if report is None:
-        base = run_root(run) or run.with_suffix("")
-        h = hashlib.sha1(json.dumps([str(budget), names, rep["grid"], method]).encode()).hexdigest()[:8]
-        report = base.parent / f"{base.name}-search-{method}-{h}.json"
-    rep["report"] = str(report)
-    if apply:
-        if not chosen:
-            raise UserError("the budget is met without reducing any layer; nothing to --apply")
-        rep["applied"] = str(reduce_run(run, [f"{n}={r}" for n, r in chosen.items()], method=method,
-                                        store="factored", out=out, calib_batches=calib_batches, device=device,
-                                        splits=splits, batch_size=batch_size, extra={"search.json": rep}))
-    atomic_write_json(report, rep)
-    return rep
+    test_loss = test_acc = None
+    if splits is not None:
+        final_model = _apply(copy.deepcopy(model), decomps, chosen)
+        test_loss, test_acc = evaluate(final_model, splits.test_x, splits.test_y, batch_size, dev)
+    used = params_of(chosen)
+    return dict(shared, budget=str(budget), budget_params=limit,
+                allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
+                compose=dict(enabled=do_compose, steps=steps),
+                # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
+                chosen=dict(ranks=chosen, params=used, val_acc=chosen_acc, test_acc=test_acc, test_loss=test_loss,
+                            meets_budget=used <= limit, fraction_kept=used / total, budget_fraction=limit / total,
+                            budget_unused=limit - used))
+
+
+def _default_report(run, budget, shared) -> Path:
+    base = run_root(run) or run.with_suffix("")
+    h = hashlib.sha1(json.dumps([str(budget), shared["layers"], shared["grid"], shared["method"]]).encode()).hexdigest()[:8]
+    return base.parent / f"{base.name}-search-{shared['method']}-{h}.json"
+
+
+def search_request(rep: dict, layers, do_compose: bool) -> dict:
+    """What an applied search asked for, recorded in its reduction step in place of per-seed selectors, so
+    the seeds of one search are one row in `compare` (analysis/describe.py)."""
+    return dict(search=rep["budget"], layers=[layers] if isinstance(layers, str) else list(layers or ["*"]),
+                targets=rep["layers"], grid=rep["grid"], val_images=rep["val_images"], criterion=rep["criterion"],
+                compose=do_compose)
+
+
+def _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, device, splits, batch_size) -> None:
+    """Write every budget's chosen model as a factored run; the test set is evaluated there, once."""
+    for k, rep in reps.items():
+        if not rep["chosen"]["ranks"]:
+            raise UserError(f"budget {rep['budget']}: the budget is met without reducing any layer; nothing to --apply")
+    written = reduce_run_budgets(
+        run, {k: [f"{n}={r}" for n, r in rep["chosen"]["ranks"].items()] for k, rep in reps.items()}, method=method,
+        store="factored", outs=outs, calib_batches=calib_batches, device=device, splits=splits, batch_size=batch_size,
+        extra={k: {"search.json": rep} for k, rep in reps.items()},
+        requests={k: search_request(rep, layers, do_compose) for k, rep in reps.items()})
+    for k, rep in reps.items():
+        red = json.loads((written[k] / "reduce.json").read_text())
+        rep["chosen"].update(test_acc=red["test_acc_after"], test_loss=red["test_loss_after"])
+        rep["applied"] = str(written[k])
 
 
 def table_params(table, name, rank):

@@ -10,6 +10,9 @@ trains one dense baseline, then per budget:
   progressive   the dense model cut to the budget a third of the way through training, then trained on
   svd, whiten   the baseline cut post hoc to the budget (factored); every budget of one baseline and
                 method shares one decomposition and one calibration pass (whiten: CALIBRATION below)
+  svd-alloc, whiten-alloc
+                the baseline cut post hoc with per-layer ranks chosen by `search` on validation, at most
+                the uniform cut's parameters (allocated.py)
   healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
   control       the baseline itself trained on `heal_epochs` with that recipe (`baseline-plusH`), so a heal
                 is measured against the extra training alone
@@ -30,13 +33,14 @@ from ..lists import comma_list
 from ..models import build_model
 from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
 from .compute import check_match_compute, matched_epochs
+from .allocated import ALLOCATED, allocated_steps
 from .steps import heal_step, reduce_step, seed_settings, train_step
 
 # What each --targets value means to each family.
 VARIANT_TARGETS = dict(zip(FRONTIER_TARGETS, (("ffn",), ("attn",), ("attn", "ffn"))))
 SELECTORS = dict(zip(FRONTIER_TARGETS, (("*:mlp",), ("*:attn",), ("*:all",))))
 POST_HOC = CUT_METHODS
-FAMILIES = ("narrower", *STRUCTURED, *(f"{v}-structured" for v in STRUCTURED), "progressive", *POST_HOC)
+FAMILIES = ("narrower", *STRUCTURED, *(f"{v}-structured" for v in STRUCTURED), "progressive", *POST_HOC, *ALLOCATED)
 PROGRESSIVE_AT = 1 / 3  # of the epochs: dense for the first third (Pufferfish-style warm-up), then cut
 # How the whiten family calibrates: original (every layer on the unreduced model's inputs, SVD-LLM's way).
 # docs/whitening.md measured sequential calibration on the quick baseline: validation accuracy -0.02,
@@ -60,7 +64,8 @@ FRONTIERS = {
     # The main job: one CPU command, minutes. Attention and FFN together, since cutting the FFN alone
     # costs the quick model nothing measurable even at a tenth of its parameters.
     "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
-                      ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"), heal_epochs=1),
+                      ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten", "svd-alloc",
+                       "whiten-alloc"), heal_epochs=1),
     # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
     "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1, lr_grid=(0.5, 1, 2)),
     # The seed's ViT-tiny on CIFAR-10 (a GPU job).
@@ -191,7 +196,7 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
         extra = seed_settings(seed, runs, train_opts, epochs, device, data_dir)
         base = train_step(fr.trainer_preset, {}, f"baseline-s{seed}", extra)
         steps.append(base)
-        for fam in (f for f in families if f not in POST_HOC):
+        for fam in (f for f in families if f not in POST_HOC + ALLOCATED):
             for keep in budgets:
                 for mult, part in points:
                     opts = family_opts(fam, keep, targets, base.cfg)
@@ -213,6 +218,7 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
                 for mult, part in (points if heal_epochs else []):
                     steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}-s{seed}",
                                            heal_epochs, seed, mult))
+        steps += allocated_steps(runs, base.name, families, budgets, SELECTORS[targets], seed)
         if heal_epochs and any(f in POST_HOC for f in families):  # a heal against extra training alone
             steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-s{seed}", heal_epochs, seed))
     return steps, notes

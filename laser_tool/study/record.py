@@ -28,10 +28,10 @@ def fingerprint(step) -> str:
     reduction cuts."""
     if step.cfg is not None:
         return json.dumps([step.kind, settings(step.cfg.to_dict())], sort_keys=True, default=str)
-    cut = [step.kind, step.parent, list(step.selectors), step.method]
+    what = [step.kind, step.parent, list(step.selectors), step.method]
     if getattr(step, "calibrate", "original") != "original":  # the default adds nothing: old plans still match
-        cut.append(step.calibrate)
-    return json.dumps(cut, sort_keys=True)
+        what.append(step.calibrate)
+    return json.dumps(what + ([step.search] if getattr(step, "search", None) else []), sort_keys=True)
 
 
 def _marked(out: Path) -> bool:

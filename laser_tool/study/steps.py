@@ -13,7 +13,7 @@ LABELS = ("matched_to", "lr_grid")  # config labels that name a run's place in t
 
 @dataclass
 class Step:
-    kind: str                      # train | reduce | heal
+    kind: str                      # train | reduce (a uniform cut, or a rank search's) | heal
     name: str                      # run directory name under STUDY/runs
     command: str                   # how to reproduce it by hand
     cfg: object = None             # TrainConfig (train, heal)
@@ -24,6 +24,7 @@ class Step:
     group: str = None              # reduce steps of one group (baseline, method) share one decomposition
     seed: int = 0                  # the runs of one seed share one data split
     calibrate: str = "original"    # reduce with an activation-aware method: original | sequential
+    search: dict = None            # reduce by `search --apply`: budget, val_images, compose (selectors: its layers)
 
 
 def flag(k, v) -> str:
@@ -71,6 +72,19 @@ def reduce_step(runs: Path, parent: str, name: str, selectors: list, method: str
            + (f" --calibrate {calibrate}" if calibrate != "original" else "") + f" --out {runs / name}")
     return Step("reduce", name, cmd, parent=parent, selectors=selectors, method=method, group=group, seed=seed,
                 calibrate=calibrate)
+
+
+def search_step(runs: Path, parent: str, name: str, layers: list, method: str, seed: int, budget: str,
+                search: dict, group=None) -> Step:
+    """A post-hoc reduction whose per-layer ranks a search on validation chooses under `budget` (as
+    `laser-tool search ... --apply`): the step's selectors are the layers it may cut; `search` holds
+    val_images, criterion and compose."""
+    search = dict(search, budget=budget)
+    cmd = (f"laser-tool search {runs / parent} --budget {budget} " + " ".join(f"--layers {shlex.quote(s)}" for s in layers)
+           + f" --method {method} --val-images {search['val_images']} --criterion {search['criterion']}"
+           + ("" if search["compose"] else " --no-compose") + f" --apply --out {runs / name}")
+    return Step("reduce", name, cmd, parent=parent, selectors=list(layers), method=method, group=group, seed=seed,
+                search=search)
 
 
 def heal_step(runs: Path, base_cfg, reduced: str, name: str, epochs: int, seed: int, lr_mult: float = None) -> Step:
