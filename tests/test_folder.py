@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from laser_tool import load_run
 from laser_tool.cli import main
 from laser_tool.data import files as data
 from laser_tool.data import folder
@@ -205,3 +206,27 @@ def test_an_unwritable_cache_is_said_once_and_the_data_still_loads(tmp_path, fas
     assert len(splits["train"][1]) == 30 and len(lines) == 1 and "not cached" in lines[0]
     with pytest.raises(UserError, match="--channels 2"):
         folder.load_folder(f"folder:{root}", 28, 2)
+
+
+def test_a_two_family_frontier_study_on_a_timm_model_and_a_folder(tmp_path, fashion, tiny, monkeypatch):
+    """`study --arch timm:NAME --arch-arg ... --dataset folder:PATH`: the preset's recipe, timm's model
+    (sizes its own, not the preset's vit-tiny ones), the folder's images; narrower against svd cuts."""
+    x, y = fashion
+    root = write_pngs(tmp_path / "fm", x, y, (("train", 0, 200), ("test", 200, 260)))
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "all", ("narrower", "svd")))
+    timm = ["--arch", "timm:vit_tiny_patch16_224", "--arch-arg", "patch_size=7", "--arch-arg", "embed_dim=32",
+            "--arch-arg", "depth=1", "--arch-arg", "num_heads=2"]
+    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--device", "cpu",
+                                    "--dataset", f"folder:{root}", *timm])
+    assert res.exit_code == 0, res.output
+    runs = tmp_path / "st" / "runs"
+    base = json.loads((runs / "baseline-s0" / "config.json").read_text())["model"]
+    assert base["arch"] == "timm:vit_tiny_patch16_224" and base["arch_args"]["embed_dim"] == 32
+    assert base["image_size"] == 28 and base["channels"] == 1
+    (model, _), (narrow, _) = (load_run(runs / n) for n in ("baseline-s0", "narrower-k0.5-s0"))
+    assert type(model).__module__.startswith("timm") and len(model.blocks) == 1 and model.embed_dim == 32
+    assert (model.blocks[0].mlp.fc1.out_features, narrow.blocks[0].mlp.fc1.out_features) == (128, 64)
+    rows = json.loads((tmp_path / "st" / "results.json").read_text())["rows"]
+    assert {r["family"] for r in rows} >= {"baseline", "narrower", "post-hoc"}
+    report = (tmp_path / "st" / "report.md").read_text()
+    assert "--arch timm:vit_tiny_patch16_224" in report and "--arch-arg embed_dim=32" in report

@@ -7,6 +7,7 @@ from typing import Optional
 from laser_tool.data import canonical_name, folder_defaults, is_folder
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec
+from laser_tool.models.external import is_external
 
 from .presets import PRESETS
 
@@ -131,6 +132,10 @@ def build_config(preset=None, given=None) -> TrainConfig:
         p = dict(PRESETS[preset])
         cfg = replace(cfg, model=ModelSpec(**p.pop("model")), **p)
     model = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if k in model_keys}
+    if "arch" in model and model["arch"] != cfg.model.arch and is_external(model["arch"]):
+        # A timm/python arch over a preset of the seed's models: the preset's sizes (dim, depth, patch,
+        # dropouts) describe its own arch, so the model starts afresh; the recipe stays the preset's.
+        cfg = replace(cfg, model=ModelSpec())
     cfg = replace(cfg, model=replace(cfg.model, **model), **{k: v for k, v in given.items() if k in train_keys})
     if is_folder(cfg.dataset):
         cfg = fit_folder(cfg, set(model) | set(PRESETS.get(preset, {}).get("model", {})))

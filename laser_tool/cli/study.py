@@ -6,7 +6,7 @@ import click
 from ..errors import UserError
 from ..signals import exit_code
 from ..vocab import FRONTIER_TARGETS
-from .options import dataset_options, minutes
+from .options import Arch, arch_args, dataset_options, minutes
 
 
 @click.command()
@@ -43,6 +43,10 @@ from .options import dataset_options, minutes
 @click.option("--val-size", type=int, help="Validation images held out of the training set.")
 @click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation.")
 @click.option("--decay-all/--no-decay-all", default=None, help="Weight decay on every parameter.")
+@click.option("--arch", type=Arch(), metavar="ARCH", help="Study another architecture than the preset's: timm:NAME "
+              "or python:MODULE:FUNCTION (the preset's recipe stays; its sizes are the arch's own).")
+@click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+              help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=64.")
 @click.option("--sigma-reparam/--no-sigma-reparam", default=None,
               help="Structured layers replacing vit-tiny's sigmaReparam projections keep it (default) or drop it.")
 @click.option("--jobs", type=int, default=1, show_default=True,
@@ -83,7 +87,9 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, 
     from ..study import run_study, study_status
     if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
         raise UserError("--epochs must be at least 1 and --heal-epochs at least 0")
-    train_opts = {k: v for k, v in train_opts.items() if v is not None}
+    train_opts = {k: v for k, v in train_opts.items() if v is not None and v != ()}
+    if "arch_args" in train_opts:
+        train_opts["arch_args"] = arch_args(train_opts["arch_args"])
     frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families, lr_grid=lr_grid,
                                            match_compute=match_compute or None).items() if v is not None}
     if show_status:

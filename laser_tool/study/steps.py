@@ -1,6 +1,7 @@
 """A study is a list of steps, each one run directory under STUDY/runs: train a row, reduce a trained
 run post hoc, or heal a reduced one. Every step carries its seed, the command that reproduces it by
 hand, and (train, heal) the TrainConfig the trainer runs."""
+import json
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,10 @@ def flag(k, v) -> str:
         return f"{f} {shlex.quote(str(v))}"
     if k == "reduce_layers":
         return " ".join(f"--reduce-layer {shlex.quote(t)}" for t in v)
+    if k == "arch_args":
+        return " ".join(f"--arch-arg {shlex.quote(f'{a}={json.dumps(x)}')}" for a, x in v.items())
+    if k == "arch":
+        return f"{f} {shlex.quote(str(v))}"
     return f"{f} {v}"
 
 
