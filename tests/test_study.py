@@ -314,3 +314,16 @@ def test_lr_grid_errors(tmp_path):
             study.plan("quick", 1, tmp_path, frontier_opts=dict(lr_grid=text))
     steps, _ = study.plan("frontier", 1, tmp_path)   # the frontier preset tries 0.5, 1 and 2 by default
     assert {s.cfg.lr_grid["mult"] for s in steps if s.kind == "train" and s.cfg.lr_grid} == {0.5, 1.0, 2.0}
+
+
+def test_a_study_directory_whose_rows_have_other_seeds_is_refused(tmp_path):
+    """A run a study finds by name but trained with another seed than its plan's (so its split and batch
+    order differ from the rows it would be paired with) is refused in one line naming the seed."""
+    from laser_tool.study.run import check_same_settings
+    steps, _ = study.plan("quick", 1, tmp_path, frontier_opts=dict(families="narrower,svd", budgets="0.5"))
+    row = next(s for s in steps if s.name == "narrower-k0.5-s0")
+    (tmp_path / "runs" / row.name).mkdir(parents=True)
+    (tmp_path / "runs" / row.name / "config.json").write_text(json.dumps({"train": {**row.cfg.to_dict(), "seed": 3}}))
+    with pytest.raises(UserError, match=r"narrower-k0.5-s0: seed differ"):
+        check_same_settings(tmp_path / "runs", steps)
+    check_same_settings(tmp_path / "runs", [s for s in steps if s.name != row.name])  # the others pass
