@@ -42,7 +42,7 @@ import tiny  # noqa: E402
 
 from laser_tool.analysis.costs import forward_flops  # noqa: E402
 from laser_tool.errors import UserError  # noqa: E402
-from laser_tool.export.latency import processor  # noqa: E402
+from laser_tool.device import cpu_name  # noqa: E402
 from laser_tool.export.onnx import example_images, onnx_bytes, session  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
@@ -176,7 +176,7 @@ def main(argv=None):
                   f"FLOP ratio {ratio:5.2f}x", flush=True)
     import onnxruntime
     doc = dict(about=__doc__.split("\n\n")[0].replace("\n", " "), tiny=bool(a.tiny),
-               machine=dict(processor=processor(), cpu_count=os.cpu_count(), platform=platform.platform(),
+               machine=dict(processor=cpu_name(), cpu_count=os.cpu_count(), platform=platform.platform(),
                             shared="yes: other processes ran meanwhile; rounds are interleaved",
                             onnxruntime=onnxruntime.__version__, torch=torch.__version__),
                settings=dict(model=base, threads=a.threads, reps=a.reps, batches=batches, goal=f"keep 0.25 at batch "

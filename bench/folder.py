@@ -20,7 +20,6 @@ and the same train images as an IDX file. Then:
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 from laser_tool.data import BatchLoader, default_augment, load_dataset  # noqa: E402
 from laser_tool.data import folder  # noqa: E402
+from laser_tool.device import cpu_name  # noqa: E402
 from laser_tool.data.files import read_idx  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 
@@ -71,13 +71,6 @@ def write_images(root: Path, n: int, seed: int = 0):
 
 def write_idx(path: Path, x: np.ndarray, magic: int):
     path.write_bytes(magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in x.shape) + x.tobytes())
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def epoch_seconds(x, y, batch_size):

@@ -3,10 +3,10 @@ one parser, so every list option splits, trims and refuses the same way."""
 from .errors import UserError
 
 
-def comma_list(text, flag: str, convert=None, example: str = "") -> list:
+def comma_list(text, flag: str, convert=None, example: str = "", what: str = "valid") -> list:
     """The non-empty, stripped items of `text` ("a, b,c" -> ["a", "b", "c"]), each passed through
-    `convert` (a ValueError there names the item). An empty list is refused: a list option given
-    at all must name something."""
+    `convert` (a ValueError there names the item: "'x' is not WHAT"). An empty list is refused: a list
+    option given at all must name something."""
     items = [part.strip() for part in str(text).split(",") if part.strip()]
     hint = f"; e.g. {flag} {example}" if example else ""
     if not items:
@@ -18,5 +18,5 @@ def comma_list(text, flag: str, convert=None, example: str = "") -> list:
         try:
             out.append(convert(item))
         except ValueError:
-            raise UserError(f"{flag} {text!r}: {item!r} is not valid{hint}") from None
+            raise UserError(f"{flag} {text!r}: {item!r} is not {what}{hint}") from None
     return out

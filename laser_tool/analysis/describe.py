@@ -115,6 +115,24 @@ def _json(x) -> str:
     return json.dumps(x, sort_keys=True, default=str)
 
 
+def _study_labels(spec, recipe, requested, heal_key, own):
+    """(iso, grid, base recipe, grid key) from the labels a study puts in a config (study/steps.LABELS).
+    A compute-matched twin (`matched_to`) is tested against the baseline of its recipe at the epochs that
+    baseline trained; a point of a learning-rate grid (`lr_grid`) against the baseline of the grid's base
+    lr, and `grid key` is what the points of one grid share (compare keeps the best on validation)."""
+    iso = recipe.get("matched_to") if isinstance(recipe.get("matched_to"), dict) else None
+    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS + LABELS}
+    if iso:
+        base_recipe["epochs"] = iso.get("base_epochs")
+    grid = (own or recipe).get("lr_grid")
+    if not isinstance(grid, dict):
+        return iso, None, base_recipe, None
+    if not own:
+        base_recipe["lr"] = grid.get("base_lr")
+    unlr = lambda d: {k: v for k, v in d.items() if k not in ("lr", "lr_grid")} if isinstance(d, dict) else d
+    return iso, grid, base_recipe, _json([spec, recipe if own else unlr(recipe), requested, unlr(heal_key), unlr(own)])
+
+
 def describe(config: dict) -> dict:
     """Section (dataset + base architecture), group key, baseline key, and the parts a label is made of."""
     s = ModelSpec.from_dict(config["model"]).resolved()
@@ -147,24 +165,10 @@ def describe(config: dict) -> dict:
     reduced |= frozenset(layer_role(l["name"]) for c in cuts for l in c.get("layers", []))
     # Trained on from another run's weights without a cut (a compute control: the baseline + h epochs)
     continued = (own or {}).get("epochs") if config.get("init_source") and not reductions else None
-    # Trained longer to match a heal's compute (study --match-compute): tested against the baseline
-    # of its recipe at the epochs that baseline trained
-    iso = recipe.get("matched_to") if isinstance(recipe.get("matched_to"), dict) else None
-    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS + LABELS}
-    if iso:
-        base_recipe["epochs"] = iso.get("base_epochs")
-    # One point of a learning-rate grid (study --lr-grid): tested against the baseline of the grid's
-    # base lr; `grid_key` is what the points of one grid share (compare keeps the best on validation)
-    grid = (own or recipe).get("lr_grid")
-    grid = grid if isinstance(grid, dict) else None
-    if grid and not own:
-        base_recipe["lr"] = grid.get("base_lr")
-    unlr = lambda d: None if d is None else {k: v for k, v in d.items() if k not in ("lr", "lr_grid")}
+    iso, grid, base_recipe, grid_key = _study_labels(spec, recipe, requested, heal_key, own)
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
-                grid_key=_json([spec, unlr(recipe) if not own else recipe, requested,
-                                unlr(heal_key) if isinstance(heal_key, dict) else heal_key, unlr(own)])
-                if grid else None, lr_grid=grid,
+                grid_key=grid_key, lr_grid=grid,
                 base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
                                   base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),

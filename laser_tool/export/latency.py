@@ -1,24 +1,13 @@
 """Inference latency of an exported ONNX model under onnxruntime on the CPU: the median of repeated
 timed runs of one fixed batch, per batch size, after warm-up runs (the first runs pick kernels and
 allocate). Threads are fixed (intra-op `threads`, one inter-op thread) so figures compare across models."""
-import platform
 import statistics
 import time
 
+from ..device import cpu_name
 from .onnx import example_images, import_onnx, session
 
 BATCHES = (1, 64)
-
-
-def processor() -> str:
-    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_batch(sess, x, reps: int, warmup: int = 3) -> float:
@@ -42,4 +31,4 @@ def measure(data: bytes, spec, batches=BATCHES, threads: int = 2, reps: int = 20
     for b in batches:
         s = time_batch(sess, example_images(spec, b).numpy(), reps)
         out[str(b)] = dict(ms=round(1e3 * s, 4), ms_per_image=round(1e3 * s / b, 5))
-    return dict(processor=processor(), threads=threads, onnxruntime=ort.__version__, reps=reps, batches=out)
+    return dict(processor=cpu_name(), threads=threads, onnxruntime=ort.__version__, reps=reps, batches=out)

@@ -254,11 +254,15 @@ class SigmaReparam(nn.Module):
         bias = self.layer.bias
         return y if bias is None else y - bias
 
+    @torch.no_grad()
+    def _power_step(self, W):
+        """(v, u): one power-iteration step on W from the stored u."""
+        v = F.normalize(W @ self.u, dim=0)
+        return v, F.normalize(W.T @ v, dim=0)
+
     def sigma_hat(self):
-        with torch.no_grad():
-            W = dense_weight(self.layer)
-            v = F.normalize(W @ self.u, dim=0)
-            u = F.normalize(W.T @ v, dim=0)
+        with torch.no_grad():  # the step needs no gradient; v . W u below carries it
+            v, u = self._power_step(dense_weight(self.layer))
             if self.training:
                 self.u.copy_(u)
         return torch.dot(v, self._matvec(u))
@@ -269,12 +273,9 @@ class SigmaReparam(nn.Module):
         return y * scale if bias is None else (y - bias) * scale + bias
 
     def dense_weight(self):
-        with torch.no_grad():
-            W = dense_weight(self.layer)
-            v = F.normalize(W @ self.u, dim=0)
-            u = F.normalize(W.T @ v, dim=0)
-            sigma_hat = v @ W @ u
-        return dense_weight(self.layer) / sigma_hat * self.sigma
+        W = dense_weight(self.layer)
+        v, u = self._power_step(W)
+        return W / (v @ W.detach() @ u) * self.sigma
 
 
 def unwrapped(module: nn.Module) -> nn.Module:

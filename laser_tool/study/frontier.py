@@ -76,33 +76,22 @@ FRONTIERS = {
 
 def parse_budgets(text) -> tuple:
     """'0.5,0.25,0.1' -> (0.5, 0.25, 0.1); each in (0, 1)."""
-    out = []
-    for part in comma_list(text, "--budgets", example="0.5,0.25,0.1"):
-        try:
-            b = float(part)
-        except ValueError:
-            raise UserError(f"--budgets {text!r}: {part!r} is not a number; e.g. --budgets 0.5,0.25,0.1") from None
+    out = comma_list(text, "--budgets", float, example="0.5,0.25,0.1", what="a number")
+    for b in out:
         if not 0 < b < 1:
             raise UserError(f"--budgets {text!r}: budget {b:g} is outside (0, 1); a budget is the fraction of "
                             f"the targeted layers' parameters kept")
-        out.append(b)
     return tuple(sorted(set(out), reverse=True))
 
 
 def parse_lr_grid(text) -> tuple:
     """'0.5,1,2' -> (0.5, 1.0, 2.0): multiples of the preset's learning rate, each > 0, each once."""
-    out = []
-    for part in comma_list(text, "--lr-grid", example="0.5,1,2"):
-        try:
-            m = float(part)
-        except ValueError:
-            raise UserError(f"--lr-grid {text!r}: {part!r} is not a number; give multiples of the learning "
-                            f"rate, e.g. --lr-grid 0.5,1,2") from None
+    out = comma_list(text, "--lr-grid", float, example="0.5,1,2 (multiples of the learning rate)", what="a number")
+    for i, m in enumerate(out):
         if not (math.isfinite(m) and m > 0):
-            raise UserError(f"--lr-grid {text!r}: {part} is not a positive multiple of the learning rate")
-        if m in out:
-            raise UserError(f"--lr-grid {text!r}: {part} is given twice; list each multiple once")
-        out.append(m)
+            raise UserError(f"--lr-grid {text!r}: {m:g} is not a positive multiple of the learning rate")
+        if m in out[:i]:
+            raise UserError(f"--lr-grid {text!r}: {m:g} is given twice; list each multiple once")
     return tuple(sorted(out))
 
 

@@ -1,7 +1,6 @@
 """A study's report: STUDY/report.md (the answer, the table, the plot, the commands), results.json,
 plot.png, and study.json (every invocation with its wall time and the runs it made)."""
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -12,20 +11,10 @@ from ..analysis.answer import markdown as answer_markdown
 from ..analysis.compare import adopt_confirmatory, compare_runs
 from ..analysis.plot import plot
 from ..analysis.render import markdown, to_json
-from ..device import resolve_device
+from ..device import cpu_name, resolve_device
 from ..fileio import atomic_write_text
 from . import journal
 from .record import describe_request
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, t_start: float,
