@@ -327,3 +327,71 @@ def test_a_study_directory_whose_rows_have_other_seeds_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"narrower-k0.5-s0: seed differ"):
         check_same_settings(tmp_path / "runs", steps)
     check_same_settings(tmp_path / "runs", [s for s in steps if s.name != row.name])  # the others pass
+
+
+def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resumes(tiny_study, monkeypatch):
+    """An epochs grid of 1 and 2: every row once per length, each post-hoc row cutting the baseline of its
+    own length and every row tested against that baseline; the answer and the plot per length; a second
+    invocation finds everything done and makes nothing."""
+    tmp, calls = tiny_study
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn",
+                                                                       ("narrower", "progressive", "svd"), heal_epochs=1))
+    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
+              train_opts={"augment": False}, frontier_opts={"epochs_grid": "2,1"})
+    report = study.run_study("quick", **kw)
+    # the preset's own length (1) keeps the plain names; the other carries -e2
+    assert sorted(calls["train"]) == sorted(["baseline-s0", "narrower-k0.5-s0", "progressive-k0.5-s0",
+                                             "baseline-e2-s0", "narrower-k0.5-e2-s0", "progressive-k0.5-e2-s0"])
+    runs = tmp / "st" / "runs"
+    cfg = lambda n: json.loads((runs / n / "config.json").read_text())
+    assert cfg("svd-k0.5-e2-s0")["parent"].endswith("baseline-e2-s0")
+    assert cfg("svd-k0.5-s0")["parent"].endswith("baseline-s0")
+    assert cfg("progressive-k0.5-e2-s0")["train"]["reduce_at"] == "0.666667"  # a third of its own run
+    assert [json.loads(ln)["epoch"] for ln in (runs / "baseline-e2-s0" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]
+    base_len = {r["label"]: r["length"] for r in rows if r["family"] == "baseline"}
+    assert sorted(base_len.values()) == [1, 2]
+    for r in rows:
+        if r["family"] != "baseline" and r["baseline"] is not None:
+            length = 2 if any("-e2-" in p for p in r["runs"]) else 1
+            assert r["length"] == length and base_len[r["baseline"]] == length, r["label"]
+    text = report.read_text()
+    assert "| epochs | keep |" in text and "After 1 epochs, at keep" in text and "After 2 epochs, at keep" in text
+    from laser_tool.analysis.plot import plot
+    fig = plot(rows)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_gid() == "keep"]
+    assert len(titles) == 2 and titles[0].endswith(", 1 epochs") and titles[1].endswith(", 2 epochs")
+    made = {k: len(v) for k, v in calls.items()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")}
+    study.run_study("quick", **kw)  # resumes: nothing trained, cut or healed again, no finished file rewritten
+    assert {k: len(v) for k, v in calls.items()} == made
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
+    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "st"), "--data-dir", str(tmp / "data"),
+                                    "--device", "cpu", "--no-augment", "--epochs-grid", "1,2,3"])
+    assert res.exit_code != 0 and "--epochs-grid 1,2,3 (the study has 1,2)" in res.output  # nothing redone or lost
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
+
+
+def test_epochs_grid_errors(tmp_path):
+    for text, msg in (("0,2", "0 epochs trains nothing"), ("2.5", "'2.5' is not a whole number of epochs"),
+                      ("2,2", "2 is given twice"), ("two", "is not a whole number"), ("-1", "is not a whole number")):
+        with pytest.raises(UserError, match=msg):
+            study.plan("quick", 1, tmp_path, frontier_opts=dict(epochs_grid=text))
+    with pytest.raises(UserError, match="--epochs and --epochs-grid both given"):
+        study.plan("quick", 1, tmp_path, epochs=3, frontier_opts=dict(epochs_grid="2,6"))
+    for args in (["--epochs-grid", "0"], ["--epochs-grid", "1.5"], ["--preset", "seed-xt", "--epochs-grid", "2"]):
+        args = (["--preset", "quick"] if "--preset" not in args else []) + args
+        res = CliRunner().invoke(main, ["study", *args, "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        assert not (tmp_path / "x").exists()
+    steps, _ = study.plan("quick", 2, tmp_path, frontier_opts=dict(epochs_grid="2,6,18"))
+    bases = [s for s in steps if s.name.startswith("baseline-") and s.kind == "train"]
+    assert [(s.name, s.cfg.epochs) for s in bases] == [("baseline-s0", 2), ("baseline-s1", 2), ("baseline-e6-s0", 6),
+                                                       ("baseline-e6-s1", 6), ("baseline-e18-s0", 18), ("baseline-e18-s1", 18)]
+    prog = {s.name: s.cfg.reduce_at for s in steps if s.name.startswith("progressive-k0.1")}
+    assert prog == {"progressive-k0.1-s0": "0.666667", "progressive-k0.1-s1": "0.666667", "progressive-k0.1-e6-s0": "2",
+                    "progressive-k0.1-e6-s1": "2", "progressive-k0.1-e18-s0": "6", "progressive-k0.1-e18-s1": "6"}
+    heals = {s.name: s.parent for s in steps if s.kind == "heal" and s.name.startswith("svd-k0.1")}
+    assert heals["svd-k0.1-heal1-e18-s1"] == "svd-k0.1-e18-s1"
+    cut = next(s for s in steps if s.name == "svd-k0.1-e18-s1")
+    assert cut.parent == "baseline-e18-s1"

@@ -11,6 +11,8 @@ that made its p (McNemar for one seed, paired t over shared seeds, ...), a 95% p
 over seeds and images and a verdict: better, worse, equivalent within the margin (TOST), or
 inconclusive (bootstrap.py). Where test accuracy alone would pick another winner, the answer says so.
 
+Rows of several training lengths (`study --epochs-grid`) are answered per length: a row's length is
+the epochs its baseline trained, and each length has its own winners and tests (one Holm family).
 With compute-matched rows (`study --match-compute`) the answer is given twice: at equal parameters
 (the rows trained for the baseline's epochs, post-hoc and healed rows), and at equal parameters AND
 training FLOPs (the compute-matched train-time and narrower rows against the healed rows); one Holm
@@ -82,10 +84,19 @@ def answer(rows, margin: float = MARGIN, seed: int = 0) -> list:
     (what the rows are matched in)."""
     out = []
     scopes = SCOPES if any(r.get("iso_compute") for r in rows) else SCOPES[:1]
-    for scope, member in scopes:
-        out += _answer_scope(rows, [r for r in rows if member(r)], scope, margin, seed)
+    for length in lengths(rows):
+        for scope, member in scopes:
+            items = _answer_scope(rows, [r for r in rows if member(r) and r.get("length") == length], scope, margin, seed)
+            out += [dict(i, length=length) for i in items]
     _adjust([t for item in out for t in item["tests"]], margin)
     return out
+
+
+def lengths(rows) -> list:
+    """The training lengths (a row's: its baseline's epochs) among the rows, shortest first; [None] for
+    rows that record none."""
+    found = {r.get("length") for r in rows}
+    return sorted(found - {None}) + ([None] if None in found else [])
 
 
 def _answer_scope(rows, members, scope, margin, seed) -> list:
@@ -151,10 +162,11 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
-def _sentence(item) -> str:
+def _sentence(item, timed=False) -> str:
     best = item["best"]
     matched = f" (matched in {item['scope']})" if item.get("scope", SCOPES[0][0]) != SCOPES[0][0] else ""
-    s = (f"At keep ≈ {item['budget']:.2f}{matched}, validation chooses {best['curve']} ({best['label']}): "
+    length = f"After {item.get('length')} epochs, at" if timed else "At"
+    s = (f"{length} keep ≈ {item['budget']:.2f}{matched}, validation chooses {best['curve']} ({best['label']}): "
          f"{_pct(best['val_acc_mean'])}% validation, {_pct(best['acc_mean'])}% test accuracy.")
     for t in item["tests"]:
         s += (f" {t['name'].capitalize()} ({t['a']['label']} vs {t['b']['label']}): {_pp(t['diff'])} pp "
@@ -174,9 +186,11 @@ def markdown(rows, margin: float = MARGIN, items=None) -> str:
         return ""
     multi = len({i["section"] for i in items}) > 1
     scoped = len({i.get("scope") for i in items}) > 1
-    head = ("section | " if multi else "") + ("matched in | " if scoped else "")
-    extra = int(multi) + int(scoped)
-    pre = lambda i: (f"{i['section']} | " if multi else "") + (f"{i['scope']} | " if scoped else "")
+    timed = len({i.get("length") for i in items}) > 1
+    head = ("section | " if multi else "") + ("epochs | " if timed else "") + ("matched in | " if scoped else "")
+    extra = int(multi) + int(timed) + int(scoped)
+    pre = lambda i: ((f"{i['section']} | " if multi else "") + (f"{i.get('length')} | " if timed else "")
+                     + (f"{i['scope']} | " if scoped else ""))
     n = sum(len(i["tests"]) for i in items)
     out = [f"| {head}keep | winner (chosen on validation) | val acc % | test acc % | test's own pick |",
            "|" + "---|" * (5 + extra)]
@@ -194,7 +208,7 @@ def markdown(rows, margin: float = MARGIN, items=None) -> str:
                        f"{_pp(t['diff'])} | {_ci(t['ci95'])} | {_p(t['p'])} | {t['p_kind'] or 'none'} | "
                        f"{_p(t.get('p_holm'))} | {t['verdict']} |")
     out.append("")
-    out += [f"- {_sentence(i)}" for i in items]
+    out += [f"- {_sentence(i, timed)}" for i in items]
     out += ["", "The winner is the row with the best validation accuracy; the test set only confirms. Confirmatory "
                 "tests, declared before looking, per budget: the winner against the best row of the other kind "
                 "(post-hoc or train-time), narrower against standard low-rank (the seed's claim), the winner against "

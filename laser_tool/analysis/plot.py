@@ -89,7 +89,7 @@ def _panel(ax, rows, x: str, colours: dict, winners=()) -> None:
 
 
 def plot(rows, path=None, title=None, winners=()):
-    """Per section, two panels: each row's test accuracy minus its baseline's (pp) against the fraction of
+    """Per section (and per training length, when the rows have several), two panels: each row's test accuracy minus its baseline's (pp) against the fraction of
     the targeted layers' parameters kept and against training FLOPs, both on log axes; one curve per
     family (way of slimming) with its 95% band, the Pareto frontier ringed, the rows labelled in `winners`
     (the answer's, chosen on validation) starred. Returns the matplotlib Figure (written atomically as PNG
@@ -101,20 +101,26 @@ def plot(rows, path=None, title=None, winners=()):
         if (r["section"], r["label"]) not in seen:
             seen.add((r["section"], r["label"]))
             unique.append(r)
-    sections = list(dict.fromkeys(r["section"] for r in unique)) or [title or "no complete runs"]
+    # One row of panels per section, and per training length when the rows have several (epochs grid).
+    timed = len({r.get("length") for r in unique if r.get("length") is not None}) > 1
+    panel_of = lambda r: (r["section"], r.get("length") if timed else None)
+    order = {sec: i for i, sec in enumerate(dict.fromkeys(r["section"] for r in unique))}
+    sections = sorted(dict.fromkeys(map(panel_of, unique)), key=lambda k: (order[k[0]], k[1] or 0)) \
+        or [(title or "no complete runs", None)]
     fig = Figure(figsize=(14, 5.2 * len(sections)), layout="constrained")
     FigureCanvasAgg(fig)
     curves = list(dict.fromkeys(r.get("curve") or r["family"] for r in unique if r["family"] != "baseline"))
     cmap = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
             "tab:cyan", "tab:gray"]
     colours = {c: cmap[i % len(cmap)] for i, c in enumerate(curves)}
-    for i, sec in enumerate(sections):
-        in_sec = [dict(r, curve=r.get("curve") or r["family"]) for r in unique if r["section"] == sec]
+    for i, (sec, length) in enumerate(sections):
+        in_sec = [dict(r, curve=r.get("curve") or r["family"]) for r in unique if panel_of(r) == (sec, length)]
+        name = str(sec) if length is None else f"{sec}, {length} epochs"
         for j, x in enumerate(("keep", "train_flops")):
             ax = fig.add_subplot(len(sections), 2, 2 * i + j + 1)
             ax.set_gid(x)
             _panel(ax, in_sec, x, colours, winners)
-            ax.set_title(sec if title is None else f"{title}\n{sec}", fontsize=9)
+            ax.set_title(name if title is None else f"{title}\n{name}", fontsize=9)
             if j == 0 and ax.lines:
                 ax.legend(fontsize=7, loc="lower right")
     if path is not None:

@@ -105,6 +105,7 @@ def make_row(g: Group, section: str, speed: dict, roots: dict, metric: str) -> d
                acc_ci_high=st["ci_high"], ci_kind=st["ci_kind"], test_size=g.test_size,
                val_accs=val_accs, val_acc_mean=vst["mean"], val_acc_std=vst["std"], val_size=g.val_size,
                baseline=g.base.label if g.base is not None else None, budget=g.runs[0].config.get("budget"),
+               length=g.base.desc["recipe"].get("epochs") if g.base is not None else None,
                **costs_of(g),
                train_seconds=mean(secs) if secs else None, images_per_s=speed.get(id(g)), **exported_latency(g),
                heal_epochs=g.desc["heal"], iso_compute=bool(g.desc.get("iso_compute")),

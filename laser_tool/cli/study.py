@@ -29,6 +29,8 @@ from .options import Arch, arch_args, dataset_options, minutes
               help="Frontier presets: also train every train-time and narrower row for the epochs that make its "
                    "training FLOPs equal the healed rows', and answer at equal compute too.")
 @click.option("--epochs", type=int, help="Override the preset's training epochs (every row).")
+@click.option("--epochs-grid", metavar="E,E,...", help="Frontier presets: the whole frontier at each of these training "
+              "lengths (whole epochs), each length with its own baseline; the answer and the plot per length.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
 @dataset_options
@@ -68,7 +70,7 @@ from .options import Arch, arch_args, dataset_options, minutes
               help="Equivalence margin of the answer's tests, in percentage points of accuracy.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
-def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, match_compute, epochs, device, data_dir, jobs, threads,
+def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, match_compute, epochs, epochs_grid, device, data_dir, jobs, threads,
           launcher, gpus_per_job, jobs_per_gpu, partition, account, qos, gpus_per_node, time_limit, no_wait, show_status,
           tensorboard, margin, extend, **train_opts):
     """Train a preset's runs over seeds and write STUDY/report.md (the answer, table, plot, commands).
@@ -91,7 +93,8 @@ def study(preset, seeds, out, heal_epochs, budgets, targets, families, lr_grid, 
     if "arch_args" in train_opts:
         train_opts["arch_args"] = arch_args(train_opts["arch_args"])
     frontier_opts = {k: v for k, v in dict(budgets=budgets, targets=targets, families=families, lr_grid=lr_grid,
-                                           match_compute=match_compute or None).items() if v is not None}
+                                           match_compute=match_compute or None, epochs_grid=epochs_grid).items()
+                     if v is not None}
     if show_status:
         for line in study_status(preset, seeds=seeds, out=out, epochs=epochs, heal_epochs=heal_epochs,
                                  device=device, data_dir=data_dir, train_opts=train_opts,

@@ -18,12 +18,14 @@ ALLOCATED = tuple(f"{m}-alloc" for m in CUT_METHODS)
 SEARCH = dict(val_images=500, criterion="loss", compose=False)
 
 
-def allocated_steps(runs: Path, base: str, families, budgets, selectors, seed: int) -> list:
-    """The reduce steps of the allocated families among `families`, one per budget, cutting `base`."""
+def allocated_steps(runs: Path, base: str, families, budgets, selectors, seed: int, sfx: str = None) -> list:
+    """The reduce steps of the allocated families among `families`, one per budget, cutting `base`; `sfx`
+    ends each run name (default -sSEED)."""
+    sfx = f"-s{seed}" if sfx is None else sfx
     steps = []
     for fam in (f for f in families if f in ALLOCATED):
         method = fam[:-len("-alloc")]
         for keep in budgets:
-            steps.append(search_step(runs, base, f"{fam}-k{keep:g}-s{seed}", list(selectors), method, seed,
+            steps.append(search_step(runs, base, f"{fam}-k{keep:g}{sfx}", list(selectors), method, seed,
                                      f"uniform:{keep:g}", SEARCH, group=f"{base}|{fam}"))
     return steps

@@ -21,10 +21,16 @@ trains one dense baseline, then per budget:
                 per row, the multiple with the best validation accuracy
   iso-compute   with `--match-compute`, every train-time and narrower row once more, trained for the
                 epochs that make its training FLOPs equal the healed rows' (compute.py)
+  lengths       with `--epochs-grid E1,E2,...`, the whole frontier once per training length: each length has
+                its own baseline, which its post-hoc rows cut; a progressive row cuts at its third of its
+                own run; names carry -eE (the preset's own length keeps the plain names, so a grid added
+                to a study reuses its finished rows). compare tests every row against the baseline of its
+                own length, and the answer and the plot come per length.
 Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
 """
 import math
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..data import fit_model
@@ -34,7 +40,7 @@ from ..models import build_model
 from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
 from .compute import check_match_compute, matched_epochs
 from .allocated import ALLOCATED, allocated_steps
-from .steps import heal_step, reduce_step, seed_settings, train_step
+from .steps import heal_step, reduce_step, seed_settings, train_config, train_step
 
 # What each --targets value means to each family.
 VARIANT_TARGETS = dict(zip(FRONTIER_TARGETS, (("ffn",), ("attn",), ("attn", "ffn"))))
@@ -92,6 +98,22 @@ def parse_lr_grid(text) -> tuple:
             raise UserError(f"--lr-grid {text!r}: {m:g} is not a positive multiple of the learning rate")
         if m in out[:i]:
             raise UserError(f"--lr-grid {text!r}: {m:g} is given twice; list each multiple once")
+    return tuple(sorted(out))
+
+
+def parse_epochs_grid(text) -> tuple:
+    """'2,6,18' -> (2, 6, 18): training lengths in whole epochs, each >= 1, each once."""
+    def whole(item):
+        if not re.fullmatch(r"\+?\d+", item):
+            raise ValueError(item)
+        return int(item)
+    out = comma_list(text, "--epochs-grid", whole, example="2,6,18 (training lengths in epochs)",
+                     what="a whole number of epochs")
+    for i, e in enumerate(out):
+        if e < 1:
+            raise UserError(f"--epochs-grid {text!r}: {e} epochs trains nothing; give lengths of at least 1 epoch")
+        if e in out[:i]:
+            raise UserError(f"--epochs-grid {text!r}: {e} is given twice; list each length once")
     return tuple(sorted(out))
 
 
@@ -154,7 +176,7 @@ def reachable(st, fam: str, keep: float, notes: list) -> bool:
         return False
 
 
-def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: int, seed: int, extra: dict):
+def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: int, seed: int, sfx: str, extra: dict):
     """The compute-matched twin of a train-time or narrower row (`--match-compute`)."""
     sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
     at = PROGRESSIVE_AT if fam == "progressive" else None
@@ -162,13 +184,14 @@ def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: in
     opts = family_opts(fam, keep, targets, replace(base.cfg, epochs=epochs))
     label = {"base_epochs": base.cfg.epochs, "heal_epochs": heal_epochs}
     return train_step(fr.trainer_preset, {**opts, "matched_to": label},
-                      f"{fam}-{_tag(keep)}-iso-s{seed}", {**extra, "epochs": epochs})
+                      f"{fam}-{_tag(keep)}-iso{sfx}", {**extra, "epochs": epochs})
 
 
 def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, families=None, heal_epochs=None,
-                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False, lr_grid=None):
-    """(steps, notes) of a frontier study, in dependency order per seed: the baseline, every train-time
-    family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
+                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False, lr_grid=None,
+                  epochs_grid=None):
+    """(steps, notes) of a frontier study, in dependency order per length and seed: the baseline, every
+    train-time family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
     fr = FRONTIERS[name]
     budgets = parse_budgets(budgets) if budgets is not None else fr.budgets
     targets = targets or fr.targets
@@ -179,35 +202,66 @@ def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, 
     points = grid_points(parse_lr_grid(lr_grid) if lr_grid is not None else fr.lr_grid)
     if match_compute:
         check_match_compute(families, POST_HOC, heal_epochs)
-    runs = out / "runs"
-    steps, notes, checked = [], [], {}
-    for seed in range(seeds):
-        extra = seed_settings(seed, runs, train_opts, epochs, device, data_dir)
-        base = train_step(fr.trainer_preset, {}, f"baseline-s{seed}", extra)
-        steps.append(base)
-        for fam in (f for f in families if f not in POST_HOC + ALLOCATED):
-            for keep in budgets:
-                for mult, part in points:
-                    opts = family_opts(fam, keep, targets, base.cfg)
-                    if mult is not None:
-                        opts.update(lr=base.cfg.lr * mult, lr_grid={"base_lr": base.cfg.lr, "mult": mult})
-                    st = train_step(fr.trainer_preset, opts, f"{fam}-{_tag(keep)}{part}-s{seed}", extra)
-                    if (fam, keep) not in checked:
-                        checked[fam, keep] = reachable(st, fam, keep, notes)
-                    if checked[fam, keep]:
-                        steps.append(st)
-                if checked[fam, keep] and match_compute:
-                    steps.append(iso_step(fr, fam, keep, targets, base, st, heal_epochs, seed, extra))
-        for method in (f for f in families if f in POST_HOC):
-            for keep in budgets:
-                cut = f"{method}-{_tag(keep)}-s{seed}"
+    lengths = [(epochs, "")]
+    if epochs_grid is not None:
+        if epochs is not None:
+            raise UserError("--epochs and --epochs-grid both given; give the lengths in --epochs-grid alone")
+        plain = train_config(fr.trainer_preset, train_opts or {}).epochs
+        lengths = [(e, "" if e == plain else f"-e{e}") for e in parse_epochs_grid(epochs_grid)]
+    plan = _Plan(fr, out / "runs", budgets, targets, families, heal_epochs, points, match_compute)
+    for length, part in lengths:
+        for seed in range(seeds):
+            plan.seed(seed, f"{part}-s{seed}", seed_settings(seed, plan.runs, train_opts, length, device, data_dir))
+    return plan.steps, plan.notes
+
+
+@dataclass
+class _Plan:
+    """The steps of a frontier study as they are planned, one seed (of one training length) at a time."""
+    fr: Frontier
+    runs: Path
+    budgets: tuple
+    targets: str
+    families: tuple
+    heal_epochs: int
+    points: list
+    match_compute: bool
+    steps: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+
+    def seed(self, seed: int, sfx: str, extra: dict) -> None:
+        """One seed's steps; `sfx` ends every run name (-sSEED, after -eE for a length of an epochs grid)."""
+        fr, runs, targets, heal_epochs = self.fr, self.runs, self.targets, self.heal_epochs
+        base = train_step(fr.trainer_preset, {}, f"baseline{sfx}", extra)
+        self.steps.append(base)
+        for fam in (f for f in self.families if f not in POST_HOC + ALLOCATED):
+            for keep in self.budgets:
+                self.train_rows(fam, keep, base, seed, sfx, extra)
+        for method in (f for f in self.families if f in POST_HOC):
+            for keep in self.budgets:
+                cut = f"{method}-{_tag(keep)}{sfx}"
                 sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
-                steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}",
-                                         calibrate=CALIBRATION if method != "svd" else "original"))
-                for mult, part in (points if heal_epochs else []):
-                    steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}-s{seed}",
-                                           heal_epochs, seed, mult))
-        steps += allocated_steps(runs, base.name, families, budgets, SELECTORS[targets], seed)
-        if heal_epochs and any(f in POST_HOC for f in families):  # a heal against extra training alone
-            steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-s{seed}", heal_epochs, seed))
-    return steps, notes
+                self.steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}",
+                                              calibrate=CALIBRATION if method != "svd" else "original"))
+                for mult, part in (self.points if heal_epochs else []):
+                    self.steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}{sfx}",
+                                                heal_epochs, seed, mult))
+        self.steps += allocated_steps(runs, base.name, self.families, self.budgets, SELECTORS[targets], seed, sfx)
+        if heal_epochs and any(f in POST_HOC for f in self.families):  # a heal against extra training alone
+            self.steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}{sfx}", heal_epochs, seed))
+
+    def train_rows(self, fam: str, keep: float, base, seed: int, sfx: str, extra: dict) -> None:
+        """A train-time, narrower or progressive family's rows at one budget: each point of the lr grid, and
+        with --match-compute its compute-matched twin."""
+        for mult, part in self.points:
+            opts = family_opts(fam, keep, self.targets, base.cfg)
+            if mult is not None:
+                opts.update(lr=base.cfg.lr * mult, lr_grid={"base_lr": base.cfg.lr, "mult": mult})
+            st = train_step(self.fr.trainer_preset, opts, f"{fam}-{_tag(keep)}{part}{sfx}", extra)
+            if (fam, keep) not in self.checked:
+                self.checked[fam, keep] = reachable(st, fam, keep, self.notes)
+            if self.checked[fam, keep]:
+                self.steps.append(st)
+        if self.checked[fam, keep] and self.match_compute:
+            self.steps.append(iso_step(self.fr, fam, keep, self.targets, base, st, self.heal_epochs, seed, sfx, extra))

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .frontier import FRONTIERS, parse_budgets, parse_families, parse_lr_grid, plan_frontier
+from .frontier import FRONTIERS, parse_budgets, parse_epochs_grid, parse_families, parse_lr_grid, plan_frontier
 from .grids import DEFAULT_SEEDS, GRIDS, plan_grid
 
 
@@ -47,6 +47,8 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
         grid = parse_lr_grid(fo["lr_grid"]) if "lr_grid" in fo else fr.lr_grid
         if grid:
             r["lr_grid"] = list(grid)
+        if "epochs_grid" in fo:  # absent without a grid, so studies recorded before the flag replan alike
+            r["epochs_grid"] = list(parse_epochs_grid(fo["epochs_grid"]))
     else:
         r["heal_epochs"] = heal_epochs or 0
     return json.loads(json.dumps(r))
@@ -55,7 +57,7 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
 def plan_request(r: dict, out: Path, device="auto", data_dir=None):
     """(steps, notes) of a request (request_of's dict), on this machine's device and data."""
     frontier_opts = ({k: ",".join(map(str, r[k])) if isinstance(r[k], list) else r[k]
-                      for k in ("budgets", "targets", "families", "match_compute", "lr_grid") if k in r}
+                      for k in ("budgets", "targets", "families", "match_compute", "lr_grid", "epochs_grid") if k in r}
                      if r["preset"] in FRONTIERS else None)
     return plan(r["preset"], r["seeds"], out, r["epochs"], r["heal_epochs"], device, data_dir, r["train"] or None,
                 frontier_opts)

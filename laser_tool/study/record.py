@@ -20,7 +20,7 @@ FILE = "plan.json"
 OWNED = {FILE, journal.FILE, "runs", "logs", "submitit", "slurm_jobs.json", "report.md", "results.json", "plot.png",
          ".study.lock"}
 FLAGS = {"seeds": "--seeds", "epochs": "--epochs", "heal_epochs": "--heal-epochs", "budgets": "--budgets",
-         "targets": "--targets", "families": "--families"}
+         "targets": "--targets", "families": "--families", "epochs_grid": "--epochs-grid"}
 
 
 def fingerprint(step) -> str:
