@@ -1,10 +1,15 @@
 """Training throughput: does the data pipeline cost anything, and how fast is a GPU run?
 
-CPU part (always), measured in one process with the three loops interleaved (the machine is noisy):
-  bare   the model step alone on one batch already in memory (forward, backward, clip, AdamW)
-  full   the same step fed by laser-tool's BatchLoader: uint8 data on the device, batched augmentation
-  naive  the same step fed by a torchvision DataLoader with per-image PIL transforms
-Goal: full / bare >= 0.9 (the pipeline costs at most 10%).
+CPU part (always), measured in one process with every loop interleaved (the machine is noisy):
+  bare      the model step alone on one batch already in memory (forward, backward, clip, AdamW)
+  full      the same step fed by laser-tool's BatchLoader: uint8 data on the device, batched augmentation
+  naive     the same step fed by a torchvision DataLoader with per-image PIL transforms
+  fused     bare with the fused AdamW step (one kernel over all parameters)
+  compiled  bare with the model under torch.compile (inductor's CPU backend) and the fused AdamW step
+  gemm      fp32 matrix products: 2048x2048 squares, and exactly the products a training step of the quick
+            model makes (each Linear's forward, input gradient and weight gradient at batch --batch)
+Goals: full / bare >= 0.9 (the pipeline costs at most 10%); a training step's FLOP rate (torch's counted
+FLOPs per image x images/s) >= 0.8 of the GEMM rate at the model's own shapes (issue 18).
 
 GPU part (with --gpu, on a CUDA machine): laser-tool's real `train()` on CIFAR-shaped data written in
 the real CIFAR format, for ViT-tiny and xt-vit, bf16 autocast, with and without torch.compile; the
@@ -53,6 +58,31 @@ def step(model, opt, x, y):
     opt.zero_grad(set_to_none=True)
 
 
+def linear_shapes(model, x) -> list:
+    """(M, K, N) of every nn.Linear product in one forward pass on `x`: (M, K) inputs times (K, N)."""
+    shapes = []
+    hook = lambda m, i, o: shapes.append((i[0].numel() // i[0].shape[-1], i[0].shape[-1], o.shape[-1]))
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def gemm_work(shapes):
+    """A function doing a training step's Linear products (forward y = x W^T, input gradient g W, weight
+    gradient g^T x, in the layouts autograd uses) and its FLOP count."""
+    g = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(m, n, generator=g))
+            for m, k, n in shapes]
+
+    def work():
+        for x, w, gy in mats:
+            x @ w.T, gy @ w, gy.T @ x
+    return work, sum(3 * 2 * m * k * n for m, k, n in shapes)
+
+
 def naive_loader(x_uint8, y, batch_size):
     """The usual torchvision way: PIL images, per-image transforms, a DataLoader with workers."""
     import torchvision.transforms as T
@@ -70,18 +100,26 @@ def naive_loader(x_uint8, y, batch_size):
                                        drop_last=True, persistent_workers=True)
 
 
-def cpu_bench(reps, steps, batch):
-    torch.manual_seed(0)
+def cpu_bench(reps, steps, batch, compile_=True):
+    from laser_tool.analysis.costs import step_flops
     spec = ModelSpec(**{**PRESETS["quick"]["model"], "image_size": 28, "channels": 1})
-    model = build_model(spec)
-    opt = make_optimizer(model, 1e-3, 0.05)
+
+    def make(fused):
+        torch.manual_seed(0)
+        m = build_model(spec)
+        return m, make_optimizer(m, 1e-3, 0.05, fused=fused)
+    model, opt = make(False)
     n = batch * steps * 2
     x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))
     loader = BatchLoader(x, y, batch, augment=Augment(crop_padding=2, flip_p=0.5), seed=0)
     naive = naive_loader(x, y, batch)
     xb, yb = x[:batch].float() / 255, y[:batch]
-    step(model, opt, xb, yb)  # warm-up
+    fused_model, fused_opt = make(True)
+    compiled_model, compiled_opt = make(True)
+    compiled = torch.compile(compiled_model) if compile_ else None
+    gemm_shapes, shape_flops = gemm_work(linear_shapes(model, xb))
+    square = torch.randn(2048, 2048)
 
     def bare():
         for _ in range(steps):
@@ -105,13 +143,26 @@ def cpu_bench(reps, steps, batch):
                 xn, yn = next(naive_iter[0])
             step(model, opt, xn, yn)
 
-    times = {"bare": [], "full": [], "naive": []}
-    for _ in range(reps):  # interleaved, so machine noise hits all three alike
-        for name, fn in (("bare", bare), ("full", full), ("naive", naive_loop)):
+    loops = {"bare": bare, "full": full, "naive": naive_loop,
+             "fused": lambda: [step(fused_model, fused_opt, xb, yb) for _ in range(steps)],
+             "gemm_model_shapes": lambda: [gemm_shapes() for _ in range(steps)],
+             "gemm_2048": lambda: [square @ square for _ in range(steps)]}
+    if compiled is not None:
+        loops["compiled"] = lambda: [step(compiled, compiled_opt, xb, yb) for _ in range(steps)]
+    for fn in loops.values():  # warm-up (torch.compile compiles here)
+        fn()
+    times = {k: [] for k in loops}
+    for _ in range(reps):  # interleaved, so machine noise hits every loop alike
+        for name, fn in loops.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    ips = {k: batch * steps / statistics.median(v) for k, v in times.items()}
+    sec = {k: statistics.median(v) / steps for k, v in times.items()}  # per step
+    ips = {k: batch / sec[k] for k in sec if not k.startswith("gemm")}
+    per_image = step_flops(spec)[0]
+    gemm = {"model_shapes": shape_flops / sec["gemm_model_shapes"] / 1e9, "2048": 2 * 2048 ** 3 / sec["gemm_2048"] / 1e9}
+    train = {k: v * per_image / 1e9 for k, v in ips.items()}
+    best = max((k for k in train if k in ("bare", "fused", "compiled")), key=train.get)
     return {
         "model": "quick preset ViT (Fashion-MNIST shape 1x28x28)", "params": count_params(model),
         "batch": batch, "steps_per_rep": steps, "reps": reps,
@@ -119,6 +170,14 @@ def cpu_bench(reps, steps, batch):
         "full_over_bare": round(ips["full"] / ips["bare"], 3),
         "naive_over_bare": round(ips["naive"] / ips["bare"], 3),
         "goal_full_over_bare_at_least": 0.9, "goal_met": ips["full"] / ips["bare"] >= 0.9,
+        "train_mflop_per_image": round(per_image / 1e6, 2),
+        "train_gflop_per_s": {k: round(v, 1) for k, v in train.items()},
+        "gemm_gflop_per_s": {k: round(v, 1) for k, v in gemm.items()},
+        "train_over_gemm_model_shapes": {k: round(v / gemm["model_shapes"], 3) for k, v in train.items()},
+        "train_over_gemm_2048": {k: round(v / gemm["2048"], 3) for k, v in train.items()},
+        "fastest_step": best,
+        "goal_train_over_gemm_at_least": 0.8,
+        "goal_train_over_gemm_met": train[best] / gemm["model_shapes"] >= 0.8,
     }
 
 
@@ -174,6 +233,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=50000, help="GPU part: fake CIFAR training images")
     ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--no-compile", action="store_true", help="CPU part: leave out the torch.compile loop")
+    ap.add_argument("--threads", type=int, help="CPU part: torch threads (default: torch's own)")
     ap.add_argument("--device", default="cuda", help="GPU part: device (cpu only to smoke-test the script)")
     ap.add_argument("--out", type=Path, help="results file (default bench/results/train.json; with --gpu "
                     "$OUT/train_gpu.json, or bench/results/train_gpu.json when $OUT is not set)")
@@ -185,8 +246,12 @@ def main(argv=None):
         atomic_write_json(args.out or Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)
         print(json.dumps(out, indent=2))
         return
-    out = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                       "torch": torch.__version__}, "cpu": cpu_bench(args.reps, args.steps, args.batch)}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from laser_tool.device import cpu_name
+    out = {"machine": {"processor": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "torch": torch.__version__},
+           "cpu": cpu_bench(args.reps, args.steps, args.batch, compile_=not (args.no_compile or args.tiny))}
     if args.tiny:
         out["tiny"] = True
     atomic_write_json(args.out or RESULTS / "train.json", out)

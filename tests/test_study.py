@@ -336,12 +336,14 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn",
                                                                        ("narrower", "progressive", "svd"), heal_epochs=1))
-    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
-              train_opts={"augment": False}, frontier_opts={"epochs_grid": "2,1"})
-    report = study.run_study("quick", **kw)
-    # the preset's own length (1) keeps the plain names; the other carries -e2
-    assert sorted(calls["train"]) == sorted(["baseline-s0", "narrower-k0.5-s0", "progressive-k0.5-s0",
-                                             "baseline-e2-s0", "narrower-k0.5-e2-s0", "progressive-k0.5-e2-s0"])
+    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None, train_opts={"augment": False})
+    study.run_study("quick", **kw)  # the preset's own length (1 epoch), no grid
+    plain = ["baseline-s0", "narrower-k0.5-s0", "progressive-k0.5-s0"]
+    assert sorted(calls["train"]) == sorted(plain)
+    kw["frontier_opts"] = {"epochs_grid": "2,1"}
+    report = study.run_study("quick", extend=True, **kw)
+    # the preset's own length keeps the plain names, so the grid reuses those rows; the other carries -e2
+    assert sorted(calls["train"]) == sorted(plain + ["baseline-e2-s0", "narrower-k0.5-e2-s0", "progressive-k0.5-e2-s0"])
     runs = tmp / "st" / "runs"
     cfg = lambda n: json.loads((runs / n / "config.json").read_text())
     assert cfg("svd-k0.5-e2-s0")["parent"].endswith("baseline-e2-s0")
@@ -363,12 +365,12 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     assert len(titles) == 2 and titles[0].endswith(", 1 epochs") and titles[1].endswith(", 2 epochs")
     made = {k: len(v) for k, v in calls.items()}
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")}
-    study.run_study("quick", **kw)  # resumes: nothing trained, cut or healed again, no finished file rewritten
+    study.run_study("quick", extend=True, **kw)  # resumes: nothing trained, cut or healed again, no file rewritten
     assert {k: len(v) for k, v in calls.items()} == made
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
     res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "st"), "--data-dir", str(tmp / "data"),
                                     "--device", "cpu", "--no-augment", "--epochs-grid", "1,2,3"])
-    assert res.exit_code != 0 and "--epochs-grid 1,2,3 (the study has 1,2)" in res.output  # nothing redone or lost
+    assert res.exit_code != 0 and "--epochs-grid 1,2,3 (the study has none)" in res.output  # nothing redone or lost
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
 
 

@@ -369,7 +369,7 @@ def optimizer_step(job: Job) -> None:
 def wrap_model(raw_model, cfg, device, d):
     """The module the loop calls: compiled and/or DDP-wrapped; rebuilt after a progressive cut."""
     model = raw_model
-    if cfg.compile and device.type == "cuda":
+    if cfg.compile:  # CUDA, or the CPU through inductor's C++ backend (bench/train.py measures both)
         model = torch.compile(model)
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(

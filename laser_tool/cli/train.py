@@ -53,7 +53,7 @@ def from_source(cfg, opts):
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--amp", type=click.Choice(["auto", "off"]), help="bf16 autocast on CUDA (fp16 where bf16 is missing).")
-@click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA only).")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA, or the CPU: ~35 s to compile, a few %% faster there; see bench/train.py).")
 @click.option("--decay-all/--no-decay-all", default=None,
               help="Weight decay on every parameter, as the seed (seed presets), or on matrices only (default).")
 @click.option("--init-from", type=click.Path(exists=True),

@@ -88,7 +88,8 @@ def _text(v) -> str:
 
 def _differences(old: dict, new: dict) -> str:
     keys = [k for k in FLAGS if old.get(k) != new.get(k)]
-    out = [f"{FLAGS[k]} {_text(new.get(k))} (the study has {_text(old.get(k))})" for k in keys]
+    given = lambda v, none: none if v is None else _text(v)
+    out = [f"{FLAGS[k]} {given(new.get(k), 'not given')} (the study has {given(old.get(k), 'none')})" for k in keys]
     ot, nt = old.get("train") or {}, new.get("train") or {}
     out += [f"--{k.replace('_', '-')} {nt.get(k, 'not given')} (the study has {ot.get(k, 'not given')})"
             for k in sorted(set(ot) | set(nt)) if ot.get(k) != nt.get(k)]
