@@ -83,6 +83,20 @@ def gemm_work(shapes):
     return work, sum(3 * 2 * m * k * n for m, k, n in shapes)
 
 
+def profile_step(model, opt, x, y, steps: int, top: int = 10) -> dict:
+    """Where a bare step's time goes: each op's share of the self CPU time over `steps` steps (the `top`
+    largest, the matrix products summed too), from torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(model, opt, x, y)
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages() if not e.key.startswith(("Optimizer.", "autograd::"))}
+    total = sum(ops.values())
+    share = {k: round(v / total, 3) for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:top]}
+    gemm = sum(v for k, v in ops.items() if k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"))
+    return {"matrix_products": round(gemm / total, 3), "top_ops": share}
+
+
 def naive_loader(x_uint8, y, batch_size):
     """The usual torchvision way: PIL images, per-image transforms, a DataLoader with workers."""
     import torchvision.transforms as T
@@ -176,6 +190,7 @@ def cpu_bench(reps, steps, batch, compile_=True):
         "train_over_gemm_model_shapes": {k: round(v / gemm["model_shapes"], 3) for k, v in train.items()},
         "train_over_gemm_2048": {k: round(v / gemm["2048"], 3) for k, v in train.items()},
         "fastest_step": best,
+        "bare_step_self_time_shares": profile_step(model, opt, xb, yb, steps),
         "goal_train_over_gemm_at_least": 0.8,
         "goal_train_over_gemm_met": train[best] / gemm["model_shapes"] >= 0.8,
     }
