@@ -5,11 +5,18 @@ CPU part (always), measured in one process with every loop interleaved (the mach
   full      the same step fed by laser-tool's BatchLoader: uint8 data on the device, batched augmentation
   naive     the same step fed by a torchvision DataLoader with per-image PIL transforms
   fused     bare with the fused AdamW step (one kernel over all parameters)
-  compiled  bare with the model under torch.compile (inductor's CPU backend) and the fused AdamW step
+  compiled  bare with the model under torch.compile (inductor's CPU backend) and the optimizer `train` uses
+            on the CPU (foreach AdamW, as bare)
   gemm      fp32 matrix products: 2048x2048 squares, and exactly the products a training step of the quick
             model makes (each Linear's forward, input gradient and weight gradient at batch --batch)
+  attention the model's attention kernel alone (SDPA forward and backward, once per block, at its shapes),
+            and the same as two batched matrix products around a softmax
+  optimizer the step's gradient clipping and AdamW update alone, foreach (train's on the CPU) and fused
 Goals: full / bare >= 0.9 (the pipeline costs at most 10%); a training step's FLOP rate (torch's counted
-FLOPs per image x images/s) >= 0.8 of the GEMM rate at the model's own shapes (issue 18).
+FLOPs per image x images/s) >= 0.8 of the GEMM rate at the model's own shapes (issue 18). The ceiling is
+that ratio for a step that spent time only on its matrix products, its attention and its optimizer step
+(the faster of the two ways of each; every elementwise op, norm and copy free): no fusion of the rest can
+take a step past it.
 
 GPU part (with --gpu, on a CUDA machine): laser-tool's real `train()` on CIFAR-shaped data written in
 the real CIFAR format, for ViT-tiny and xt-vit, bf16 autocast, with and without torch.compile; the
@@ -83,6 +90,33 @@ def gemm_work(shapes):
     return work, sum(3 * 2 * m * k * n for m, k, n in shapes)
 
 
+def attention_work(spec, batch, matmuls=False):
+    """A function running the model's attention kernel forward and backward once per block, at its
+    shapes: q, k and v are (b, n, heads, d) tensors seen as (b, heads, n, d), as vit-tiny's LSA slices
+    them from to_qkv's output. The kernel alone: the q/k/v split and the scaling count outside it.
+    matmuls=True: the same attention as two batched matrix products around a masked softmax."""
+    n = (spec.image_size // spec.patch_size) ** 2 + 1
+    qkv = [torch.randn(batch, n, spec.heads, spec.dim_head, requires_grad=True) for _ in range(3)]
+    keep = ~torch.eye(n, dtype=torch.bool)
+    grad = torch.randn(batch, spec.heads, n, spec.dim_head)
+
+    def work():
+        for _ in range(spec.depth):
+            q, k, v = (t.transpose(1, 2) for t in qkv)
+            if matmuls:
+                out = (q @ k.transpose(-1, -2)).masked_fill(~keep, float("-inf")).softmax(-1) @ v
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0)
+            out.backward(grad)
+    return work
+
+
+def optimizer_work(model, opt, x, y):
+    """A function doing the step's gradient clipping and AdamW update alone (on gradients made once)."""
+    F.cross_entropy(model(x), y).backward()
+    return lambda: (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), opt.step())
+
+
 def profile_step(model, opt, x, y, steps: int, top: int = 10) -> dict:
     """Where a bare step's time goes: each op's share of the self CPU time over `steps` steps (the `top`
     largest, the matrix products summed too), from torch's profiler."""
@@ -130,10 +164,13 @@ def cpu_bench(reps, steps, batch, compile_=True):
     naive = naive_loader(x, y, batch)
     xb, yb = x[:batch].float() / 255, y[:batch]
     fused_model, fused_opt = make(True)
-    compiled_model, compiled_opt = make(True)
+    compiled_model, compiled_opt = make(False)  # train's CPU optimizer (fused=True only on CUDA)
     compiled = torch.compile(compiled_model) if compile_ else None
     gemm_shapes, shape_flops = gemm_work(linear_shapes(model, xb))
     square = torch.randn(2048, 2048)
+    attention, attention_mm = attention_work(spec, batch), attention_work(spec, batch, matmuls=True)
+    # the optimizer loops' own models: bare's and fused's weights stay untouched
+    optimizer, optimizer_fused = (optimizer_work(*make(fused), xb, yb) for fused in (False, True))
 
     def bare():
         for _ in range(steps):
@@ -160,7 +197,11 @@ def cpu_bench(reps, steps, batch, compile_=True):
     loops = {"bare": bare, "full": full, "naive": naive_loop,
              "fused": lambda: [step(fused_model, fused_opt, xb, yb) for _ in range(steps)],
              "gemm_model_shapes": lambda: [gemm_shapes() for _ in range(steps)],
-             "gemm_2048": lambda: [square @ square for _ in range(steps)]}
+             "gemm_2048": lambda: [square @ square for _ in range(steps)],
+             "attention": lambda: [attention() for _ in range(steps)],
+             "attention_matmuls": lambda: [attention_mm() for _ in range(steps)],
+             "optimizer": lambda: [optimizer() for _ in range(steps)],
+             "optimizer_fused": lambda: [optimizer_fused() for _ in range(steps)]}
     if compiled is not None:
         loops["compiled"] = lambda: [step(compiled, compiled_opt, xb, yb) for _ in range(steps)]
     for fn in loops.values():  # warm-up (torch.compile compiles here)
@@ -172,11 +213,16 @@ def cpu_bench(reps, steps, batch, compile_=True):
             fn()
             times[name].append(time.perf_counter() - t)
     sec = {k: statistics.median(v) / steps for k, v in times.items()}  # per step
-    ips = {k: batch / sec[k] for k in sec if not k.startswith("gemm")}
+    parts = ("gemm_model_shapes", "gemm_2048", "attention", "attention_matmuls", "optimizer", "optimizer_fused")
+    ips = {k: batch / sec[k] for k in sec if k not in parts}
     per_image = step_flops(spec)[0]
     gemm = {"model_shapes": shape_flops / sec["gemm_model_shapes"] / 1e9, "2048": 2 * 2048 ** 3 / sec["gemm_2048"] / 1e9}
     train = {k: v * per_image / 1e9 for k, v in ips.items()}
     best = max((k for k in train if k in ("bare", "fused", "compiled")), key=train.get)
+    fastest = lambda *ks: min(sec[k] for k in ks)  # the faster way torch has
+    floor = (sec["gemm_model_shapes"] + fastest("attention", "attention_matmuls")  # per step, all else free
+             + fastest("optimizer", "optimizer_fused"))
+    ceiling = batch * per_image / floor / 1e9 / gemm["model_shapes"]
     return {
         "model": "quick preset ViT (Fashion-MNIST shape 1x28x28)", "params": count_params(model),
         "batch": batch, "steps_per_rep": steps, "reps": reps,
@@ -191,6 +237,13 @@ def cpu_bench(reps, steps, batch, compile_=True):
         "train_over_gemm_2048": {k: round(v / gemm["2048"], 3) for k, v in train.items()},
         "fastest_step": best,
         "bare_step_self_time_shares": profile_step(model, opt, xb, yb, steps),
+        "step_parts_ms": {"matrix_products": round(sec["gemm_model_shapes"] * 1e3, 2),
+                          "attention_kernel": round(sec["attention"] * 1e3, 2),
+                          "attention_as_matmuls": round(sec["attention_matmuls"] * 1e3, 2),
+                          "optimizer": round(sec["optimizer"] * 1e3, 2),
+                          "optimizer_fused": round(sec["optimizer_fused"] * 1e3, 2),
+                          "bare_step": round(sec["bare"] * 1e3, 2)},
+        "ceiling_train_over_gemm_model_shapes": round(ceiling, 3),
         "goal_train_over_gemm_at_least": 0.8,
         "goal_train_over_gemm_met": train[best] / gemm["model_shapes"] >= 0.8,
     }
@@ -213,7 +266,7 @@ def write_fake_cifar(root: Path, n_train=50000, n_test=10000):
     return md5
 
 
-def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
+def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda", presets=("seed-vit-tiny", "seed-xt")):
     from laser_tool.data import files as data
     from trainers.config import build_config
     from trainers.train import train
@@ -221,7 +274,7 @@ def gpu_bench(epochs, n_train=50000, val_size=5000, device="cuda"):
     md5 = write_fake_cifar(root, n_train, max(1000, n_train // 5))
     data.CIFAR_MD5["cifar10"].update(md5)  # our random files stand in for the real ones
     rows = []
-    for preset in ("seed-vit-tiny", "seed-xt"):
+    for preset in presets:
         for compile_ in (False, True):
             cfg = build_config(preset, dict(epochs=epochs, data_dir=str(root), compile=compile_, device=device,
                                             val_size=val_size, out=str(root / "runs"), name=f"{preset}-{compile_}"))
@@ -250,12 +303,13 @@ def main(argv=None):
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--no-compile", action="store_true", help="CPU part: leave out the torch.compile loop")
     ap.add_argument("--threads", type=int, help="CPU part: torch threads (default: torch's own)")
+    ap.add_argument("--presets", default="seed-vit-tiny,seed-xt", help="GPU part: the presets to train")
     ap.add_argument("--device", default="cuda", help="GPU part: device (cpu only to smoke-test the script)")
     ap.add_argument("--out", type=Path, help="results file (default bench/results/train.json; with --gpu "
                     "$OUT/train_gpu.json, or bench/results/train_gpu.json when $OUT is not set)")
     args = tiny.parse(ap, argv, TINY, "bench/results")
     if args.gpu:
-        out = gpu_bench(args.epochs, args.n_train, args.val_size, args.device)
+        out = gpu_bench(args.epochs, args.n_train, args.val_size, args.device, args.presets.split(","))
         if args.tiny:
             out["tiny"] = True
         atomic_write_json(args.out or Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)

@@ -144,6 +144,19 @@ def test_vit_tiny_equals_the_seeds_forward_in_eval_and_train_mode():
             torch.testing.assert_close(v, seed_sd[names[k]], rtol=1e-6, atol=1e-6)
 
 
+def test_vit_tiny_gradients_equal_the_seeds():
+    """The backward too: every parameter's gradient of a training-mode loss, against the seed's model."""
+    torch.manual_seed(0)
+    ours, seed, names = twins()
+    x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    ours.train(), seed.train()
+    F.cross_entropy(ours(x), y).backward()
+    F.cross_entropy(seed(x), y).backward()
+    seed_params = dict(seed.named_parameters())
+    for k, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, seed_params[names[k]].grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_vit_tiny_at_the_seeds_size_matches_its_forward_and_count():
     torch.manual_seed(1)
     ours, seed, _ = twins(dim=512, depth=4, heads=6, dim_head=64, mlp=256, image=32, patch=4)
