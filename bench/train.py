@@ -19,7 +19,7 @@ that ratio for a step that spent time only on its matrix products, its attention
 take a step past it.
 
 GPU part (with --gpu, on a CUDA machine): laser-tool's real `train()` on CIFAR-shaped data written in
-the real CIFAR format, for ViT-tiny and xt-vit, bf16 autocast, with and without torch.compile; the
+the real CIFAR format, for ViT-tiny and xt-vit (--presets), bf16 autocast, with and without torch.compile; the
 images/s of the epochs after the first. Goal: >= 50,000 images/s for ViT-tiny on one H100/H200.
 
     python bench/train.py            # CPU, writes bench/results/train.json
