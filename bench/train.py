@@ -148,6 +148,36 @@ def naive_loader(x_uint8, y, batch_size):
                                        drop_last=True, persistent_workers=True)
 
 
+def interleaved(loops: dict, reps: int, steps: int) -> dict:
+    """Seconds per step of each loop (each runs `steps` steps): the median of `reps` rounds in which every
+    loop runs once in turn, so machine noise hits every loop alike, after one warm-up round (torch.compile
+    compiles there)."""
+    for fn in loops.values():
+        fn()
+    times = {k: [] for k in loops}
+    for _ in range(reps):
+        for name, fn in loops.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) / steps for k, v in times.items()}
+
+
+# loops that time a part of a step, not a whole one
+PARTS = ("gemm_model_shapes", "gemm_2048", "attention", "attention_matmuls", "optimizer", "optimizer_fused")
+
+
+def ceiling(sec: dict, step_flops: float, gemm_rate: float) -> dict:
+    """The parts' times, and the FLOP-rate ratio of a step that spent time on its matrix products, its
+    attention and its optimizer step only (the faster torch way of each), every other op free."""
+    fastest = lambda *ks: min(sec[k] for k in ks)
+    floor = sec["gemm_model_shapes"] + fastest("attention", "attention_matmuls") + fastest("optimizer", "optimizer_fused")
+    names = {"matrix_products": "gemm_model_shapes", "attention_kernel": "attention", "attention_as_matmuls":
+             "attention_matmuls", "optimizer": "optimizer", "optimizer_fused": "optimizer_fused", "bare_step": "bare"}
+    return {"step_parts_ms": {k: round(sec[v] * 1e3, 2) for k, v in names.items()},
+            "ceiling_train_over_gemm_model_shapes": round(step_flops / floor / 1e9 / gemm_rate, 3)}
+
+
 def cpu_bench(reps, steps, batch, compile_=True):
     from laser_tool.analysis.costs import step_flops
     spec = ModelSpec(**{**PRESETS["quick"]["model"], "image_size": 28, "channels": 1})
@@ -204,25 +234,12 @@ def cpu_bench(reps, steps, batch, compile_=True):
              "optimizer_fused": lambda: [optimizer_fused() for _ in range(steps)]}
     if compiled is not None:
         loops["compiled"] = lambda: [step(compiled, compiled_opt, xb, yb) for _ in range(steps)]
-    for fn in loops.values():  # warm-up (torch.compile compiles here)
-        fn()
-    times = {k: [] for k in loops}
-    for _ in range(reps):  # interleaved, so machine noise hits every loop alike
-        for name, fn in loops.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    sec = {k: statistics.median(v) / steps for k, v in times.items()}  # per step
-    parts = ("gemm_model_shapes", "gemm_2048", "attention", "attention_matmuls", "optimizer", "optimizer_fused")
-    ips = {k: batch / sec[k] for k in sec if k not in parts}
+    sec = interleaved(loops, reps, steps)
+    ips = {k: batch / sec[k] for k in sec if k not in PARTS}
     per_image = step_flops(spec)[0]
     gemm = {"model_shapes": shape_flops / sec["gemm_model_shapes"] / 1e9, "2048": 2 * 2048 ** 3 / sec["gemm_2048"] / 1e9}
     train = {k: v * per_image / 1e9 for k, v in ips.items()}
     best = max((k for k in train if k in ("bare", "fused", "compiled")), key=train.get)
-    fastest = lambda *ks: min(sec[k] for k in ks)  # the faster way torch has
-    floor = (sec["gemm_model_shapes"] + fastest("attention", "attention_matmuls")  # per step, all else free
-             + fastest("optimizer", "optimizer_fused"))
-    ceiling = batch * per_image / floor / 1e9 / gemm["model_shapes"]
     return {
         "model": "quick preset ViT (Fashion-MNIST shape 1x28x28)", "params": count_params(model),
         "batch": batch, "steps_per_rep": steps, "reps": reps,
@@ -237,13 +254,7 @@ def cpu_bench(reps, steps, batch, compile_=True):
         "train_over_gemm_2048": {k: round(v / gemm["2048"], 3) for k, v in train.items()},
         "fastest_step": best,
         "bare_step_self_time_shares": profile_step(model, opt, xb, yb, steps),
-        "step_parts_ms": {"matrix_products": round(sec["gemm_model_shapes"] * 1e3, 2),
-                          "attention_kernel": round(sec["attention"] * 1e3, 2),
-                          "attention_as_matmuls": round(sec["attention_matmuls"] * 1e3, 2),
-                          "optimizer": round(sec["optimizer"] * 1e3, 2),
-                          "optimizer_fused": round(sec["optimizer_fused"] * 1e3, 2),
-                          "bare_step": round(sec["bare"] * 1e3, 2)},
-        "ceiling_train_over_gemm_model_shapes": round(ceiling, 3),
+        **ceiling(sec, batch * per_image, gemm["model_shapes"]),
         "goal_train_over_gemm_at_least": 0.8,
         "goal_train_over_gemm_met": train[best] / gemm["model_shapes"] >= 0.8,
     }
