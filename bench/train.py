@@ -57,11 +57,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TINY = dict(reps=1, steps=2, batch=16, epochs=2, n_train=2000, val_size=200)
 
 
+def update(model, opt):
+    """A step's gradient clipping and AdamW update."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def step(model, opt, x, y):
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    update(model, opt)
     opt.zero_grad(set_to_none=True)
 
 
@@ -114,7 +119,7 @@ def attention_work(spec, batch, matmuls=False):
 def optimizer_work(model, opt, x, y):
     """A function doing the step's gradient clipping and AdamW update alone (on gradients made once)."""
     F.cross_entropy(model(x), y).backward()
-    return lambda: (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), opt.step())
+    return lambda: update(model, opt)
 
 
 def profile_step(model, opt, x, y, steps: int, top: int = 10) -> dict:
