@@ -173,7 +173,7 @@ def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dic
     t0 = time.time()
     method, store, batch_size = settings.method, settings.store, settings.batch_size
     model, config = load_run(run, dev)
-    chosen_by = {budget: select(model, selectors, rank) for budget, (selectors, _, _) in jobs.items()}
+    chosen_by = {budget: select(model, selectors, settings.rank) for budget, (selectors, _, _) in jobs.items()}
     splits = splits or run_data(config, settings.data_dir, settings.dataset)
     layer, plans = _plan_layers(chosen_by, method)
     sequential = settings.calibrate == "sequential"
