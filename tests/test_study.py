@@ -399,3 +399,23 @@ def test_epochs_grid_errors(tmp_path):
     assert heals["svd-k0.1-heal1-e18-s1"] == "svd-k0.1-e18-s1"
     cut = next(s for s in steps if s.name == "svd-k0.1-e18-s1")
     assert cut.parent == "baseline-e18-s1"
+
+
+def test_study_takes_trains_epochs_option_and_builds_one_request(tmp_path, monkeypatch):
+    """`study` and `train` share one --epochs (a float): a fractional length plans rows of that length (the
+    trainer runs round(E x steps per epoch) steps), 2.0 is the study of 2, and under 1 is one clear line."""
+    seen = []
+    monkeypatch.setattr(study, "study_status", lambda request: seen.append(request) or [])
+    base = ["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--status", "--lr", "0.002"]
+    for given, want in (("1.5", 1.5), ("2.0", 2)):
+        res = CliRunner().invoke(main, base + ["--epochs", given])
+        assert res.exit_code == 0, res.output
+        assert seen[-1].epochs == want and type(seen[-1].epochs) is type(want)
+        assert seen[-1].train_opts == {"lr": 0.002} and seen[-1].frontier_opts == {}
+    steps, _ = study.plan("quick", 1, tmp_path, epochs=1.5)
+    assert {st.cfg.epochs for st in steps if st.kind == "train"} == {1.5}
+    res = CliRunner().invoke(main, base + ["--epochs", "0.5"])
+    assert res.exit_code != 0 and res.stderr.strip().splitlines() == ["error: --epochs must be at least 1 and "
+                                                                       "--heal-epochs at least 0"]
+    res = CliRunner().invoke(main, base + ["--device", "cuda:1"])
+    assert res.exit_code != 0 and "unknown device 'cuda:1'" in res.stderr and len(res.stderr.splitlines()) == 1
