@@ -40,7 +40,7 @@ from laser_tool.runs.checkpoint import load_run  # noqa: E402
 from laser_tool.models.evaluate import evaluate  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.posthoc import reduce as reducer  # noqa: E402
-from laser_tool.posthoc.reduce import reduce_run, reduce_run_budgets, run_data  # noqa: E402
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, reduce_run_budgets, run_data  # noqa: E402
 
 BUDGETS = {0.5: ["*:all=params:0.5"], 0.25: ["*:all=params:0.25"], 0.1: ["*:all=params:0.1"]}
 # --tiny: the same code paths on 256 training and 100 validation images, one repeat
@@ -103,10 +103,10 @@ def main(argv=None):
                     scoring[0] = 0.0
                     t, c = time.perf_counter(), time.process_time()
                     if kind == "one":
-                        reduce_run(run, BUDGETS[0.5], method=method, store="factored", splits=splits,
+                        reduce_run(run, BUDGETS[0.5], ReduceSettings(method=method, store="factored"), splits=splits,
                                    out=work / f"one-{method}-{k}")
                     else:
-                        reduce_run_budgets(run, BUDGETS, method=method, store="factored", splits=splits,
+                        reduce_run_budgets(run, BUDGETS, ReduceSettings(method=method, store="factored"), splits=splits,
                                            outs={b: work / f"shared-{method}-{k}-{b}" for b in BUDGETS})
                     cpu = time.process_time() - c
                     runs[kind].append(dict(wall=time.perf_counter() - t, cpu=cpu, scoring_cpu=scoring[0],

@@ -12,8 +12,8 @@ from laser_tool import study
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.posthoc import search as searcher
-from laser_tool.posthoc.reduce import reduce_run, run_data
-from laser_tool.posthoc.search import parse_budget, search_budgets, search_run
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, run_data
+from laser_tool.posthoc.search import SearchSettings, parse_budget, search_budgets, search_run
 from laser_tool.runs.checkpoint import load_run
 from laser_tool.study import frontier
 from laser_tool.study.allocated import SEARCH
@@ -34,11 +34,11 @@ def test_uniform_budget_is_the_uniform_cuts_parameters_and_is_met(base, tmp_path
     """uniform:F is what `reduce --layer SEL=params:F --store factored` leaves in the selected layers (hand
     count from the uniform run itself); the search's choice stays at or under it, in the model too."""
     before = hashes(base)
-    reps = search_budgets(base, {k: f"uniform:{k}" for k in (0.5, 0.25)}, ["*:all"], apply=True,
-                          outs={k: tmp_path / f"alloc-{k}" for k in (0.5, 0.25)}, do_compose=False,
-                          write_reports=False, batch_size=50)
+    reps = search_budgets(base, {k: f"uniform:{k}" for k in (0.5, 0.25)},
+                          SearchSettings(layers=["*:all"], compose=False, batch_size=50), apply=True,
+                          outs={k: tmp_path / f"alloc-{k}" for k in (0.5, 0.25)}, write_reports=False)
     for keep, rep in reps.items():
-        uniform = reduce_run(base, [f"*:all=params:{keep}"], store="factored", out=tmp_path / f"uniform-{keep}")
+        uniform = reduce_run(base, [f"*:all=params:{keep}"], ReduceSettings(store="factored"), out=tmp_path / f"uniform-{keep}")
         assert rep["budget_params"] == layer_params_after(uniform)
         assert rep["chosen"]["meets_budget"] and rep["chosen"]["params"] <= rep["budget_params"]
         alloc = tmp_path / f"alloc-{keep}"
@@ -76,7 +76,8 @@ def test_search_chooses_on_validation_only(base, tmp_path, monkeypatch):
     monkeypatch.setattr(searcher, "sweep", lambda m, n, s, images, labels, *a: (
         seen.append(("sweep", images.data_ptr() == splits.val_x.data_ptr(), len(images))), real_sweep(
             m, n, s, images, labels, *a))[1])
-    rep = search_run(base, "uniform:0.5", ["*:mlp"], val_images=30, report=tmp_path / "r.json", batch_size=50)
+    rep = search_run(base, "uniform:0.5", SearchSettings(layers=["*:mlp"], val_images=30, batch_size=50),
+                     report=tmp_path / "r.json")
     assert seen[-1] == "test" and seen.count("test") == 1
     assert ("sweep", True, 30) in seen and all(s == 30 for s in seen if isinstance(s, int))
     assert rep["val_images"] == 30
@@ -89,7 +90,8 @@ def test_study_rows_equal_search_apply_and_show_in_the_table(tiny_study, monkeyp
     sweeps = []
     real_sweep = searcher.sweep
     monkeypatch.setattr(searcher, "sweep", lambda *a, **k: (sweeps.append(1), real_sweep(*a, **k))[1])
-    report = study.run_study("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None)
+    report = study.run_study(study.StudyRequest("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data"),
+                             log=lambda s: None)
     assert len(sweeps) == 2  # one sensitivity sweep per method for both budgets
     runs = tmp / "st" / "runs"
     steps, _ = study.plan("quick", 1, tmp / "st", device="cpu", data_dir=tmp / "data")

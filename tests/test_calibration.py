@@ -10,7 +10,7 @@ from laser_tool.models.surgery import slots
 from laser_tool.posthoc.calibration import calibrate_sequentially, calibration_batches, collect_calibration
 from laser_tool.posthoc.decompose import Decomposition
 from laser_tool.posthoc.ranks import resolve_rank, select
-from laser_tool.posthoc.reduce import forward_order, reduce_run, run_data
+from laser_tool.posthoc.reduce import ReduceSettings, forward_order, reduce_run, run_data
 from laser_tool.runs.checkpoint import load_run
 from test_reduce import _one_line_error, cli, hashes, isolated, make_run, one_thread  # noqa: F401 (fixtures)
 
@@ -75,8 +75,8 @@ def test_whitened_output_error_is_at_most_svds_on_the_calibration_inputs(base):
 
 def test_reduce_sequential_keeps_the_first_layer_and_recalibrates_the_rest(base, tmp_path):
     kw = dict(rank="params:0.25", method="whiten", store="factored", calib_batches=2)
-    a = reduce_run(base, ["*:all"], out=tmp_path / "orig", **kw)
-    b = reduce_run(base, ["*:all"], out=tmp_path / "seq", calibrate="sequential", **kw)
+    a = reduce_run(base, ["*:all"], ReduceSettings(**kw), out=tmp_path / "orig")
+    b = reduce_run(base, ["*:all"], ReduceSettings(calibrate="sequential", **kw), out=tmp_path / "seq")
     rep = json.loads((b / "reduce.json").read_text())
     assert rep["calib"]["mode"] == "sequential" and "mode" not in json.loads((a / "reduce.json").read_text())["calib"]
     assert json.loads((b / "config.json").read_text())["reduction"][-1]["calibrate"] == "sequential"
@@ -100,10 +100,10 @@ def test_sequential_budgets_in_one_call_equal_one_call_each(base, tmp_path):
     its own earlier cuts."""
     from laser_tool.posthoc.reduce import reduce_run_budgets
     sel = {k: [f"*:all=params:{k}"] for k in (0.5, 0.1)}
-    kw = dict(method="whiten", store="factored", calib_batches=1, calibrate="sequential")
-    both = reduce_run_budgets(base, sel, outs={k: tmp_path / f"both{k}" for k in sel}, **kw)
+    settings = ReduceSettings(method="whiten", store="factored", calib_batches=1, calibrate="sequential")
+    both = reduce_run_budgets(base, sel, settings, outs={k: tmp_path / f"both{k}" for k in sel})
     for k in sel:
-        one = reduce_run(base, sel[k], out=tmp_path / f"one{k}", **kw)
+        one = reduce_run(base, sel[k], settings, out=tmp_path / f"one{k}")
         ma, mb = ({s.name: s.module for s in slots(load_run(r)[0])} for r in (both[k], one))
         assert all(torch.equal(ma[n].U, mb[n].U) and torch.equal(ma[n].V, mb[n].V)
                    for n in ma if isinstance(ma[n], FactoredLinear))

@@ -530,7 +530,8 @@ def test_study_report_opens_with_the_answer(tmp_path):
     import time
     from laser_tool import study
     _frontier(tmp_path / "st" / "runs")
-    md = study.write_report(tmp_path / "st", "quick", 1, [], [], "cpu", time.time()).read_text()
+    md = study.write_report(tmp_path / "st", study.StudyRequest("quick", seeds=1, device="cpu"), [], [],
+                            time.time()).read_text()
     assert md.index("## The answer") < md.index("(plot.png)") < md.index("## All rows")
     assert md.count("\n- At keep ≈") == 2 and "winner (chosen on validation)" in md and "Confirmatory tests" in md
     assert (tmp_path / "st" / "plot.png").read_bytes()[:4] == b"\x89PNG"

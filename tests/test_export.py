@@ -23,7 +23,7 @@ from laser_tool.models import ModelSpec
 from laser_tool.models.surgery import slots
 from laser_tool.models.vit_tiny import ViTTiny
 from laser_tool.models.xt_vit import build_xt_vit
-from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.runs.checkpoint import load_run, read_header
 from laser_tool.runs.reader import read_run
 from test_reduce import make_run
@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
         if case not in made:
             arch, kw, reduce = CASES[case]
             base = make_run(root, case + ("-dense" if reduce else ""), steps=STEPS, arch=arch, depth=1, **kw)
-            made[case] = reduce_run(base, ["*"], rank="params:0.25", store="factored", out=root / case) \
+            made[case] = reduce_run(base, ["*"], ReduceSettings(rank="params:0.25", store="factored"), out=root / case) \
                 if reduce else base
         return made[case]
     return get

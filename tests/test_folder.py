@@ -230,3 +230,33 @@ def test_a_two_family_frontier_study_on_a_timm_model_and_a_folder(tmp_path, fash
     assert {r["family"] for r in rows} >= {"baseline", "narrower", "post-hoc"}
     report = (tmp_path / "st" / "report.md").read_text()
     assert "--arch timm:vit_tiny_patch16_224" in report and "--arch-arg embed_dim=32" in report
+
+
+def test_import_scores_weights_on_an_image_folder_at_its_own_size(tmp_path, fashion):
+    """`import --dataset folder:DIR` (refused before): weights trained elsewhere are scored on the user's own
+    images, decoded at the folder's own size and channels, and the run then reduces like any other."""
+    from safetensors.torch import save_file
+    from laser_tool.models import ModelSpec, build_model
+    x, y = fashion
+    root = write_pngs(tmp_path / "fm", x, y)
+    sizes = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7)
+    torch.manual_seed(0)
+    ref = build_model(ModelSpec(arch="vit-tiny", image_size=28, channels=1, num_classes=10, **sizes)).eval()
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
+    res = CliRunner().invoke(main, ["import", "--arch", "vit-tiny", *flags, "--weights", str(tmp_path / "w.safetensors"),
+                                    "--dataset", f"folder:{root}", "--val-size", "50", "--out", str(tmp_path / "imp")])
+    assert res.exit_code == 0, res.output
+    model, cfg = load_run(tmp_path / "imp")
+    assert cfg["dataset"] == f"folder:{root.resolve()}" and cfg["split"]["test"] == 100 and cfg["split"]["val"] == 50
+    assert (cfg["model"]["image_size"], cfg["model"]["channels"]) == (28, 1)  # the folder's own, not the default 32x3
+    splits = data.load_dataset(f"folder:{root}", val_size=50, image_size=28, channels=1)
+    with torch.no_grad():
+        want = ref(splits.test_x.float() / 255).argmax(-1)
+        assert torch.equal(model(splits.test_x.float() / 255).argmax(-1), want)
+    final = json.loads((tmp_path / "imp" / "final.json").read_text())
+    assert final["test_acc"] == pytest.approx((want == splits.test_y).float().mean().item())
+    res = CliRunner().invoke(main, ["reduce", str(tmp_path / "imp"), "-l", "*:mlp=rho:1", "--store", "factored",
+                                    "--device", "cpu", "--out", str(tmp_path / "full")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "full" / "final.json").read_text())["test_acc"] == pytest.approx(final["test_acc"])

@@ -182,3 +182,32 @@ def test_the_checker_sees_a_cycle_and_an_upward_import():
     assert package_of("laser_tool.models.spec") == "laser_tool.models" and package_of("laser_tool.errors") == "ground"
     assert STAGES[package_of("laser_tool.runs.reader")] > STAGES[package_of("laser_tool.models.spec")]
     assert not STAGES[package_of("laser_tool.analysis.compare")] < STAGES[package_of("laser_tool.runs.reader")]
+
+
+MAX_PARAMETERS = 10
+
+
+def parameter_count(fn) -> int:
+    """Every parameter a caller could pass: positional, keyword-only, *args and **kwargs; self and cls
+    are the method's own, not the caller's."""
+    a = fn.args
+    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+    names += [p.arg for p in (a.vararg, a.kwarg) if p is not None]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def test_library_functions_take_settings_whole():
+    """Outside the command line (where Click hands each option in as a parameter), a function with more
+    than 10 parameters is a settings object taken apart: pass the request dataclass whole instead."""
+    known, _ = graph()
+    wide = [f"{p.relative_to(ROOT)}:{node.lineno} {getattr(node, 'name', 'lambda')}: {n} parameters"
+            for m, p in known.items() if package_of(m) != "laser_tool.cli"
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            and (n := parameter_count(node)) > MAX_PARAMETERS]
+    assert wide == []
+
+
+def test_the_parameter_count_sees_every_kind_of_parameter():
+    fn = ast.parse("def f(self, a, /, b, *args, c, d=1, **kwargs): pass").body[0]
+    assert parameter_count(fn) == 6

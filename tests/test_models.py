@@ -155,7 +155,7 @@ def test_surgery_changes_exactly_the_intended_layers(arch, kind, target, small):
     model = build_model(ModelSpec(arch=arch, **small))
     before = {r["name"]: r for r in named_linears(model)}
     n_before = count_params(model)
-    replaced = apply_variant(model, kind, [target], scale=0.5, n_dyad=4)
+    replaced = apply_variant(model, ModelSpec(variant=kind, targets=[target], scale=0.5, n_dyad=4))
     after = {r["name"]: r for r in named_linears(model)}
 
     expected = {f"blocks.{i}.{suffix}" for i in range(small["depth"]) for suffix in EXPECTED[arch][target]}
@@ -195,7 +195,7 @@ def test_blocks_restrict_the_variant(arch, small):
 def test_build_model_applies_variant_like_apply_variant(arch, small):
     a = build_model(ModelSpec(arch=arch, variant="lowrank", targets=["ffn-in", "attn-out"], scale=0.25, **small))
     b = build_model(ModelSpec(arch=arch, **small))
-    apply_variant(b, "lowrank", ["ffn-in", "attn-out"], scale=0.25)
+    apply_variant(b, ModelSpec(variant="lowrank", targets=["ffn-in", "attn-out"], scale=0.25))
     assert named_linears(a) == named_linears(b)
     assert count_params(a) == count_params(b)
 
@@ -211,16 +211,16 @@ def test_names_are_shared_between_architectures(arch, small):
 def test_surgery_errors(small):
     model = build_model(ModelSpec(arch="vit-tiny", **small))
     with pytest.raises(UserError, match="lowrank, skl, dyad"):
-        apply_variant(model, "sparse", ["ffn"])
+        apply_variant(model, ModelSpec(variant="sparse", targets=["ffn"]))
     with pytest.raises(UserError, match="ffn-in"):
-        apply_variant(model, "skl", ["mlp"])
+        apply_variant(model, ModelSpec(variant="skl", targets=["mlp"]))
     with pytest.raises(UserError, match="blocks"):
-        apply_variant(model, "skl", ["ffn"], blocks=[5])
+        apply_variant(model, ModelSpec(variant="skl", targets=["ffn"], blocks=[5]))
     with pytest.raises(UserError) as e:
-        apply_variant(model, "dyad", ["ffn-in"], n_dyad=3)
+        apply_variant(model, ModelSpec(variant="dyad", targets=["ffn-in"], n_dyad=3))
     msg = str(e.value)
     assert "blocks.0.ffn.in" in msg and "64->128" in msg and "divisible by n_dyad=3" in msg and "\n" not in msg
     with pytest.raises(UserError, match="blocks.0.ffn.in.*rank 0"):
-        apply_variant(model, "lowrank", ["ffn-in"], scale=0.0001)
+        apply_variant(model, ModelSpec(variant="lowrank", targets=["ffn-in"], scale=0.0001))
     with pytest.raises(UserError, match="did you mean"):
         find_slot(model, "blocks.0.ffn.inn")

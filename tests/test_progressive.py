@@ -17,7 +17,7 @@ from laser_tool.cli import main
 from laser_tool.models.layers import FactoredLinear
 from laser_tool.models.budget import lowrank_rank
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.ranks import resolve_rank
 from laser_tool.models.surgery import slots
@@ -79,7 +79,7 @@ def test_cut_equals_reduce_of_that_checkpoint_and_meets_the_lowrank_count(data_d
 
     (c,) = cuts(run)
     assert c["step"] == SPE and c["epoch"] == 1.0 and c["method"] == "whiten"
-    reduced = reduce_run(moment, ["*.ffn.*"], rank="params:0.5", method="whiten", store="factored",
+    reduced = reduce_run(moment, ["*.ffn.*"], ReduceSettings(rank="params:0.5", method="whiten", store="factored"),
                          out=tmp_path / "reduced")
     rep = json.loads((reduced / "reduce.json").read_text())
     assert {l["name"]: l["rank_after"] for l in rep["layers"]} == {l["name"]: l["rank_after"] for l in c["layers"]}
@@ -272,7 +272,7 @@ def test_training_flops_count_what_was_trained(data_dir, tmp_path):
     assert c_img < d_img
 
     base = train(cfg_for(data_dir, tmp_path / "b", reduce_at=None, reduce_to=None, reduce_layers=[]), progress=False)
-    red = reduce_run(base, ["*.ffn.*"], rank="params:0.5", store="factored", out=tmp_path / "red")
+    red = reduce_run(base, ["*.ffn.*"], ReduceSettings(rank="params:0.5", store="factored"), out=tmp_path / "red")
     healed = train(replace(cfg_for(data_dir, tmp_path / "h", reduce_at=None, reduce_to=None, reduce_layers=[]),
                            init_from=str(red), epochs=1, warmup_epochs=0.0), progress=False)
     hcfg = json.loads((healed / "config.json").read_text())

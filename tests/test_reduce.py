@@ -22,7 +22,7 @@ from laser_tool.errors import UserError
 from laser_tool.models.evaluate import evaluate
 from laser_tool.models.budget import lowrank_rank
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.decompose import Calib, Decomposition, relative_error, singular_values, truncate
 from laser_tool.posthoc.spectrum import mp_threshold
@@ -240,7 +240,7 @@ def test_selectors(base):
 def test_full_rank_reduce_changes_no_output(base, tmp_path):
     before = hashes(base)
     x = images(base)
-    out = reduce_run(base, ["*"], rank="energy:1.0", out=tmp_path / "full")
+    out = reduce_run(base, ["*"], ReduceSettings(rank="energy:1.0"), out=tmp_path / "full")
     assert torch.allclose(logits(out, x), logits(base, x), atol=1e-4, rtol=1e-4)
     rep = json.loads((out / "reduce.json").read_text())
     assert rep["val_acc_after"] == rep["val_acc_before"] and rep["test_acc_after"] == rep["test_acc_before"]
@@ -249,8 +249,8 @@ def test_full_rank_reduce_changes_no_output(base, tmp_path):
 
 def test_factored_equals_dense_with_fewer_params(base, tmp_path):
     sel = ["*:mlp", "blocks.1.attn.qkv=6", "head=4"]
-    dense = reduce_run(base, sel, rank="params:0.3", store="dense", out=tmp_path / "d")
-    fact = reduce_run(base, sel, rank="params:0.3", store="factored", out=tmp_path / "f")
+    dense = reduce_run(base, sel, ReduceSettings(rank="params:0.3", store="dense"), out=tmp_path / "d")
+    fact = reduce_run(base, sel, ReduceSettings(rank="params:0.3", store="factored"), out=tmp_path / "f")
     x = images(base)
     a, b = logits(dense, x), logits(fact, x)
     assert float((a - b).norm() / a.norm()) < 1e-5
@@ -270,9 +270,9 @@ def test_factored_equals_dense_with_fewer_params(base, tmp_path):
 
 
 def test_reductions_compose(base, tmp_path):
-    one = reduce_run(base, ["*:mlp"], rank="params:0.5", store="factored", out=tmp_path / "one")
-    two = reduce_run(one, ["blocks.0.ffn.in=4", "blocks.1.attn.out=3"], method="whiten", store="factored",
-                     out=tmp_path / "two")
+    one = reduce_run(base, ["*:mlp"], ReduceSettings(rank="params:0.5", store="factored"), out=tmp_path / "one")
+    two = reduce_run(one, ["blocks.0.ffn.in=4", "blocks.1.attn.out=3"],
+                     ReduceSettings(method="whiten", store="factored"), out=tmp_path / "two")
     cfg = json.loads((two / "config.json").read_text())
     assert [s["parent"] for s in cfg["reduction"]] == [str(base), str(one)]
     assert cfg["model"]["layers"]["blocks.0.ffn.in"]["rank"] == 4
@@ -297,10 +297,10 @@ def test_structured_layer_reduces_to_linear(tmp_path):
 def test_saves_nothing_warning_compares_with_the_replaced_layer(tmp_path, capsys):
     """A low-rank layer stored dense grows even at a rank far below the dense break-even rank."""
     run = make_run(tmp_path, steps=0, variant="lowrank", targets=["ffn-in"], scale=0.5)
-    reduce_run(run, ["0:fc_in=4"], store="dense", out=tmp_path / "dense")
+    reduce_run(run, ["0:fc_in=4"], ReduceSettings(store="dense"), out=tmp_path / "dense")
     err = capsys.readouterr().err
     assert "blocks.0.ffn.in" in err and "saves nothing" in err and "lowrank layer it replaces" in err
-    reduce_run(run, ["0:fc_in=4"], store="factored", out=tmp_path / "fact")   # smaller than the low-rank layer
+    reduce_run(run, ["0:fc_in=4"], ReduceSettings(store="factored"), out=tmp_path / "fact")   # smaller than the low-rank layer
     assert "saves nothing" not in capsys.readouterr().err
 
 
@@ -383,11 +383,11 @@ def test_multi_budget_reduction_equals_one_reduce_per_budget(base, tmp_path, met
     from laser_tool.posthoc.reduce import reduce_run_budgets
     budgets = {0.5: ["*.ffn.in=params:0.5", "*.ffn.out=params:0.5"], 0.25: ["*.ffn.in=params:0.25"],
                0.1: ["*:all=params:0.1"]}
-    shared = reduce_run_budgets(base, budgets, method=method, store="factored",
-                                outs={b: tmp_path / f"multi-{b}" for b in budgets}, calib_batches=2)
+    settings = ReduceSettings(method=method, store="factored", calib_batches=2)
+    shared = reduce_run_budgets(base, budgets, settings, outs={b: tmp_path / f"multi-{b}" for b in budgets})
     assert set(shared) == set(budgets)
     for b, sels in budgets.items():
-        one = reduce_run(base, sels, method=method, store="factored", out=tmp_path / f"one-{b}", calib_batches=2)
+        one = reduce_run(base, sels, settings, out=tmp_path / f"one-{b}")
         a, _ = load_run(shared[b])
         c, _ = load_run(one)
         sa, sc = a.state_dict(), c.state_dict()
@@ -407,7 +407,7 @@ def test_multi_budget_reduction_equals_one_reduce_per_budget(base, tmp_path, met
         assert pa.correct("test").float().mean().item() == pytest.approx(fa["test_acc"])
         assert pa.correct("val").float().mean().item() == pytest.approx(fa["val_acc"])
     with pytest.raises(UserError, match="same output directory"):
-        reduce_run_budgets(base, budgets, method="svd", outs={b: tmp_path / "same" for b in budgets})
+        reduce_run_budgets(base, budgets, ReduceSettings(method="svd"), outs={b: tmp_path / "same" for b in budgets})
 
 
 @pytest.mark.parametrize("kind", ["monarch", "btt"])
@@ -415,7 +415,7 @@ def test_monarch_and_btt_layers_are_cut_post_hoc_via_their_dense_weight(tmp_path
     run = make_run(tmp_path, steps=5, variant=kind, targets=["ffn-in"], keep=0.5)
     model, _ = load_run(run)
     W = model.blocks[0]["ffn"].fc_in.dense_weight().detach()
-    out = reduce_run(run, ["0:fc_in=4"], out=tmp_path / "r", store="factored")
+    out = reduce_run(run, ["0:fc_in=4"], ReduceSettings(store="factored"), out=tmp_path / "r")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["layers"] == {"blocks.0.ffn.in": {"kind": "factored", "rank": 4, "bias": True}}
     cut, _ = load_run(out)

@@ -49,16 +49,17 @@ def tiny(tmp_path_factory):
         mp.setattr(data, "SYSTEM_DIRS", {})
         mp.setitem(presets.PRESETS, "quick", dict(TINY_PRESET, epochs=2))
         mp.setitem(frontier.FRONTIERS, "quick", SMALL_FRONTIER)
-        kw = dict(device="cpu", data_dir=tmp / "data", log=lambda s: None)
-        study.run_study("quick", out=tmp / "serial", launch=Launch(jobs=1, threads=1), **kw)
+        kw = dict(device="cpu", data_dir=tmp / "data")
+        study.run_study(study.StudyRequest("quick", out=tmp / "serial", **kw), Launch(jobs=1, threads=1),
+                        log=lambda s: None)
         yield tmp, kw
 
 
 def test_two_jobs_equal_serial_and_wait_for_parents(tiny):
     tmp, kw = tiny
     events = []
-    kw = dict(kw, log=lambda s: events.append((time.time(), s)))
-    study.run_study("quick", out=tmp / "par", launch=Launch(jobs=2, threads=1, poll_s=0.2), **kw)
+    study.run_study(study.StudyRequest("quick", out=tmp / "par", **kw), Launch(jobs=2, threads=1, poll_s=0.2),
+                    log=lambda s: events.append((time.time(), s)))
     same_results(tmp / "serial", tmp / "par")
     for name in RUNS:
         assert json.loads((tmp / "par" / "runs" / name / "final.json").read_text()).get("threads", 1) == 1
@@ -83,13 +84,13 @@ def test_submitit_local_runs_the_study_and_a_rerun_redoes_nothing(tiny):
     pytest.importorskip("submitit")
     tmp, kw = tiny
     lines = []
-    kw = dict(kw, log=lines.append)
-    study.run_study("quick", out=tmp / "sub", launch=Launch(jobs=2, launcher="local", threads=1, poll_s=0.2), **kw)
+    request = study.StudyRequest("quick", out=tmp / "sub", **kw)
+    study.run_study(request, Launch(jobs=2, launcher="local", threads=1, poll_s=0.2), log=lines.append)
     same_results(tmp / "serial", tmp / "sub")
     assert sum(": started" in ln for ln in lines) == 5
     jobs = len(list((tmp / "sub" / "submitit").glob("*_submitted.pkl")))
     lines.clear()
-    study.run_study("quick", out=tmp / "sub", launch=Launch(jobs=2, launcher="local", threads=1), **kw)
+    study.run_study(request, Launch(jobs=2, launcher="local", threads=1), log=lines.append)
     assert sum("already complete" in ln for ln in lines) == 5 and not any(": started" in ln for ln in lines)
     assert len(list((tmp / "sub" / "submitit").glob("*_submitted.pkl"))) == jobs  # nothing submitted
     out = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "sub"), "--status",
@@ -225,7 +226,8 @@ def test_sigterm_between_steps_stops_a_serial_study_with_143(tiny, monkeypatch):
         return out
     monkeypatch.setattr(reducer, "reduce_run_budgets", reduce_then_sigterm)
     with pytest.raises(Interrupted) as e:
-        study.run_study("quick", out=tmp / "term", launch=Launch(jobs=1, threads=1), **kw)
+        study.run_study(study.StudyRequest("quick", out=tmp / "term", **kw), Launch(jobs=1, threads=1),
+                        log=lambda s: None)
     assert e.value.exit_code == 143
     assert (tmp / "term" / "runs" / RUNS[3] / "final.json").exists() and not (tmp / "term" / "runs" / RUNS[4]).exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -11,8 +11,8 @@ from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.posthoc.calibration import calibration_batches, collect_calibration
-from laser_tool.posthoc.reduce import reduce_run, run_data
-from laser_tool.posthoc.search import naive_sweep, search_run, staged, sweep
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, run_data
+from laser_tool.posthoc.search import SearchSettings, naive_sweep, search_run, staged, sweep
 from test_reduce import TINY, hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
 
 
@@ -55,8 +55,9 @@ def test_cached_sweep_equals_naive(base, method):
 
 def test_search_meets_budget_and_applies(base, tmp_path):
     before = hashes(base)
-    rep = search_run(base, "params:0.5", ["*:mlp", "*:qkv"], ranks=["params:0.1", "params:0.3", "params:0.5"],
-                     apply=True, out=tmp_path / "applied", report=tmp_path / "s.json", batch_size=50)
+    settings = SearchSettings(layers=["*:mlp", "*:qkv"], ranks=["params:0.1", "params:0.3", "params:0.5"],
+                              batch_size=50)
+    rep = search_run(base, "params:0.5", settings, apply=True, out=tmp_path / "applied", report=tmp_path / "s.json")
     chosen = rep["chosen"]
     assert chosen["params"] <= rep["budget_params"] and chosen["meets_budget"]
     assert rep["allocation"]["params"] <= rep["budget_params"]
@@ -81,7 +82,8 @@ def test_search_meets_budget_and_applies(base, tmp_path):
 def test_unmeetable_budget(base, tmp_path):
     before = hashes(base)
     with pytest.raises(UserError, match="cannot be met"):
-        search_run(base, "params:0.01", ["*:mlp"], ranks=["params:0.5"], report=tmp_path / "x.json")
+        search_run(base, "params:0.01", SearchSettings(layers=["*:mlp"], ranks=["params:0.5"]),
+                   report=tmp_path / "x.json")
     res = CliRunner().invoke(main, ["search", str(base), "--budget", "params:0.01", "--layers", "*:mlp",
                                     "--ranks", "params:0.5", "--report", str(tmp_path / "y.json")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "cannot be met" in res.stderr
@@ -117,12 +119,13 @@ def test_spectrum_cli(base, tmp_path):
 
 def test_xt_vit_reduce_and_search(tmp_path):
     run = make_run(tmp_path, name="xt", steps=5, arch="xt-vit")
-    out = reduce_run(run, ["1:fc_in", "blocks.0.attn.q=3"], rank="params:0.3", store="factored", out=tmp_path / "r")
+    out = reduce_run(run, ["1:fc_in", "blocks.0.attn.q=3"], ReduceSettings(rank="params:0.3", store="factored"),
+                     out=tmp_path / "r")
     ranks = json.loads((out / "config.json").read_text())["reduction"][0]["ranks"]
     assert set(ranks) == {"blocks.1.ffn1.in", "blocks.1.ffn2.in", "blocks.0.attn.q"}
     model, _ = load_run(out)
     assert model is not None
-    rep = search_run(run, "params:0.5", ["*.ffn2.*"], ranks=["params:0.2", "params:0.4"], report=tmp_path / "s.json",
-                     batch_size=50)
+    rep = search_run(run, "params:0.5", SearchSettings(layers=["*.ffn2.*"], ranks=["params:0.2", "params:0.4"],
+                                                       batch_size=50), report=tmp_path / "s.json")
     assert rep["chosen"]["meets_budget"] and set(rep["table"]) == {f"blocks.{i}.ffn2.{k}" for i in (0, 1)
                                                                     for k in ("in", "out")}

@@ -43,8 +43,8 @@ def test_a_two_row_study_runs_as_slurm_jobs(cluster, tmp_path, monkeypatch):
     write_fashion(tmp_path / "data" / "fashion-mnist")
     out = tmp_path / "st"
     lines = []
-    kw = dict(out=out, device="cpu", data_dir=tmp_path / "data", log=lines.append)
-    assert study.run_study("quick", launch=Launch(jobs=2, launcher="slurm", threads=1, wait=False), **kw) is None
+    request = study.StudyRequest("quick", out=out, device="cpu", data_dir=tmp_path / "data")
+    assert study.run_study(request, Launch(jobs=2, launcher="slurm", threads=1, wait=False), log=lines.append) is None
     jobs = json.loads((out / "slurm_jobs.json").read_text())
     assert sorted(jobs) == ["baseline-s0", "narrower-k0.5-s0", "svd-k0.5-s0", "whiten-k0.5-s0"]
     assert any("train step(s) as Slurm job array" in ln for ln in lines)
@@ -53,7 +53,7 @@ def test_a_two_row_study_runs_as_slurm_jobs(cluster, tmp_path, monkeypatch):
     assert "no live invocation" in status and status.count(" job ") >= 1, status
 
     lines.clear()
-    report = study.run_study("quick", launch=Launch(jobs=2, launcher="slurm", threads=1, poll_s=1), **kw)
+    report = study.run_study(request, Launch(jobs=2, launcher="slurm", threads=1, poll_s=1), log=lines.append)
     assert not any(ln.startswith("submitted") for ln in lines), lines  # the queued jobs were found, not resubmitted
     assert json.loads((out / "slurm_jobs.json").read_text()) == jobs
     assert report == out / "report.md" and "| baseline | baseline | 1 |" in report.read_text()

@@ -80,9 +80,9 @@ FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structur
 def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study):
     tmp, calls = tiny_study
     lines = []
-    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lines.append,
-              train_opts={"augment": False, "label_smoothing": 0.1})
-    report = study.run_study("quick", **kw)
+    request = study.StudyRequest("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data",
+                                 train_opts={"augment": False, "label_smoothing": 0.1})
+    report = study.run_study(request, log=lines.append)
     assert sorted(calls["train"]) == sorted(["baseline-s0"] + FAMILY_RUNS)
     # every budget of one baseline and method in one call: one decomposition and calibration per layer
     assert calls["reduce"] == [["svd-k0.25-s0", "svd-k0.5-s0"], ["whiten-k0.25-s0", "whiten-k0.5-s0"]]
@@ -122,7 +122,7 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     for k in calls:
         calls[k].clear()
     lines.clear()
-    study.run_study("quick", **kw)  # second invocation: nothing new is trained, reduced or healed
+    study.run_study(request, log=lines.append)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
     assert sum("already complete" in ln for ln in lines) == 9 + 4 + 5
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
@@ -132,7 +132,7 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     # An unfinished run (no final.json) is continued, and only it; so is a missing budget of a group.
     (runs / "lowrank-k0.5-s0" / "final.json").unlink()
     (runs / "whiten-k0.25-s0" / "final.json").unlink()
-    study.run_study("quick", **kw)
+    study.run_study(request, log=lines.append)
     assert calls == {"train": ["lowrank-k0.5-s0"], "reduce": [["whiten-k0.25-s0"]], "heal": []}
 
 
@@ -257,8 +257,9 @@ def test_match_compute_trains_twins_as_long_as_a_heal_costs_and_answers_at_equal
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier(
         "quick", (0.5,), "all", ("narrower", "lowrank", "progressive", "svd"), heal_epochs=1))
-    report = study.run_study("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
-                             train_opts={"augment": False}, frontier_opts={"match_compute": True})
+    report = study.run_study(study.StudyRequest("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data",
+                                                train_opts={"augment": False}, frontier_opts={"match_compute": True}),
+                             log=lambda s: None)
     runs = tmp / "st" / "runs"
     twins = [f"{f}-k0.5-iso-s0" for f in ("narrower", "lowrank", "progressive")]
     assert set(twins) <= set(calls["train"])
@@ -292,8 +293,9 @@ def test_lr_grid_trains_every_point_and_the_report_keeps_the_validation_best(tin
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd"),
                                                                        heal_epochs=1))
-    report = study.run_study("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None,
-                             train_opts={"augment": False}, frontier_opts={"lr_grid": "2,0.5"})
+    report = study.run_study(study.StudyRequest("quick", out=tmp / "st", device="cpu", data_dir=tmp / "data",
+                                                train_opts={"augment": False}, frontier_opts={"lr_grid": "2,0.5"}),
+                             log=lambda s: None)
     assert sorted(calls["train"]) == ["baseline-s0", "narrower-k0.5-lr0.5-s0", "narrower-k0.5-lr2-s0"]
     assert sorted(calls["heal"]) == ["baseline-plus1-s0", "svd-k0.5-heal1-lr0.5-s0", "svd-k0.5-heal1-lr2-s0"]
     runs = tmp / "st" / "runs"
@@ -336,12 +338,12 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn",
                                                                        ("narrower", "progressive", "svd"), heal_epochs=1))
-    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", log=lambda s: None, train_opts={"augment": False})
-    study.run_study("quick", **kw)  # the preset's own length (1 epoch), no grid
+    kw = dict(out=tmp / "st", device="cpu", data_dir=tmp / "data", train_opts={"augment": False})
+    study.run_study(study.StudyRequest("quick", **kw), log=lambda s: None)  # the preset's own length (1 epoch), no grid
     plain = ["baseline-s0", "narrower-k0.5-s0", "progressive-k0.5-s0"]
     assert sorted(calls["train"]) == sorted(plain)
     kw["frontier_opts"] = {"epochs_grid": "2,1"}
-    report = study.run_study("quick", extend=True, **kw)
+    report = study.run_study(study.StudyRequest("quick", extend=True, **kw), log=lambda s: None)
     # the preset's own length keeps the plain names, so the grid reuses those rows; the other carries -e2
     assert sorted(calls["train"]) == sorted(plain + ["baseline-e2-s0", "narrower-k0.5-e2-s0", "progressive-k0.5-e2-s0"])
     runs = tmp / "st" / "runs"
@@ -365,7 +367,7 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     assert len(titles) == 2 and titles[0].endswith(", 1 epochs") and titles[1].endswith(", 2 epochs")
     made = {k: len(v) for k, v in calls.items()}
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")}
-    study.run_study("quick", extend=True, **kw)  # resumes: nothing trained, cut or healed again, no file rewritten
+    study.run_study(study.StudyRequest("quick", extend=True, **kw), log=lambda s: None)  # resumes: nothing trained, cut or healed again, no file rewritten
     assert {k: len(v) for k, v in calls.items()} == made
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
     res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "st"), "--data-dir", str(tmp / "data"),
@@ -397,3 +399,23 @@ def test_epochs_grid_errors(tmp_path):
     assert heals["svd-k0.1-heal1-e18-s1"] == "svd-k0.1-e18-s1"
     cut = next(s for s in steps if s.name == "svd-k0.1-e18-s1")
     assert cut.parent == "baseline-e18-s1"
+
+
+def test_study_takes_trains_epochs_option_and_builds_one_request(tmp_path, monkeypatch):
+    """`study` and `train` share one --epochs (a float): a fractional length plans rows of that length (the
+    trainer runs round(E x steps per epoch) steps), 2.0 is the study of 2, and under 1 is one clear line."""
+    seen = []
+    monkeypatch.setattr(study, "study_status", lambda request: seen.append(request) or [])
+    base = ["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--status", "--lr", "0.002"]
+    for given, want in (("1.5", 1.5), ("2.0", 2)):
+        res = CliRunner().invoke(main, base + ["--epochs", given])
+        assert res.exit_code == 0, res.output
+        assert seen[-1].epochs == want and type(seen[-1].epochs) is type(want)
+        assert seen[-1].train_opts == {"lr": 0.002} and seen[-1].frontier_opts == {}
+    steps, _ = study.plan("quick", 1, tmp_path, epochs=1.5)
+    assert {st.cfg.epochs for st in steps if st.kind == "train"} == {1.5}
+    res = CliRunner().invoke(main, base + ["--epochs", "0.5"])
+    assert res.exit_code != 0 and res.stderr.strip().splitlines() == ["error: --epochs must be at least 1 and "
+                                                                       "--heal-epochs at least 0"]
+    res = CliRunner().invoke(main, base + ["--device", "cuda:1"])
+    assert res.exit_code != 0 and "unknown device 'cuda:1'" in res.stderr and len(res.stderr.splitlines()) == 1

@@ -320,7 +320,8 @@ def test_two_family_frontier_study_on_a_timm_model(data_dir, tmp_path, monkeypat
               "augment": False}
     monkeypatch.setitem(presets.PRESETS, "quick", preset)
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "all", ("narrower", "svd")))
-    report = study.run_study("quick", out=tmp_path / "st", device="cpu", data_dir=data_dir, log=lambda s: None)
+    report = study.run_study(study.StudyRequest("quick", out=tmp_path / "st", device="cpu", data_dir=data_dir),
+                             log=lambda s: None)
     runs = tmp_path / "st" / "runs"
     narrow, _ = load_run(runs / "narrower-k0.5-s0")
     assert type(narrow).__module__.startswith("timm")

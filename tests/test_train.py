@@ -223,10 +223,10 @@ def test_quick_preset_reaches_85_percent(tmp_path):
 # ------------------------------------------------------------------ --init-from, recorded settings
 
 def test_init_from_keeps_factored_layers_trains_and_never_ends_worse(data_dir, tmp_path):
-    from laser_tool.posthoc.reduce import reduce_run
+    from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
     base = train(tiny_cfg(data_dir, tmp_path, epochs=2, name="base"), progress=False)
-    cut = reduce_run(base, ["blocks.0.ffn.*=2"], method="svd", store="factored", out=tmp_path / "cut",
-                     device="cpu", data_dir=data_dir)
+    cut = reduce_run(base, ["blocks.0.ffn.*=2"], ReduceSettings(method="svd", store="factored", data_dir=data_dir),
+                     out=tmp_path / "cut")
     res = CliRunner().invoke(main, ["train", "--init-from", str(cut), "--out", str(tmp_path), "--name", "healed",
                                     "--epochs", "1", "--lr", "3e-4", "--warmup-epochs", "0", "--batch-size", "50",
                                     "--no-augment", "--device", "cpu", "--data-dir", str(data_dir)])

@@ -77,8 +77,8 @@ def test_a_sigterm_while_a_study_starts_a_training_reaches_that_training(made, t
         return out
     monkeypatch.setattr(loop, "load_dataset", load_then_sigterm)
     with pytest.raises(Interrupted) as e:
-        study.run_study("quick", out=tmp_path / "sig", device="cpu", data_dir=made / "data", log=lambda s: None,
-                        launch=Launch(jobs=1, threads=1))
+        study.run_study(study.StudyRequest("quick", out=tmp_path / "sig", device="cpu", data_dir=made / "data"),
+                        Launch(jobs=1, threads=1), log=lambda s: None)
     assert e.value.exit_code == 143
     run = tmp_path / "sig" / "runs" / "baseline-s0"
     assert not (run / "final.json").exists()
@@ -93,7 +93,7 @@ STUDY_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from laser_tool.data import files as data
     from laser_tool.launch.base import Launch
-    from laser_tool.study import frontier, run_study
+    from laser_tool.study import StudyRequest, frontier, run_study
     from test_study import TINY_PRESET
     from test_trust import TWO
     from trainers import presets
@@ -101,8 +101,8 @@ STUDY_SCRIPT = textwrap.dedent("""
         data.DEFAULT_ROOTS, data.SYSTEM_DIRS = [], {}
         presets.PRESETS["quick"] = dict(TINY_PRESET, epochs=int(sys.argv[4]))
         frontier.FRONTIERS["quick"] = TWO
-        run_study("quick", out=Path(sys.argv[1]), device="cpu", data_dir=sys.argv[2], log=print,
-                  launch=Launch(jobs=int(sys.argv[5]), threads=1, poll_s=0.2))
+        run_study(StudyRequest("quick", out=Path(sys.argv[1]), device="cpu", data_dir=sys.argv[2]),
+                  Launch(jobs=int(sys.argv[5]), threads=1, poll_s=0.2), log=print)
 """)
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
 from laser_tool.data import canonical_name, folder_defaults, is_folder
-from laser_tool.errors import UserError
+from laser_tool.errors import UserError, flag_name
 from laser_tool.models import ModelSpec
 from laser_tool.models.external import is_external
 
@@ -72,7 +72,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Every number in its valid range, checked before any data is read; UserError names the option."""
         def num(name, value, lo, hi=math.inf, lo_open=False, hi_open=False, integer=False):
-            flag = "--" + name.replace("_", "-")
+            flag = flag_name(name)
             kind = int if integer else (int, float)
             if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
                 raise UserError(f"{flag} {value!r} is not a{'n integer' if integer else ' finite number'}")

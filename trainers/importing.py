@@ -9,11 +9,12 @@ treat it as a finished run.
 """
 import hashlib
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from laser_tool.data import fit_model, load_dataset
+from laser_tool.data import canonical_name, fit_model, folder_defaults, is_folder, load_dataset
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
 from laser_tool.models import build_model, count_params
@@ -58,29 +59,56 @@ def load_into(model, tensors: dict, weights, new_head: bool) -> list:
     return sorted(skip)
 
 
-def import_run(spec, weights, dataset: str, out, data_dir=None, val_size=None, seed: int = 0,
-               train_subset=None, new_head: bool = False, device="cpu", batch_size: int = 1000) -> Path:
-    """Write run directory `out` from `weights` for `spec` on `dataset`; returns its path."""
-    weights, out = Path(weights), Path(out)
+@dataclass(frozen=True)
+class ImportRequest:
+    """What `laser-tool import` is asked: the weights, the run directory to write, the data the model is
+    scored on and split by (a built-in dataset or folder:PATH), and how it is evaluated. Built once by the
+    command and handed on whole."""
+    weights: Path
+    dataset: str
+    out: Path
+    data_dir: str = None
+    val_size: int = None
+    seed: int = 0
+    train_subset: int = None
+    skip_bad_images: bool = False   # folder:PATH: leave unreadable files out (counted) instead of stopping
+    new_head: bool = False
+    device: str = "cpu"
+    batch_size: int = 1000
+
+
+def import_run(spec, request: ImportRequest) -> Path:
+    """Write run directory `request.out` from `request.weights` for `spec` on `request.dataset`; returns its
+    path. For folder:PATH, a spec's image_size or channels of None is the folder's own (data/folder.py)."""
+    r = request
+    weights, out, dataset, seed, val_size = Path(r.weights), Path(r.out), r.dataset, r.seed, r.val_size
     check_output_dir(out, inputs=[weights])
     tensors, fmt = read_weights(weights)
-    splits = load_dataset(dataset, data_dir, False, val_size, seed, train_subset)
+    if is_folder(dataset):  # PATH made absolute, so a reduction or a heal re-opens it from anywhere
+        dataset = canonical_name(dataset)
+        spec = replace(spec, **dict(zip(("image_size", "channels"),
+                                        folder_defaults(dataset, spec.image_size, spec.channels))))
+    splits = load_dataset(dataset, r.data_dir, False, val_size, seed, r.train_subset, spec.image_size,
+                          spec.channels, r.skip_bad_images)
     spec = fit_model(spec, splits)
     torch.manual_seed(seed)  # a fresh head starts the same way every time
     model = build_model(spec)
-    fresh = load_into(model, tensors, weights, new_head)
-    dev = resolve_device(device)
+    fresh = load_into(model, tensors, weights, r.new_head)
+    dev = resolve_device(r.device)
     model = model.to(dev).eval()
     t0 = time.perf_counter()
-    val_loss, val_acc, val_pred = evaluate_with_predictions(model, splits.val_x, splits.val_y, batch_size, dev)
-    test_loss, test_acc, test_pred = evaluate_with_predictions(model, splits.test_x, splits.test_y, batch_size, dev)
-    split = dict(dataset=splits.name, val_size=val_size, seed=seed, train_subset=train_subset)
+    val_loss, val_acc, val_pred = evaluate_with_predictions(model, splits.val_x, splits.val_y, r.batch_size, dev)
+    test_loss, test_acc, test_pred = evaluate_with_predictions(model, splits.test_x, splits.test_y, r.batch_size,
+                                                               dev)
+    split = dict(dataset=splits.name, val_size=val_size, seed=seed, train_subset=r.train_subset)
+    if r.skip_bad_images:  # recorded only when set, so imports of built-in datasets write what they always did
+        split["skip_bad_images"] = True
     config = {
         "kind": "import", "written_by": WRITER, "model": spec.to_dict(), "params": count_params(model),
         "import": {"weights": str(weights), "format": fmt, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                   "new_head": new_head, "fresh_keys": fresh},
+                   "new_head": r.new_head, "fresh_keys": fresh},
         # The split settings a reduction or a heal (train --init-from) reads back, nested and flattened.
-        "train": split, **split, "data_dir": data_dir, "name": out.name,
+        "train": split, **split, "data_dir": r.data_dir, "name": out.name,
         "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
                   "val_indices": splits.val_indices, "source": splits.source},
         "versions": versions(), "git_commit": git_commit(), "threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ from .provenance import device_name, git_commit, versions
 from .state import save_state
 
 
-def run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule: dict, micro: int, source,
+def run_config(cfg, spec, model, splits, augment, amp_dtype, schedule: dict, batching: dict, source,
                init_info) -> dict:
     """config.json: the request (`train`, and its keys flattened), what was built (`model`, `params`,
     `structure`), the schedule, batching and split, what the requests resolved to, and provenance."""
@@ -30,7 +30,7 @@ def run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule: dict, 
         "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(),
         "params": sum(p.numel() for p in model.parameters()),
         "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step", **schedule},
-        "batching": {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum},
+        "batching": batching,
         "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
                   "val_indices": splits.val_indices, "source": splits.source},
         # What the requests (train.augment, train.amp, train.decay_all) resolved to.
@@ -51,8 +51,11 @@ def run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule: dict, 
     return config
 
 
-def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cfg, device, amp_dtype, epoch,
-                 train_loss, train_acc, images, seconds, extra=None):
+def end_of_epoch(job, epoch, train_loss, train_acc, images, seconds, extra=None):
+    """Rank 0 after an epoch of `job` (train.py's Job, taken whole): score validation, keep the best
+    model, write the last one, the resume point and the metrics row."""
+    run_dir, model, optimizer, counters, config = job.run_dir, job.model, job.optimizer, job.counters, job.config
+    splits, cfg, device, amp_dtype = job.splits, job.cfg, job.device, job.amp_dtype
     val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
            "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "train_images": images, "seconds": seconds,
@@ -64,7 +67,7 @@ def end_of_epoch(run_dir, model, optimizer, scaler, counters, config, splits, cf
     save_model(run_dir / "last.safetensors", model, config)
     counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
     # The resume point is written last: everything before it is re-derivable if we crash in between.
-    save_state(run_dir / "state.safetensors", model, optimizer, scaler, counters, config)
+    save_state(run_dir / "state.safetensors", model, optimizer, job.scaler, counters, config)
     write_metrics(run_dir, counters["history"])
     print(f"epoch {epoch + 1}/{passes(cfg, config['schedule']['steps_per_epoch'])}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
           f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)

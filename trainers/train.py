@@ -226,7 +226,8 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     schedule = dict(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, total_steps=all_steps)
-    config = run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule, micro, source, init_info)
+    batching = {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum}
+    config = run_config(cfg, spec, model, splits, augment, amp_dtype, schedule, batching, source, init_info)
     counters = resume_point(state_file, model, optimizer, scaler, device, d, run_dir)
     if prog is not None:
         prog.start(model, counters, config)
@@ -283,9 +284,8 @@ def run_epochs(job: Job, progress, interrupt_at_step) -> None:
             extra = job.prog.end_epoch(job.model, counters) if job.prog is not None else None  # every rank
             if d.is_main:
                 with deferred_commit():  # the epoch's files land together, or (disk full) none of them
-                    end_of_epoch(job.run_dir, job.model, job.optimizer, job.scaler, counters, job.config, job.splits,
-                                 cfg, job.device, job.amp_dtype, epoch, loss_sum.item() / seen,
-                                 correct.item() / seen, seen, seconds, extra=extra)
+                    end_of_epoch(job, epoch, loss_sum.item() / seen, correct.item() / seen, seen, seconds,
+                                 extra=extra)
                 if tb is not None:
                     tb.epoch(counters["history"][-1])
             else:

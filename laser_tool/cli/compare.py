@@ -1,6 +1,8 @@
 """`laser-tool compare`: a thin Click wrapper over analysis/compare.py."""
 import click
 
+from .options import device_option
+
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
@@ -8,7 +10,7 @@ import click
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write accuracy vs parameters as PNG.")
 @click.option("--baseline", help="Run directory name whose group is the baseline "
                                 "(default: the dense, unreduced group).")
-@click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on: auto, cpu, cuda or cuda:N.")
+@device_option("cpu", help="Device the inference images/s are measured on.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
 @click.option("--metric", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Accuracy the differences and p-values use (both are in the table and in json).")

@@ -1,12 +1,14 @@
-"""Click options shared by several commands (the model description, a gradient-clip value, a time
-limit) and their conversion to specs. Commands import these; main.py only assembles the group.
+"""Click options shared by several commands (the model description, the data, the training recipe that
+`train` and `study` both take, the device, a gradient-clip value, a time limit) and their conversion to
+specs: each option is declared here once. Commands import these; main.py only assembles the group.
 """
 import json
+import re
 from dataclasses import fields, replace
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, flag_name
 from ..lists import comma_list
 from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS, VARIANTS
 
@@ -38,13 +40,35 @@ def arch_args(pairs) -> dict:
     return out
 
 
+def apply(options, f):
+    """Decorate `f` with `options` in the order listed (the order `--help` shows them)."""
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+# Model options `study` takes too (its other model settings are the preset's).
+ARCH = click.option("--arch", type=Arch(), metavar="ARCH",
+                    help="Architecture: vit-tiny, xt-vit, timm:NAME (built offline) or python:MODULE:FUNCTION (your "
+                         "factory). In a study: another architecture than the preset's (its recipe stays; the sizes "
+                         "are the arch's own).")
+ARCH_ARG = click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+                        help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=32.")
+SIGMA_REPARAM = click.option("--sigma-reparam/--no-sigma-reparam", default=None,
+                             help="A structured layer replacing a sigmaReparam projection (vit-tiny's attention) keeps "
+                                  "sigmaReparam on its own matrix (default), or drops it (the behaviour before "
+                                  "2026-12).")
+IMAGE_SIZE = click.option("--image-size", type=int,
+                          help="Input size; folder:PATH: the size images are resized to (default: their own).")
+CHANNELS = click.option("--channels", type=int,
+                        help="Input channels; folder:PATH: 1 (greyscale) or 3 (RGB) (default: most images' own).")
+
+
 def model_options(f):
-    """Options that describe a model: shared by `info` and `train`."""
+    """Options that describe a model: shared by `info`, `train` and `import`."""
     opts = [
-        click.option("--arch", type=Arch(), metavar="ARCH", help="Architecture: vit-tiny, xt-vit, timm:NAME (built offline) or "
-                                                 "python:MODULE:FUNCTION (your factory)."),
-        click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
-                     help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=32."),
+        ARCH,
+        ARCH_ARG,
         click.option("--variant", type=click.Choice(VARIANTS), help="Train-time variant (default: baseline)."),
         click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
                      help="Layers the variant replaces (repeatable)."),
@@ -59,19 +83,14 @@ def model_options(f):
         click.option("--param", type=click.Choice(PARAMS),
                      help="standard (the seed's) or structured: per-factor init and lr multipliers (Qiu et al.)."),
         click.option("--init", type=click.Choice(INITS), help="spectral: low-rank factors from a dense init's SVD."),
-        click.option("--sigma-reparam/--no-sigma-reparam", default=None,
-                     help="A structured layer replacing a sigmaReparam projection (vit-tiny's attention) keeps "
-                          "sigmaReparam on its own matrix (default), or drops it (the behaviour before 2026-12)."),
+        SIGMA_REPARAM,
         click.option("--dim", type=int), click.option("--depth", type=int), click.option("--heads", type=int),
         click.option("--dim-head", type=int), click.option("--mlp-dim", type=int, help="FFN hidden width."),
-        click.option("--patch-size", type=int), click.option("--image-size", type=int),
-        click.option("--channels", type=int), click.option("--num-classes", type=int),
+        click.option("--patch-size", type=int), IMAGE_SIZE, CHANNELS, click.option("--num-classes", type=int),
         click.option("--dropout", type=float), click.option("--emb-dropout", type=float),
         click.option("--attn-dropout", type=float, help="Dropout on attention probabilities (0; the seed has none)."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return apply(opts, f)
 
 
 def model_keys() -> tuple:
@@ -89,7 +108,7 @@ def spec_from_options(opts: dict, base=None):
 def model_settings(opts: dict) -> dict:
     """The model options given, checked and converted to ModelSpec values (--blocks 0,1 -> [0, 1])."""
     given = {k: opts[k] for k in model_keys() if opts.get(k) not in (None, ())}
-    setting = [f"--{k.replace('_', '-')}" for k in ("scale", "n_dyad", "monarch_blocks", "btt_rank") if k in given]
+    setting = [flag_name(k) for k in ("scale", "n_dyad", "monarch_blocks", "btt_rank") if k in given]
     if "keep" in given and setting:
         raise UserError(f"give --keep or {setting[0]}, not both: --keep sets the structure from the budget")
     if "targets" in given:
@@ -100,7 +119,7 @@ def model_settings(opts: dict) -> dict:
     seed_only = [k for k in ("dim", "depth", "heads", "patch_size", "dropout", "emb_dropout", "attn_dropout")
                  if k in given]
     if external and seed_only:
-        flag = "--" + seed_only[0].replace("_", "-")
+        flag = flag_name(seed_only[0])
         raise UserError(f"{flag} sets the seed's models; for {given['arch']} give the constructor's own "
                         f"argument with --arch-arg (e.g. --arch-arg embed_dim=32)")
     if "blocks" in given:
@@ -119,19 +138,62 @@ class DatasetName(click.ParamType):
                         f"folder (PATH/train/CLASS/*.png, PATH/test/CLASS/*.png)")
 
 
-def dataset_options(f):
-    """Which data a run trains on: shared by `train` and `study`."""
-    opts = [
-        click.option("--dataset", type=DatasetName(),
-                     help="A built-in dataset, or folder:PATH: an image folder (PATH/train/CLASS/*.png, PATH/test/"
-                          "CLASS/..., optional PATH/val/), decoded to --image-size and --channels (default: the "
-                          "images' own) and cached under ~/.cache/laser-tool."),
+def dataset_options(required: bool = False, purpose: str = ""):
+    """Which data a run trains on (or, for `import`, is scored on): shared by `train`, `study` and `import`."""
+    return lambda f: apply([
+        click.option("--dataset", type=DatasetName(), required=required,
+                     help=(purpose + " " if purpose else "") +
+                     "A built-in dataset, or folder:PATH: an image folder (PATH/train/CLASS/*.png, PATH/test/"
+                     "CLASS/..., optional PATH/val/), decoded to --image-size and --channels (default: the "
+                     "images' own) and cached under ~/.cache/laser-tool."),
         click.option("--skip-bad-images/--no-skip-bad-images", default=None,
                      help="folder:PATH: leave unreadable files out (counted) instead of stopping."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    ], f)
+
+
+class DeviceName(click.ParamType):
+    """auto, cpu, cuda, or (where `indexed`) cuda:N; checked again, with CUDA's presence, when resolved
+    (device.py)."""
+    def __init__(self, indexed: bool = True):
+        self.indexed = indexed
+        self.name = "auto|cpu|cuda" + ("[:N]" if indexed else "")
+
+    def convert(self, value, param, ctx):
+        pattern = r"auto|cpu|cuda(:\d+)?" if self.indexed else r"auto|cpu|cuda"
+        if re.fullmatch(pattern, str(value)):
+            return value
+        choices = "auto, cpu, cuda or cuda:N" if self.indexed else \
+            "auto, cpu or cuda (a study or a training run picks its GPUs itself)"
+        raise UserError(f"unknown device {value!r}; use {choices}")
+
+
+def device_option(default="auto", indexed: bool = True, help: str = "Where it runs."):
+    """--device, the one definition every command uses (defaults differ: `import` scores on the CPU unless
+    told, `train` leaves it to the preset, `compare` measures speed on the CPU)."""
+    return click.option("--device", type=DeviceName(indexed), default=default, show_default=default is not None,
+                        help=help)
+
+
+def training_options(f):
+    """The training recipe: shared by `train` (one run) and `study` (every row of the study); a value given
+    overrides the preset's."""
+    return apply([
+        click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are."),
+        click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation (on)."),
+        click.option("--val-size", type=int, help="Images held out of the training set for model selection (5000)."),
+        click.option("--train-subset", type=int, help="Train on only this many images."),
+        click.option("--epochs", type=float, help="Epochs to train; fractional E trains round(E x steps per epoch) "
+                                                  "optimizer steps, the last pass cut short (e.g. to match compute)."),
+        click.option("--batch-size", type=int, help="Images per optimizer step, over all GPUs and accumulation."),
+        click.option("--lr", type=float, help="Peak learning rate."),
+        click.option("--weight-decay", type=float),
+        click.option("--warmup-epochs", type=float),
+        click.option("--label-smoothing", type=float),
+        click.option("--decay-all/--no-decay-all", default=None,
+                     help="Weight decay on every parameter, as the seed (seed presets), or on matrices only "
+                          "(default)."),
+        click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tb."),
+    ], f)
 
 
 class GradClip(click.ParamType):

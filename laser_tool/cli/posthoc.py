@@ -10,9 +10,10 @@ import click
 from ..errors import UserError
 from ..lists import comma_list
 from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
+from .options import device_option
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+DEVICE = device_option("auto")
 BATCH = click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
 DATA = [click.option("--data-dir", help="Where the run's dataset lives (default: the run's own data_dir)."),
         click.option("--dataset", help="Dataset name, for checkpoints whose config names none, or folder:PATH "
@@ -74,10 +75,11 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
     predictions.safetensors (the predicted class of every test and validation image).
     Reduced runs can be reduced again.
     """
-    from ..posthoc.reduce import reduce_run
-    path = reduce_run(run, list(layers), rank=rank, method=method, store=store, out=out,
-                      calib_batches=calib_batches, device=device, data_dir=data_dir, dataset=dataset,
-                      batch_size=batch_size, calibrate=calibrate)
+    from ..posthoc.reduce import ReduceSettings, reduce_run
+    settings = ReduceSettings(rank=rank, method=method, store=store, calib_batches=calib_batches,
+                              calibrate=calibrate, device=device, batch_size=batch_size, data_dir=data_dir,
+                              dataset=dataset)
+    path = reduce_run(run, list(layers), settings, out=out)
     rep = json.loads((path / "reduce.json").read_text())
     if as_json:
         click.echo(json.dumps(rep, indent=2))
@@ -139,10 +141,12 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
     Only the training (calibration) and validation splits inform the choice (--val-images N:
     the first N validation images only).
     """
-    from ..posthoc.search import search_run
+    from ..posthoc.search import SearchSettings, search_run
     grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
-    rep = search_run(run, budget, list(layers) or ["*"], method, grid, apply, out, report, calib_batches,
-                     device, batch_size, not no_compose, data_dir, dataset, val_images, criterion)
+    settings = SearchSettings(layers=list(layers) or ["*"], method=method, ranks=grid, compose=not no_compose,
+                              val_images=val_images, criterion=criterion, calib_batches=calib_batches,
+                              device=device, batch_size=batch_size, data_dir=data_dir, dataset=dataset)
+    rep = search_run(run, budget, settings, apply, out=out, report=report)
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
                f"budget {rep['budget_params']:,.0f}")
     for name, rows in rep["table"].items():

@@ -3,10 +3,10 @@ from dataclasses import replace
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, flag_name
 from ..signals import exit_code
 from ..vocab import CUT_METHODS
-from .options import GradClip, dataset_options, model_keys, model_options, model_settings
+from .options import GradClip, dataset_options, device_option, model_keys, model_options, model_settings, training_options
 
 
 def config_from_options(preset, opts):
@@ -26,7 +26,7 @@ def from_source(cfg, opts):
     given = [k for k in model_keys() if opts.get(k) not in (None, ())]
     if given:
         raise UserError(f"--init-from takes the model from {cfg.init_from}; drop "
-                        f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+                        f"{', '.join(map(flag_name, given))}")
     source = source_config(cfg.init_from)
     split = {k: v for k, v in split_of(source).items() if opts.get(k) is None}
     return replace(cfg, model=ModelSpec.from_dict(source["model"]), **split)
@@ -35,27 +35,15 @@ def from_source(cfg, opts):
 @click.command()
 @click.option("--preset", help="Defaults: seed-vit-tiny, seed-xt (CIFAR-10, the seed's settings) or quick (CPU).")
 @model_options
-@dataset_options
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
+@dataset_options()
+@training_options
 @click.option("--download/--no-download", default=None, help="Let torchvision download missing data.")
-@click.option("--augment/--no-augment", default=None, help="The dataset's default augmentation (on).")
-@click.option("--val-size", type=int, help="Images held out of the training set for model selection (5000).")
-@click.option("--train-subset", type=int, help="Train on only this many images.")
-@click.option("--epochs", type=float, help="Epochs to train; fractional E trains round(E x steps per epoch) "
-                                          "optimizer steps, the last pass cut short (e.g. to match compute).")
-@click.option("--batch-size", type=int, help="Images per optimizer step, over all GPUs and accumulation.")
 @click.option("--grad-accum", type=int, help="Micro-batches accumulated per optimizer step.")
-@click.option("--lr", type=float)
-@click.option("--weight-decay", type=float)
-@click.option("--warmup-epochs", type=float)
 @click.option("--grad-clip", type=GradClip(), help="Max gradient norm (> 0), or off for no clipping.")
-@click.option("--label-smoothing", type=float)
 @click.option("--seed", type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@device_option(None, indexed=False, help="Where it trains (default: auto).")
 @click.option("--amp", type=click.Choice(["auto", "off"]), help="bf16 autocast on CUDA (fp16 where bf16 is missing).")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model (CUDA, or the CPU: ~35 s to compile, a few %% faster there; see bench/train.py).")
-@click.option("--decay-all/--no-decay-all", default=None,
-              help="Weight decay on every parameter, as the seed (seed presets), or on matrices only (default).")
 @click.option("--init-from", type=click.Path(exists=True),
               help="Start from this run's weights and structure (factored layers kept): fresh optimizer, own "
                    "schedule, the source's data split. The starting model is the epoch-0 candidate.")
@@ -75,7 +63,6 @@ def from_source(cfg, opts):
               help="Truncation at a cut (svd); whiten calibrates on the training split at that moment.")
 @click.option("--reduce-tolerance", type=float, help="auto: relative stable-rank change counted as stable (0.1).")
 @click.option("--reduce-window", type=int, help="auto: epochs over which the stable rank must hold still (2).")
-@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tb.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out/--name with its saved settings (differing "
               "settings given here are named and ignored); an error if there is no such run.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run of that name and start afresh (only a "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, is_positive_int
 from ..fileio import atomic_write_bytes, check_output_file
 from ..lock import output_lock
 from ..models import ModelSpec
@@ -110,9 +110,9 @@ def export_onnx(model, config: dict, run: Path, out: Path, measure_latency: bool
 def export_run(run, fmt: str, out, measure_latency: bool = False, threads: int = 2, reps: int = 20,
                keep_bias: bool = False) -> dict:
     """Export a finished run (see the module docstring); returns what was written and checked."""
-    if measure_latency and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if measure_latency and not is_positive_int(threads):
         raise UserError(f"--threads {threads!r} must be an integer >= 1")
-    if measure_latency and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+    if measure_latency and not is_positive_int(reps):
         raise UserError(f"--reps {reps!r} must be an integer >= 1")
     run, out = check_request(run, fmt, out, measure_latency, keep_bias)
     with output_lock(lock_target(out)):

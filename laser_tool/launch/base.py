@@ -132,14 +132,15 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, si
     remove_debris(runs, {g.name for g in group})  # temp directories of a killed reduce
     outs = {g.name: runs / g.name for g in group}
     if step.search:  # ranks chosen on validation under each budget: `search --apply`, one sweep for the group
-        searcher.search_budgets(parent, {g.name: g.search["budget"] for g in group}, step.selectors, step.method,
-                                apply=True, outs=outs, device=device, do_compose=step.search["compose"],
-                                val_images=step.search["val_images"], criterion=step.search["criterion"],
+        search = searcher.SearchSettings(layers=step.selectors, method=step.method, compose=step.search["compose"],
+                                         val_images=step.search["val_images"], criterion=step.search["criterion"],
+                                         device=device)
+        searcher.search_budgets(parent, {g.name: g.search["budget"] for g in group}, search, apply=True, outs=outs,
                                 splits=cache[step.seed], write_reports=False)
         return
-    reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, method=step.method,
-                               store="factored", outs=outs, device=device, splits=cache[step.seed],
-                               calibrate=step.calibrate)
+    reduction = reducer.ReduceSettings(method=step.method, store="factored", device=device, calibrate=step.calibrate)
+    reducer.reduce_run_budgets(parent, {g.name: g.selectors for g in group}, reduction, outs=outs,
+                               splits=cache[step.seed])
 
 
 def set_threads(threads):

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, flag_name, is_positive_int
 from ..vocab import ARCHS, INITS, PARAMS, STRUCTURED, VARIANTS
 from .external import SIZE_FIELDS, build_external, is_external, natural_sizes
 from .surgery import apply_layer_overrides, apply_variant
@@ -111,14 +111,14 @@ class ModelSpec:
             v = getattr(self, k)
             if external and v is None and k in SIZE_FIELDS:
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                bad("--" + k.replace("_", "-"), v, "an integer >= 1")
+            if not is_positive_int(v):
+                bad(flag_name(k), v, "an integer >= 1")
         for k in ("dropout", "emb_dropout", "attn_dropout"):
             v = getattr(self, k)
             if external and v is None:  # timm's dropouts are its own arguments (--arch-arg drop_rate=0.1)
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                bad("--" + k.replace("_", "-"), v, "a number in [0, 1)")
+                bad(flag_name(k), v, "a number in [0, 1)")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
             bad("--scale", self.scale, "a finite number > 0")
         if not isinstance(self.targets, (list, tuple)) or not all(isinstance(t, str) for t in self.targets):
@@ -172,9 +172,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if s.variant in STRUCTURED:
         if not s.targets:
             raise UserError(f"variant {s.variant!r} needs at least one --target")
-        apply_variant(model, s.variant, s.targets, s.scale, s.blocks, n_dyad=s.n_dyad,
-                      dyad_variant=s.dyad_variant, keep=s.keep, param=s.param, init=s.init,
-                      monarch_blocks=s.monarch_blocks, btt_rank=s.btt_rank, sigma_reparam=s.sigma_reparam)
+        apply_variant(model, s)
     if s.layers:
         apply_layer_overrides(model, s.layers)
     return model

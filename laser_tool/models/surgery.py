@@ -216,11 +216,9 @@ def make_layer(kind: str, d_in: int, d_out: int, bias: bool, scale: float, n_dya
     return BTTLinear(d_in, d_out, rank=setting.get("rank", btt_rank), bias=bias)
 
 
-def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, blocks=None,
-                  n_dyad: int = 8, dyad_variant: str = "it", keep: float = None, param: str = "standard",
-                  init: str = "default", monarch_blocks: int = 4, btt_rank: int = 1,
-                  sigma_reparam: bool = True) -> list:
-    """Replace the targeted Linear layers by `kind`; returns the names replaced.
+def apply_variant(model: nn.Module, spec) -> list:
+    """Replace the layers `spec` (a ModelSpec, taken whole) targets by its structured variant; returns the
+    names replaced.
 
     vit-tiny's attention has one fused spectral-norm qkv projection (512 -> 1152): `attn-qkv` replaces
     that fused layer by one structured layer of the same shape. A structured layer replacing an SNLinear
@@ -230,6 +228,7 @@ def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, bloc
     factors start and learn (parametrize.py). Each new layer remembers the dense layer's parameter count
     (`replaced_dense_params`) so a run can record the fraction it reached.
     """
+    kind, targets, blocks, param, init = spec.variant, spec.targets, spec.blocks, spec.param, spec.init
     if kind not in STRUCTURED:
         raise UserError(f"unknown variant kind {kind!r}; choose one of {', '.join(STRUCTURED)}")
     targets = [targets] if isinstance(targets, str) else list(targets)
@@ -244,15 +243,15 @@ def apply_variant(model: nn.Module, kind: str, targets, scale: float = 0.5, bloc
     for s in chosen:
         old = s.module
         try:
-            new = make_layer(kind, old.in_features, old.out_features, old.bias is not None, scale,
-                             n_dyad, dyad_variant, keep, monarch_blocks, btt_rank)
+            new = make_layer(kind, old.in_features, old.out_features, old.bias is not None, spec.scale,
+                             spec.n_dyad, spec.dyad_variant, spec.keep, spec.monarch_blocks, spec.btt_rank)
             if param == "structured":
                 make_structured(new, init=init != "spectral")
             if init == "spectral":
                 spectral_init(new, dense_weight(old), old.bias)
         except UserError as e:
             raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
-        if sigma_reparam and isinstance(old, SNLinear):
+        if spec.sigma_reparam and isinstance(old, SNLinear):
             new = SigmaReparam(new)
         new.replaced_dense_params = dense_params(old.in_features, old.out_features, old.bias is not None)
         s.set(new)

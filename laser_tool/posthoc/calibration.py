@@ -16,6 +16,7 @@ from ..vocab import CALIBRATIONS
 from .decompose import Calib
 
 CALIB_BATCH_SIZE = 128
+CALIB_BATCHES = 8  # training-split batches an activation-aware method calibrates on, by default
 
 
 def calibration_batches(splits, n_batches: int, seed: int, batch_size: int = CALIB_BATCH_SIZE):

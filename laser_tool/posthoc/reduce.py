@@ -1,7 +1,7 @@
 """Post-hoc rank reduction of a trained run: pick layers, truncate them, write a new run.
 
-    reduce_run("runs/base", ["*.ffn.in", "3:fc_out=rho:0.1"], rank="params:0.5", method="whiten",
-               store="factored") -> Path of the new run directory
+    reduce_run("runs/base", ["*.ffn.in", "3:fc_out=rho:0.1"],
+               ReduceSettings(rank="params:0.5", method="whiten", store="factored")) -> Path of the new run
 
 Layers are chosen by selectors (models/selectors.py) with rank SPECs (ranks.py), truncated by one of
 the methods of decompose.py (calibrated on the training split, calibration.py). The input run is never
@@ -12,6 +12,7 @@ import contextlib
 import copy
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from ..data import load_dataset
 from ..device import resolve_device
-from ..errors import UserError
+from ..errors import UserError, is_positive_int
 from ..fileio import remove_debris
 from ..lock import output_lock
 from ..models import ModelSpec, count_params
@@ -31,7 +32,7 @@ from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
 from ..runs.reader import check_input_run, finished_run
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import REDUCE_METHODS, STORES
-from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
+from .calibration import (CALIB_BATCH_SIZE, CALIB_BATCHES, calibrate_sequentially, calibration_batches, check_calibrate,
                           collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
 from .ranks import resolve_rank, select
@@ -87,22 +88,35 @@ def run_data(config: dict, data_dir=None, dataset=None):
                         model.get("channels"), bool(config.get("skip_bad_images")))
 
 
-def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=8,
-               device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None, extra=None,
-               calibrate="original") -> Path:
+@dataclass(frozen=True)
+class ReduceSettings:
+    """How a reduction cuts and where it runs: one object, built once (by `reduce`, `search --apply` or a
+    study step) and handed on whole. `rank` is the SPEC for selectors without their own; `calibrate`
+    original | sequential (calibration.py); `data_dir` and `dataset` override the run's own data."""
+    rank: str = None
+    method: str = "svd"
+    store: str = "dense"
+    calib_batches: int = CALIB_BATCHES
+    calibrate: str = "original"
+    device: str = "cpu"
+    batch_size: int = 500
+    data_dir: str = None
+    dataset: str = None
+
+
+def reduce_run(run, selectors, settings: ReduceSettings = ReduceSettings(), out=None, splits=None,
+               extra=None) -> Path:
     """Reduce the selected layers of a run and write a new run directory; returns its path.
 
-    `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run;
-    `calibrate` original | sequential (calibration.py)."""
-    return reduce_run_budgets(run, {0: selectors}, rank, method, store, {0: out}, calib_batches, device, data_dir,
-                              dataset, batch_size, splits, {0: extra or {}}, calibrate)[0]
+    `splits` reuses data already loaded; `extra` ({file name: JSON object}) adds files to the new run."""
+    return reduce_run_budgets(run, {0: selectors}, settings, outs={0: out}, splits=splits,
+                              extra={0: extra or {}})[0]
 
 
-def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
-                       calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
-                       extra=None, calibrate="original", requests=None) -> dict:
+def reduce_run_budgets(run, selectors_by_budget: dict, settings: ReduceSettings = ReduceSettings(), outs=None,
+                       splits=None, extra=None, requests=None) -> dict:
     """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
-    `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model
+    `reduce_run(run, selectors, settings)` writes, but sharing the work budgets have in common: the model
     and data are loaded once, the calibration pass runs once over the union of the selected layers,
     each layer is decomposed once (any rank is two slices of the same factors, spectrum.py), and the
     unreduced model is scored once. Only the cut, its scoring and the write are per budget (and, with
@@ -110,19 +124,20 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
     `outs`, `extra` ({file name: JSON object}) and `requests` are keyed by budget like the selectors; a
     request (what a rank search asked for, search.py) is recorded in the reduction step beside the selectors
     it chose, and stands for them when runs are grouped (analysis/describe.py)."""
-    run = Path(run)
+    run, rank, method, store = Path(run), settings.rank, settings.method, settings.store
+    calib_batches, calibrate = settings.calib_batches, settings.calibrate
     if store not in STORES:
         raise UserError(f"unknown store {store!r}; choose dense or factored")
     if method not in REDUCE_METHODS:
         raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
-    check_batch_size(batch_size)
+    check_batch_size(settings.batch_size)
     check_calibrate(calibrate, method)
-    if method != "svd" and (isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1):
+    if method != "svd" and not is_positive_int(calib_batches):
         raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     if not selectors_by_budget:
         raise UserError("no budget given: pass at least one set of layer selectors")
     outs, extra = outs or {}, extra or {}
-    dev = resolve_device(device)
+    dev = resolve_device(settings.device)
     src = checkpoint_path(run)
     check_checkpoint(src)  # a missing, corrupt or lying input fails before anything is written
     check_input_run(run, "reduce:")
@@ -144,26 +159,26 @@ def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", 
             stack.enter_context(output_lock(out))
             remove_debris(out.parent, {out.name})  # what a killed writer left is cleared first
             check_out(out, run)  # again under the lock: another writer may have finished meanwhile
-        return _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size,
-                       splits, extra, calibrate)
+        return _reduce(run, src, jobs, settings, dev, splits, extra)
 
 
 def check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_positive_int(batch_size):
         raise UserError(f"--batch-size {batch_size!r} must be an integer >= 1")
 
 
-def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, dataset, batch_size, splits,
-            extra, calibrate="original") -> dict:
+def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dict:
     """The work of reduce_run_budgets, under the output locks: load once, decompose and calibrate once,
     score the unreduced model once, then cut, score and write each budget."""
     t0 = time.time()
+    method, store, batch_size = settings.method, settings.store, settings.batch_size
     model, config = load_run(run, dev)
-    chosen_by = {budget: select(model, selectors, rank) for budget, (selectors, _, _) in jobs.items()}
-    splits = splits or run_data(config, data_dir, dataset)
+    chosen_by = {budget: select(model, selectors, settings.rank) for budget, (selectors, _, _) in jobs.items()}
+    splits = splits or run_data(config, settings.data_dir, settings.dataset)
     layer, plans = _plan_layers(chosen_by, method)
-    sequential = calibrate == "sequential"
-    calib, calib_info, batches = _calibrate(model, layer, method, splits, calib_batches, config, dev, sequential)
+    sequential = settings.calibrate == "sequential"
+    calib, calib_info, batches = _calibrate(model, layer, method, splits, settings.calib_batches, config, dev,
+                                            sequential)
     amp = eval_amp_dtype(dev, config.get("amp", "auto"))  # as the parent was scored
     before = dict(val=evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp),
                   test=evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp),
@@ -178,8 +193,9 @@ def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, d
             warn(w)
         after = dict(val=evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp),
                      test=evaluate_with_predictions(reduced, splits.test_x, splits.test_y, batch_size, dev, amp))
-        files = _run_files(run, src, args, config, spec, out, layers, warnings, reduced, before, after, calib_info,
-                           method, store, splits, dev, amp, before["seconds"] + time.time() - t1)
+        cut = dict(spec=spec, layers=layers, warnings=warnings, model=reduced, before=before, after=after,
+                   calib=calib_info, seconds=before["seconds"] + time.time() - t1)
+        files = _run_files(run, src, args, config, out, cut, splits, dev, amp)
         new_config = files.pop("config.json")
         write_run(out, {**files, **extra.get(budget, {})}, reduced, new_config)
         written[budget] = out
@@ -269,9 +285,14 @@ def _cut(reduced, config: dict, plan: list, layer: dict, method: str, calib: dic
     return spec, layers, warnings
 
 
-def _run_files(run, src, args, config, spec, out, layers, warnings, reduced, before, after, calib_info, method,
-               store, splits, dev, amp, seconds) -> dict:
-    """The new run's config.json, reduce.json, final.json and predictions, as objects and bytes."""
+def _run_files(run, src, args, config, out, cut: dict, splits, dev, amp) -> dict:
+    """The new run's config.json, reduce.json, final.json and predictions, as objects and bytes. `args` is
+    the reduction step's request (method and store among it); `cut` what one budget's cut made: its
+    ModelSpec, per-layer records, warnings, reduced model, scores before and after, calibration record
+    and seconds."""
+    spec, layers, warnings, reduced = cut["spec"], cut["layers"], cut["warnings"], cut["model"]
+    before, after, calib_info, seconds = cut["before"], cut["after"], cut["calib"], cut["seconds"]
+    method, store = args["method"], args["store"]
     (val_loss0, val_acc0), (test_loss0, test_acc0) = before["val"], before["test"]
     val_after, test_after = after["val"], after["test"]
     step = dict(parent=str(run), parent_checkpoint=str(src), **args, calib=calib_info,

@@ -26,13 +26,14 @@ import copy
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..device import resolve_device
-from ..errors import UserError
+from ..errors import UserError, is_positive_int
 from ..fileio import atomic_write_json, check_output_file
 from ..models.budget import factored_params
 from ..models.evaluate import evaluate
@@ -42,10 +43,10 @@ from ..models.surgery import find_slot, slots
 from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
 from ..runs.writer import check_out, run_root
-from .calibration import calibration_batches, collect_calibration
+from .calibration import CALIB_BATCHES, calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
 from .ranks import RankSpec, parse_spec, resolve_rank
-from .reduce import check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
+from .reduce import ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
 from .staged import staged
 
 DEFAULT_GRID = ("params:0.05", "params:0.1", "params:0.2", "params:0.3", "params:0.4", "params:0.5",
@@ -223,66 +224,83 @@ def compose(base, decomps, table, alloc, start_acc, val, batch_size, device):
 
 
 
-def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None, apply=False, out=None,
-               report=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
-               dataset=None, val_images=None, criterion="acc") -> dict:
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a rank search considers and where it runs: one object, built once (by `search` or a study step)
+    and handed on whole. `layers` selects the candidates, `ranks` is the grid (default DEFAULT_GRID),
+    `compose` runs the greedy pass after the allocation, `val_images` N searches on the first N validation
+    images only; `data_dir` and `dataset` override the run's own data."""
+    layers: tuple = ("*",)
+    method: str = "svd"
+    ranks: tuple = None
+    compose: bool = True
+    val_images: int = None
+    criterion: str = "acc"
+    calib_batches: int = CALIB_BATCHES
+    device: str = "cpu"
+    batch_size: int = 500
+    data_dir: str = None
+    dataset: str = None
+
+
+def search_run(run, budget="params:0.5", settings: SearchSettings = SearchSettings(), apply=False, out=None,
+               report=None) -> dict:
     """Run the search (module docstring); write the report JSON; with apply, also the reduced run."""
-    return search_budgets(run, {0: budget}, layers, method, ranks, apply, {0: out}, {0: report}, calib_batches,
-                          device, batch_size, do_compose, data_dir, dataset, val_images, criterion=criterion)[0]
+    return search_budgets(run, {0: budget}, settings, apply, outs={0: out}, reports={0: report})[0]
 
 
-def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, apply=False, outs=None,
-                   reports=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
-                   dataset=None, val_images=None, splits=None, write_reports=True, criterion="acc") -> dict:
+def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings(), apply=False, outs=None,
+                   reports=None, splits=None, write_reports=True) -> dict:
     """{key: report} for budgets {key: budget}, each the report (and with apply the run) that
-    `search_run(run, budget, ...)` makes, sharing what no budget changes: the load, the calibration pass,
+    `search_run(run, budget, settings)` makes, sharing what no budget changes: the load, the calibration pass,
     the decompositions and the sensitivity sweep; the applied runs are written together (reduce_run_budgets).
-    `val_images` N searches on the first N validation images only (cheaper; the rows still report the
+    `settings.val_images` N searches on the first N validation images only (cheaper; the rows still report the
     whole validation split). With apply, the test set is evaluated once, by the reduction that writes the run."""
     t0 = time.time()
     run, outs, reports = Path(run), outs or {}, reports or {}
     for b in budgets.values():
         parse_budget(b)
-    specs = [parse_spec(s) for s in (ranks or DEFAULT_GRID)]
+    layers, method, batch_size, val_images = settings.layers, settings.method, settings.batch_size, settings.val_images
+    specs = [parse_spec(s) for s in (settings.ranks or DEFAULT_GRID)]
     check_batch_size(batch_size)
-    if criterion not in CRITERIA:
-        raise UserError(f"unknown --criterion {criterion!r}; choose acc or loss")
-    if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 1):
+    if settings.criterion not in CRITERIA:
+        raise UserError(f"unknown --criterion {settings.criterion!r}; choose acc or loss")
+    if val_images is not None and not is_positive_int(val_images):
         raise UserError(f"--val-images {val_images!r} must be an integer >= 1 (or left out: the whole split)")
     for k in budgets:  # checked before the work: never an input, a device or a directory
         if write_reports and reports.get(k) is not None:
             check_output_file(reports[k], inputs=[run_root(run) or run], what="--report")
         if apply and outs.get(k) is not None:
             check_out(outs[k], run)
-    dev = resolve_device(device)
+    dev = resolve_device(settings.device)
     check_input_run(run, "search:")
     model, config = load_run(run, dev)
     names = [s.name for s in match_all(slots(model), [layers] if isinstance(layers, str) else list(layers or ["*"]))]
-    splits = splits or run_data(config, data_dir, dataset)
+    splits = splits or run_data(config, settings.data_dir, settings.dataset)
     if len(splits.val_x) == 0:
         raise UserError("the run has no validation split (val_size 0); search selects on validation data only")
     calib = None
     if method != "svd":
-        batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
+        batches = calibration_batches(splits, settings.calib_batches, config.get("seed", 0))
         calib = collect_calibration(model, names, batches, method, dev)
     val = (splits.val_x[:val_images], splits.val_y[:val_images])
     base_loss, base_acc = evaluate(model, *val, batch_size, dev)
     t_sweep = time.time()
     table, decomps = sweep(model, names, specs, *val, batch_size, dev, method, calib)
-    shared = dict(run=str(run), method=method, criterion=criterion, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
+    shared = dict(run=str(run), method=method, criterion=settings.criterion, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
                   layer_params={n: n_params(find_slot(model, n).module) for n in names}, base_val_acc=base_acc,
-                  base_val_loss=base_loss, calib_batches=calib_batches if method != "svd" else 0,
+                  base_val_loss=base_loss, calib_batches=settings.calib_batches if method != "svd" else 0,
                   sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
     shared["selected_params"] = sum(shared["layer_params"].values())
     shared["table"] = {n: [dict(c, layer_params=shared["layer_params"][n]) for c in rows] for n, rows in table.items()}
     reps, test = {}, not apply
     for k, budget in budgets.items():
-        reps[k] = _choose(model, decomps, table, shared, budget, val, splits if test else None, do_compose,
+        reps[k] = _choose(model, decomps, table, shared, budget, val, splits if test else None, settings.compose,
                           batch_size, dev)
         reps[k]["seconds"] = round(time.time() - t0, 3)
         reps[k]["report"] = str(reports.get(k) or _default_report(run, budget, shared))
     if apply:
-        _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, device, splits, batch_size)
+        _apply_all(run, reps, settings, outs, splits)
     for k, rep in reps.items():
         if write_reports:
             atomic_write_json(rep["report"], rep)
@@ -333,16 +351,17 @@ def search_request(rep: dict, layers, do_compose: bool) -> dict:
                 compose=do_compose)
 
 
-def _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, device, splits, batch_size) -> None:
+def _apply_all(run, reps, settings: SearchSettings, outs, splits) -> None:
     """Write every budget's chosen model as a factored run; the test set is evaluated there, once."""
     for k, rep in reps.items():
         if not rep["chosen"]["ranks"]:
             raise UserError(f"budget {rep['budget']}: the budget is met without reducing any layer; nothing to --apply")
+    reduction = ReduceSettings(method=settings.method, store="factored", calib_batches=settings.calib_batches,
+                               device=settings.device, batch_size=settings.batch_size)
     written = reduce_run_budgets(
-        run, {k: [f"{n}={r}" for n, r in rep["chosen"]["ranks"].items()] for k, rep in reps.items()}, method=method,
-        store="factored", outs=outs, calib_batches=calib_batches, device=device, splits=splits, batch_size=batch_size,
-        extra={k: {"search.json": rep} for k, rep in reps.items()},
-        requests={k: search_request(rep, layers, do_compose) for k, rep in reps.items()})
+        run, {k: [f"{n}={r}" for n, r in rep["chosen"]["ranks"].items()] for k, rep in reps.items()}, reduction,
+        outs=outs, splits=splits, extra={k: {"search.json": rep} for k, rep in reps.items()},
+        requests={k: search_request(rep, settings.layers, settings.compose) for k, rep in reps.items()})
     for k, rep in reps.items():
         red = json.loads((written[k] / "reduce.json").read_text())
         rep["chosen"].update(test_acc=red["test_acc_after"], test_loss=red["test_loss_after"])

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..data import fit_model
-from ..errors import UserError
+from ..errors import UserError, flag_name
 from ..lists import comma_list
 from ..models import build_model
 from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
@@ -187,19 +187,28 @@ def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: in
                       f"{fam}-{_tag(keep)}-iso{sfx}", {**extra, "epochs": epochs})
 
 
-def plan_frontier(name: str, seeds: int, out: Path, budgets=None, targets=None, families=None, heal_epochs=None,
-                  epochs=None, device="auto", data_dir=None, train_opts=None, match_compute=False, lr_grid=None,
-                  epochs_grid=None):
+FRONTIER_OPTIONS = ("budgets", "targets", "families", "match_compute", "lr_grid", "epochs_grid")
+
+
+def plan_frontier(name: str, seeds: int, out: Path, epochs=None, heal_epochs=None, device="auto", data_dir=None,
+                  train_opts=None, frontier_opts=None):
     """(steps, notes) of a frontier study, in dependency order per length and seed: the baseline, every
-    train-time family at every budget, then each post-hoc method's cuts of the baseline (and their heals)."""
-    fr = FRONTIERS[name]
-    budgets = parse_budgets(budgets) if budgets is not None else fr.budgets
-    targets = targets or fr.targets
+    train-time family at every budget, then each post-hoc method's cuts of the baseline (and their heals).
+    `frontier_opts` holds the frontier's own settings (FRONTIER_OPTIONS, as the command line gives them);
+    one left out is the preset's."""
+    fr, given = FRONTIERS[name], dict(frontier_opts or {})
+    unknown = sorted(set(given) - set(FRONTIER_OPTIONS))
+    if unknown:
+        raise UserError(f"{flag_name(unknown[0])} is not a frontier setting; choose from "
+                        f"{', '.join(map(flag_name, FRONTIER_OPTIONS))}")
+    budgets = parse_budgets(given["budgets"]) if given.get("budgets") is not None else fr.budgets
+    targets = given.get("targets") or fr.targets
     if targets not in VARIANT_TARGETS:
         raise UserError(f"--targets {targets!r}: choose ffn, attn or all")
-    families = parse_families(families) if families is not None else fr.families
+    families = parse_families(given["families"]) if given.get("families") is not None else fr.families
     heal_epochs = fr.heal_epochs if heal_epochs is None else heal_epochs
-    points = grid_points(parse_lr_grid(lr_grid) if lr_grid is not None else fr.lr_grid)
+    points = grid_points(parse_lr_grid(given["lr_grid"]) if given.get("lr_grid") is not None else fr.lr_grid)
+    match_compute, epochs_grid = given.get("match_compute", False), given.get("epochs_grid")
     if match_compute:
         check_match_compute(families, POST_HOC, heal_epochs)
     lengths = [(epochs, "")]

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, flag_name
 from .frontier import FRONTIERS, parse_budgets, parse_epochs_grid, parse_families, parse_lr_grid, plan_frontier
 from .grids import DEFAULT_SEEDS, GRIDS, plan_grid
 
@@ -12,10 +12,9 @@ def plan(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None, devi
     """(steps, notes): every step of the study in order (per seed: train, then reduce and heal), and
     sentences for the report (rows that get no post-hoc twin, budgets a family cannot reach)."""
     if preset in FRONTIERS:
-        return plan_frontier(preset, seeds, out, epochs=epochs, heal_epochs=heal_epochs, device=device,
-                             data_dir=data_dir, train_opts=train_opts, **(frontier_opts or {}))
+        return plan_frontier(preset, seeds, out, epochs, heal_epochs, device, data_dir, train_opts, frontier_opts)
     if frontier_opts:
-        raise UserError(f"--{next(iter(frontier_opts)).replace('_', '-')} applies to the frontier presets "
+        raise UserError(f"{flag_name(next(iter(frontier_opts)))} applies to the frontier presets "
                         f"({', '.join(FRONTIERS)}), not to {preset}")
     if preset not in GRIDS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*FRONTIERS, *GRIDS])}")
@@ -32,7 +31,7 @@ def request_of(preset: str, seeds=None, epochs=None, heal_epochs=None, train_opt
     if preset not in FRONTIERS and preset not in GRIDS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join([*FRONTIERS, *GRIDS])}")
     if frontier_opts and preset not in FRONTIERS:
-        raise UserError(f"--{next(iter(frontier_opts)).replace('_', '-')} applies to the frontier presets "
+        raise UserError(f"{flag_name(next(iter(frontier_opts)))} applies to the frontier presets "
                         f"({', '.join(FRONTIERS)}), not to {preset}")
     r = dict(preset=preset, seeds=default_seeds(preset) if seeds is None else seeds, epochs=epochs,
              train=dict(sorted((train_opts or {}).items())))

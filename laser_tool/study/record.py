@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from trainers.train import settings
-from ..errors import UserError
+from ..errors import UserError, flag_name
 from ..fileio import atomic_write_json, check_path_length, check_writable_dir
 from ..runs.safety import WRITER, is_laser_run
 from . import journal
@@ -78,7 +78,7 @@ def read(out: Path):
 
 def describe_request(r: dict) -> str:
     parts = [f"--preset {r.get('preset')}"] + [f"{FLAGS[k]} {_text(r[k])}" for k in FLAGS if r.get(k) is not None]
-    parts += [f"--{k.replace('_', '-')} {_text(v)}" for k, v in (r.get("train") or {}).items()]
+    parts += [f"{flag_name(k)} {_text(v)}" for k, v in (r.get("train") or {}).items()]
     return " ".join(parts)
 
 
@@ -91,7 +91,7 @@ def _differences(old: dict, new: dict) -> str:
     given = lambda v, none: none if v is None else _text(v)
     out = [f"{FLAGS[k]} {given(new.get(k), 'not given')} (the study has {given(old.get(k), 'none')})" for k in keys]
     ot, nt = old.get("train") or {}, new.get("train") or {}
-    out += [f"--{k.replace('_', '-')} {nt.get(k, 'not given')} (the study has {ot.get(k, 'not given')})"
+    out += [f"{flag_name(k)} {nt.get(k, 'not given')} (the study has {ot.get(k, 'not given')})"
             for k in sorted(set(ot) | set(nt)) if ot.get(k) != nt.get(k)]
     return ", ".join(out)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.answer import MARGIN, answer, confirmatory_pairs
+from ..analysis.answer import answer, confirmatory_pairs
 from ..analysis.answer import markdown as answer_markdown
 from ..analysis.compare import adopt_confirmatory, compare_runs
 from ..analysis.plot import plot
@@ -17,12 +17,15 @@ from . import journal
 from .record import describe_request
 
 
-def write_report(out: Path, preset: str, seeds: int, steps: list, notes: list, device: str, t_start: float,
-                 work: int = 0, invocation: int = None, requests=(), margin: float = MARGIN) -> Path:
-    """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs; `invocation` is this
-    invocation's index in the journal (study.json), which it marks ended; `requests`, when a study was
-    extended, what each invocation asked for."""
-    dev = str(resolve_device(device))
+def write_report(out: Path, study, steps: list, notes: list, t_start: float, work: int = 0, invocation: int = None,
+                 requests=()) -> Path:
+    """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs, for `study` (run.py's
+    StudyRequest: its preset, device and margin); `invocation` is this invocation's index in the journal
+    (study.json), which it marks ended; `requests`, what each invocation asked for (the seeds are the
+    most any asked; more than one request: the study was extended)."""
+    preset, margin = study.preset, study.margin
+    seeds = max((r["seeds"] for r in requests), default=study.seeds or 1)
+    dev = str(resolve_device(study.device))
     result = compare_runs([out / "runs"], speed=True, device=dev, speed_batch=256, speed_reps=10)
     result.notes += notes
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family

@@ -11,7 +11,7 @@ invocation per study directory (STUDY/.study.lock).
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainers.train import settings
@@ -71,21 +71,47 @@ def union(requests: list, out: Path, device, data_dir):
     return steps, notes
 
 
-def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
-              log=lambda s: print(s, file=sys.stderr, flush=True), launch=None, tensorboard=False, train_opts=None,
-              frontier_opts=None, extend=False, margin=MARGIN):
+@dataclass(frozen=True)
+class StudyRequest:
+    """What one invocation of `laser-tool study` asks for, built once by the command and handed on whole.
+    None is the preset's own value. `train_opts` are training settings for every row (`train`'s option
+    names), `frontier_opts` the frontier presets' own (budgets, targets, families, lr_grid, match_compute,
+    epochs_grid, as the command line gives them). `extend` lets this invocation add rows to a study planned
+    with other settings (record.py); `margin` is the answer's equivalence margin (a fraction of accuracy)."""
+    preset: str
+    seeds: int = None
+    out: Path = None
+    epochs: float = None
+    heal_epochs: int = None
+    device: str = "auto"
+    data_dir: str = None
+    train_opts: dict = field(default_factory=dict)
+    frontier_opts: dict = field(default_factory=dict)
+    tensorboard: bool = False
+    extend: bool = False
+    margin: float = MARGIN
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out or f"studies/{self.preset}")
+
+    def recorded(self) -> dict:
+        """What the study's record keeps and replans (plan.request_of)."""
+        return request_of(self.preset, self.seeds, self.epochs, self.heal_epochs, self.train_opts,
+                          self.frontier_opts)
+
+
+def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.stderr, flush=True)):
     """Run (or continue) a study; returns the path of its report.md, or None while steps are still
-    queued on a cluster (`launch`: how steps run, launch/base.py; default one after another). `extend`
-    lets this invocation add rows to a study planned with other settings (record.py); `margin` is the
-    answer's equivalence margin (a fraction of accuracy)."""
+    queued on a cluster (`launch`: how steps run, launch/base.py; default one after another)."""
     t_start = time.time()
-    out = Path(out or f"studies/{preset}")
+    out, seeds, margin, device, data_dir = study.study_dir, study.seeds, study.margin, study.device, study.data_dir
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds}: need at least one seed")
     if not (isinstance(margin, (int, float)) and 0 < margin < 1):  # NaN fails this too
         raise UserError(f"--margin {100 * margin if isinstance(margin, (int, float)) else margin}: give the "
                         f"equivalence margin in percentage points, a number > 0 (default 0.5)")
-    request = request_of(preset, seeds, epochs, heal_epochs, train_opts, frontier_opts)
+    request = study.recorded()
     steps, notes = plan_request(request, out, device, data_dir)
     for st in steps:  # every setting in range before any data is read or any run starts
         if st.kind in ("train", "heal"):
@@ -95,10 +121,10 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
     runs = out / "runs"
     with study_lock(out):
         check_same_settings(runs, steps)  # a run of this name made with other settings: named exactly
-        requests = record.settle(out, request, steps, extend)
+        requests = record.settle(out, request, steps, study.extend)
         if len(requests) > 1:
             steps, notes = union(requests, out, device, data_dir)
-        if tensorboard:  # watching changes nothing trained (a volatile setting)
+        if study.tensorboard:  # watching changes nothing trained (a volatile setting)
             steps = [replace(st, cfg=replace(st.cfg, tensorboard=True)) if st.cfg is not None else st for st in steps]
         check_same_settings(runs, steps)
         for st in steps:  # never a number shown as right, never someone's swapped files redone
@@ -117,9 +143,7 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
             journal.end(out, me, time.time() - t_start, res.work)
             return None
         failed = res.failed
-        seeds = max(r["seeds"] for r in requests)
-        report = write_report(out, preset, seeds, steps, notes, device, t_start, res.work, me, requests, margin) \
-            if runs.exists() else None
+        report = write_report(out, study, steps, notes, t_start, res.work, me, requests) if runs.exists() else None
         if report is None:
             journal.end(out, me, time.time() - t_start, res.work)
     if failed:
@@ -129,15 +153,14 @@ def run_study(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, 
     return report
 
 
-def study_status(preset: str, seeds=None, out=None, epochs=None, heal_epochs=None, device="auto", data_dir=None,
-                 train_opts=None, frontier_opts=None) -> list:
+def study_status(study: StudyRequest) -> list:
     """`study --status`: the table's lines from the run directories (and Slurm's queue, if used), for the
     plan the study recorded (this command's settings for a study from before plan.json)."""
-    out = Path(out or f"studies/{preset}")
+    out = study.study_dir
     if not out.is_dir():
         raise UserError(f"--status: there is no study at {out}; start it with the same command without --status")
     requests, _ = record.read(out)
     if not requests:
-        requests = [request_of(preset, seeds, epochs, heal_epochs, train_opts, frontier_opts)]
-    steps, _ = union(requests, out, device, data_dir)
+        requests = [study.recorded()]
+    steps, _ = union(requests, out, study.device, study.data_dir)
     return status_lines(steps, out)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainers.config import build_config
+from ..errors import flag_name
 
 HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
 LABELS = ("matched_to", "lr_grid")  # config labels that name a run's place in the study, not settings
@@ -30,7 +31,7 @@ class Step:
 
 def flag(k, v) -> str:
     """A setting as `laser-tool train` takes it on the command line."""
-    f = "--" + k.replace("_", "-")
+    f = flag_name(k)
     if k == "targets":
         return " ".join(f"--target {t}" for t in v)
     if isinstance(v, bool):
