@@ -9,6 +9,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
+from ..runs.schema import read_reduce_report
 from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
@@ -78,7 +79,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
     path = reduce_run(run, list(layers), rank=rank, method=method, store=store, out=out,
                       calib_batches=calib_batches, device=device, data_dir=data_dir, dataset=dataset,
                       batch_size=batch_size, calibrate=calibrate)
-    rep = json.loads((path / "reduce.json").read_text())
+    rep = read_reduce_report(path)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return

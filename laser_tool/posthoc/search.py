@@ -41,6 +41,7 @@ from ..models.selectors import match_all
 from ..models.surgery import find_slot, slots
 from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
+from ..runs.schema import SEARCH, read_reduce_report
 from ..runs.writer import check_out, run_root
 from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
@@ -341,10 +342,10 @@ def _apply_all(run, reps, layers, do_compose, method, outs, calib_batches, devic
     written = reduce_run_budgets(
         run, {k: [f"{n}={r}" for n, r in rep["chosen"]["ranks"].items()] for k, rep in reps.items()}, method=method,
         store="factored", outs=outs, calib_batches=calib_batches, device=device, splits=splits, batch_size=batch_size,
-        extra={k: {"search.json": rep} for k, rep in reps.items()},
+        extra={k: {SEARCH: rep} for k, rep in reps.items()},
         requests={k: search_request(rep, layers, do_compose) for k, rep in reps.items()})
     for k, rep in reps.items():
-        red = json.loads((written[k] / "reduce.json").read_text())
+        red = read_reduce_report(written[k])
         rep["chosen"].update(test_acc=red["test_acc_after"], test_loss=red["test_loss_after"])
         rep["applied"] = str(written[k])
 
