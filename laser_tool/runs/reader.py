@@ -1,6 +1,6 @@
 """The one reader of a run directory: finding runs, and reading one (config.json, final.json,
-metrics.jsonl and the checkpoint's header) with its status: complete, incomplete, failed or corrupt,
-and the reason, never an exception for a bad run.
+metrics.jsonl through schema.py's readers, and the checkpoint's header) with its status: complete,
+incomplete, failed or corrupt, and the reason, never an exception for a bad run.
 
 Every question "is this run done, and what did it score?" is answered here: the study skips a
 finished step, a reduction or a heal waits for its parent, the trainer returns at once, and compare
