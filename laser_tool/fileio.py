@@ -8,6 +8,9 @@ are they renamed into place, so a full disk leaves the previous set whole and co
 
 `check_output_file` / `check_output_dir` vet an output path before any work is done: never inside
 an input, never a device, directory or symlink where a file is meant, and writable.
+
+`safetensors_header` is the one parser of a safetensors file's header (checkpoints, resume points,
+predictions and the folder-dataset cache all read theirs through it).
 """
 import contextlib
 import errno
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -125,6 +129,29 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def safetensors_header(source) -> dict:
+    """The JSON header of a safetensors file, given its path (only the header is read) or its bytes:
+    {tensor name: {dtype, shape, data_offsets}} plus "__metadata__" ({str: str}) where the writer gave
+    one. ValueError (OSError for an unreadable path) when it is not a safetensors header."""
+    if isinstance(source, (bytes, bytearray)):
+        return _parse_header(source[:8], lambda n: source[8:8 + n], len(source))
+    with open(source, "rb") as f:
+        return _parse_header(f.read(8), f.read, os.fstat(f.fileno()).st_size)
+
+
+def _parse_header(head: bytes, read, size: int) -> dict:
+    """A safetensors file starts with its header's length (8 bytes, little-endian), then the header."""
+    if len(head) < 8:
+        raise ValueError(f"{len(head)} bytes is too short for a safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        raise ValueError(f"header length {n} exceeds the file size {size}")
+    header = json.loads(read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
 
 
 # ---------------------------------------------------------------------------------------------

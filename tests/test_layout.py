@@ -211,3 +211,34 @@ def test_library_functions_take_settings_whole():
 def test_the_parameter_count_sees_every_kind_of_parameter():
     fn = ast.parse("def f(self, a, /, b, *args, c, d=1, **kwargs): pass").body[0]
     assert parameter_count(fn) == 6
+
+
+def run_file_names() -> set:
+    """The run files' names as laser_tool/runs/schema.py defines them (its module-level string constants;
+    `export/latency.json` counts as latency.json)."""
+    names = set()
+    for node in ast.parse((ROOT / "laser_tool" / "runs" / "schema.py").read_text()).body:
+        if isinstance(node, ast.Assign):
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            names |= {v.value.rpartition("/")[2] for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    return names
+
+
+def run_file_literals(source: str, names: set) -> list:
+    """Lines of `source` holding a string that is a run file's name, or a path ending in one."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.rpartition("/")[2] in names]
+
+
+def test_no_module_outside_runs_names_a_run_file():
+    """Each run file is read and written by laser_tool/runs/ alone (issue 26): elsewhere, its name is
+    asked of runs/ (schema.config_path, state.state_path, ...), never typed."""
+    names = run_file_names()
+    assert {"config.json", "final.json", "metrics.jsonl", "state.safetensors", "model.safetensors",
+            "predictions.safetensors", "latency.json"} <= names
+    assert run_file_literals('f = run / "config.json"\ng = f"{run}/metrics.jsonl"\nh = "config.json is bad"', names) \
+        == [1, 2]  # a path is seen, in an f-string too; a sentence naming the file is not a path
+    known, _ = graph()
+    named = [f"{p.relative_to(ROOT)}:{line}" for m, p in known.items() if package_of(m) != "laser_tool.runs"
+             for line in run_file_literals(p.read_text(), names)]
+    assert named == []

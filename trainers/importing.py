@@ -20,8 +20,9 @@ from laser_tool.errors import UserError
 from laser_tool.models import build_model, count_params
 from laser_tool.models.evaluate import evaluate_with_predictions, precision_name
 from laser_tool.models.surgery import slots
-from laser_tool.runs.predictions import FILE as PREDICTIONS, predictions_bytes
+from laser_tool.runs.predictions import predictions_bytes
 from laser_tool.runs.safety import WRITER
+from laser_tool.runs.schema import FINAL, PREDICTIONS, ImportFinal
 from laser_tool.runs.weights import mismatch, read_weights
 from laser_tool.runs.writer import write_run
 from laser_tool.fileio import check_output_dir
@@ -113,12 +114,11 @@ def import_run(spec, request: ImportRequest) -> Path:
                   "val_indices": splits.val_indices, "source": splits.source},
         "versions": versions(), "git_commit": git_commit(), "threads": torch.get_num_threads(),
     }
-    final = {"status": "complete", "kind": "import", "test_acc": test_acc, "val_acc": val_acc, "test_loss": test_loss,
-             "val_loss": val_loss, "params": count_params(model), "epochs": 0, "train_seconds": None,
-             "eval_seconds": round(time.perf_counter() - t0, 3), "device": device_name(dev), "dataset": splits.name,
-             "arch": spec.arch, "seed": seed, "eval_precision": precision_name(None),
-             "threads": torch.get_num_threads()}
+    final = ImportFinal(test_acc=test_acc, val_acc=val_acc, test_loss=test_loss, val_loss=val_loss,
+                        params=count_params(model), epochs=0, train_seconds=None,
+                        eval_seconds=round(time.perf_counter() - t0, 3), device=device_name(dev), dataset=splits.name,
+                        arch=spec.arch, seed=seed, eval_precision=precision_name(None), threads=torch.get_num_threads())
     preds = predictions_bytes(splits.name, test_pred, splits.test_y, val_pred if len(splits.val_x) else None,
                               splits.val_y, splits.val_indices)
-    write_run(out, {"final.json": final, PREDICTIONS: preds}, model.cpu(), config)
+    write_run(out, {FINAL: final, PREDICTIONS: preds}, model.cpu(), config)
     return out

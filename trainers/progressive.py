@@ -31,14 +31,10 @@ import sys
 import time
 
 import hashlib
-import json
 import re
-
-from safetensors import safe_open
 
 from laser_tool.data import fit_model
 from laser_tool.errors import UserError
-from laser_tool.fileio import atomic_write_json
 from laser_tool.lists import comma_list
 from laser_tool.models import build_model, count_params
 from laser_tool.models.budget import break_even_rank, factored_params
@@ -53,6 +49,8 @@ from .config import passes
 from laser_tool.posthoc.reduce import n_params, reduced_module
 from laser_tool.posthoc.spectrum import effective_rank, stable_rank
 from laser_tool.runs.checkpoint import save_model
+from laser_tool.runs.schema import write_config
+from laser_tool.runs.state import read_state
 from laser_tool.vocab import CUT_METHODS as METHODS
 
 from .optim import make_optimizer
@@ -249,9 +247,8 @@ class Progressive:
         """The factored layers (ModelSpec.layers overrides) a resume point holds, read from its metadata,
         so the model can be rebuilt with that structure before its tensors are loaded."""
         try:
-            with safe_open(str(state_file), "pt") as f:
-                counters = json.loads(f.metadata()["counters"])
-        except Exception:  # an unreadable resume point is reported by load_state, with its fix
+            counters = read_state(state_file, tensors=False).counters
+        except UserError:  # an unreadable resume point is reported by load_state, with its fix
             return {}
         return (counters.get("progressive") or {}).get("layers", {})
 
@@ -334,7 +331,7 @@ class Progressive:
         self._record(counters, config)
         if is_main:
             save_model(run_dir / record["checkpoint"], model, config)
-            atomic_write_json(run_dir / "config.json", config)
+            write_config(run_dir, config)
             print(f"cut at epoch {record['epoch']:g} (step {step}, {reason}): "
                   + ", ".join(f"{l['name']} {l['rank_before']}->{l['rank_after']}" for l in layers)
                   + f"; {params_before:,} -> {record['params_after']:,} params", file=sys.stderr, flush=True)

@@ -2,18 +2,17 @@
 per epoch, and at the end final.json with the test accuracy (the test set's only use) and the
 selected model's per-image predictions."""
 import dataclasses
-import json
 import sys
 
 import torch
 
-from laser_tool.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, deferred_commit
 from laser_tool.models.evaluate import evaluate, evaluate_with_predictions, precision_name, predict
 from laser_tool.models.surgery import structure_record
 from laser_tool.runs.checkpoint import load_model, save_model
-from laser_tool.runs.predictions import FILE as PREDICTIONS, predictions_bytes
-from laser_tool.runs.reader import digests
+from laser_tool.runs.predictions import predictions_bytes
 from laser_tool.runs.safety import WRITER
+from laser_tool.runs.schema import MetricsRow, TrainFinal, model_path, write_final, write_metrics
+from laser_tool.runs.state import state_path
 from laser_tool.vocab import STRUCTURED
 
 from . import init_from as init_
@@ -57,49 +56,39 @@ def end_of_epoch(job, epoch, train_loss, train_acc, images, seconds, extra=None)
     run_dir, model, optimizer, counters, config = job.run_dir, job.model, job.optimizer, job.counters, job.config
     splits, cfg, device, amp_dtype = job.splits, job.cfg, job.device, job.amp_dtype
     val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
-    row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-           "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"], "train_images": images, "seconds": seconds,
-           "images_per_s": images / max(seconds, 1e-9), **(extra or {})}
+    row = MetricsRow(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                     lr=optimizer.param_groups[0]["lr"], train_images=images, seconds=seconds,
+                     images_per_s=images / max(seconds, 1e-9), extra=extra or {}).to_dict()
     counters["history"].append(row)
     if val_acc > counters["best_val_acc"]:
         counters["best_val_acc"], counters["best_epoch"] = val_acc, epoch + 1
-        save_model(run_dir / "model.safetensors", model, config)
-    save_model(run_dir / "last.safetensors", model, config)
+        save_model(model_path(run_dir), model, config)
+    save_model(model_path(run_dir, last=True), model, config)
     counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
     # The resume point is written last: everything before it is re-derivable if we crash in between.
-    save_state(run_dir / "state.safetensors", model, optimizer, job.scaler, counters, config)
+    save_state(state_path(run_dir), model, optimizer, job.scaler, counters, config)
     write_metrics(run_dir, counters["history"])
     print(f"epoch {epoch + 1}/{passes(cfg, config['schedule']['steps_per_epoch'])}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
           f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)
 
 
-def write_metrics(run_dir, history):
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-
-
 def finish(run_dir, model, config, counters, splits, cfg, spec, device, amp_dtype, params):
     """Test accuracy of the last model and of the best-by-validation checkpoint: the test set's only use."""
     _, test_last = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size, device, amp_dtype)
-    best, _ = load_model(run_dir / "model.safetensors", device)
+    best, _ = load_model(model_path(run_dir), device)
     # The selected model's per-image test predictions come from this same pass (compare pairs runs by them).
     _, test_best, test_pred = evaluate_with_predictions(best, splits.test_x, splits.test_y, cfg.eval_batch_size,
                                                         device, amp_dtype)
     val_pred = predict(best, splits.val_x, cfg.eval_batch_size, device, amp_dtype) if len(splits.val_x) else None
     hist = counters["history"]
-    final = {
-        "status": "complete", "kind": "train", "test_acc": test_best, "test_acc_last": test_last,
-        "val_acc": counters["best_val_acc"], "val_acc_last": hist[-1]["val_acc"], "best_epoch": counters["best_epoch"],
-        "epochs": cfg.epochs, "params": params, "train_seconds": sum(r["seconds"] for r in hist),
-        "images_per_s": sum(r["images_per_s"] for r in hist) / len(hist), "device": device_name(device),
-        "dataset": cfg.dataset, "arch": spec.arch, "seed": cfg.seed, "eval_precision": precision_name(amp_dtype),
-        "threads": torch.get_num_threads(),
-    }
-    if "init_val_acc" in counters:
-        final["init_val_acc"] = counters["init_val_acc"]
+    final = TrainFinal(
+        test_acc=test_best, test_acc_last=test_last, val_acc=counters["best_val_acc"],
+        val_acc_last=hist[-1]["val_acc"], best_epoch=counters["best_epoch"], epochs=cfg.epochs, params=params,
+        train_seconds=sum(r["seconds"] for r in hist), images_per_s=sum(r["images_per_s"] for r in hist) / len(hist),
+        device=device_name(device), dataset=cfg.dataset, arch=spec.arch, seed=cfg.seed,
+        eval_precision=precision_name(amp_dtype), threads=torch.get_num_threads(),
+        init_val_acc=counters.get("init_val_acc"))
     preds = predictions_bytes(splits.name, test_pred, splits.test_y, val_pred, splits.val_y, splits.val_indices)
-    final["digests"] = digests(run_dir, written={PREDICTIONS: preds})  # the run vouches for its files
-    with deferred_commit():  # per-image predictions land with final.json
-        atomic_write_bytes(run_dir / PREDICTIONS, preds)
-        atomic_write_json(run_dir / "final.json", final)
+    write_final(run_dir, final, predictions=preds)  # the run vouches for its files; predictions land with it
     print(f"{run_dir}: test acc {test_best:.4f} (best by val, epoch {counters['best_epoch']}), "
           f"{test_last:.4f} (last); {params:,} params", file=sys.stderr)

@@ -31,11 +31,13 @@ import torch.nn.functional as F
 from laser_tool.data import Augment, BatchLoader, default_augment, fit_model, is_folder, load_dataset, short_name
 from laser_tool.device import resolve_device
 from laser_tool.errors import UserError
-from laser_tool.fileio import atomic_write_json, deferred_commit
+from laser_tool.fileio import deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.models.evaluate import eval_amp_dtype, evaluate
 from laser_tool.runs.checkpoint import save_model
 from laser_tool.runs.safety import finished, guarded, remove_run
+from laser_tool.runs.schema import config_path, model_path, read_config, write_config, write_metrics
+from laser_tool.runs.state import state_path
 from laser_tool.signals import Interrupted, StopFlag, signal_name
 from laser_tool.vocab import STRUCTURED
 
@@ -44,7 +46,7 @@ from . import init_from as init_
 from . import progressive
 from .config import TrainConfig, passes, total_steps
 from .optim import lr_at, make_optimizer, set_lr
-from .records import end_of_epoch, finish, run_config, write_metrics
+from .records import end_of_epoch, finish, run_config
 from .state import load_state, save_state
 from .tblog import TBLog
 
@@ -88,13 +90,13 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
 
     Reads only, so every DDP rank can call it and agree; rank 0 alone deletes for --overwrite.
     """
-    cfg_file = run_dir / "config.json"
+    cfg_file = config_path(run_dir)
     if not cfg_file.exists() or overwrite:
         return cfg
     try:
-        old = json.loads(cfg_file.read_text())
-        if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
-            raise ValueError("not a training run's config")
+        old, why = read_config(run_dir)
+        if why or not isinstance(old, dict) or not isinstance(old.get("train"), dict):
+            raise ValueError(why or "not a training run's config")
         kept = TrainConfig.from_dict(old["train"]).validate()
     except (ValueError, UnicodeDecodeError, TypeError, UserError) as e:
         raise UserError(f"{cfg_file} is corrupt or not a laser-tool training config ({str(e)[:80]}); "
@@ -211,7 +213,7 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
     warmup_steps = min(all_steps, round(cfg.warmup_epochs * steps_per_epoch))
 
     prog = progressive.plan_for(cfg, spec, steps_per_epoch, splits, device, fused=device.type == "cuda")
-    state_file = run_dir / "state.safetensors"
+    state_file = state_path(run_dir)
     if prog is not None and state_file.exists():  # the resume point may hold factored layers: build those
         spec = replace(spec, layers={**spec.layers, **prog.resumed_layers(state_file)})
     torch.manual_seed(cfg.seed)
@@ -232,7 +234,7 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
     if prog is not None:
         prog.start(model, counters, config)
     if d.is_main:
-        atomic_write_json(run_dir / "config.json", config)
+        write_config(run_dir, config)
         write_metrics(run_dir, counters["history"])
     if source and not counters["history"] and counters["best_epoch"] < 0:
         # The starting model is the epoch-0 candidate of the validation selection: a fine-tune
@@ -240,7 +242,7 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
         _, val0 = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
         counters.update(best_val_acc=val0, best_epoch=0, init_val_acc=val0)
         if d.is_main:
-            save_model(run_dir / "model.safetensors", model, config)
+            save_model(model_path(run_dir), model, config)
     return Job(cfg, d, device, run_dir, splits, spec, loader, steps_per_epoch, all_steps, warmup_steps, prog,
                model, optimizer, scaler, amp_dtype, config, counters)
 
@@ -275,7 +277,7 @@ def run_epochs(job: Job, progress, interrupt_at_step) -> None:
                 counters["partial"] = {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
-                    save_state(job.run_dir / "state.safetensors", job.model, job.optimizer, job.scaler, counters,
+                    save_state(state_path(job.run_dir), job.model, job.optimizer, job.scaler, counters,
                                job.config)
                 interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}", stop.signum)
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard

@@ -9,10 +9,9 @@ split, the batch order and the augmentation, data/). Welch only where the seed s
 seed on a side, the runs are paired image by image instead.
 """
 from functools import lru_cache
-from pathlib import Path
 from statistics import mean
 
-from ..runs.predictions import load_predictions, mismatch
+from ..runs.predictions import load_predictions, mismatch, predictions_path
 from . import stats
 
 
@@ -23,7 +22,7 @@ def _predictions(run: str, mtime: float):
 
 def predictions(run):
     """(Predictions, None) or (None, why), cached per file version."""
-    f = Path(run) / "predictions.safetensors"
+    f = predictions_path(run)
     return _predictions(str(run), f.stat().st_mtime if f.exists() else -1.0)
 
 

@@ -9,6 +9,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
+from ..runs.schema import read_reduce_report
 from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
 from .options import device_option
 
@@ -80,7 +81,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
                               calibrate=calibrate, device=device, batch_size=batch_size, data_dir=data_dir,
                               dataset=dataset)
     path = reduce_run(run, list(layers), settings, out=out)
-    rep = json.loads((path / "reduce.json").read_text())
+    rep = read_reduce_report(path)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return

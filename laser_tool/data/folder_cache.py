@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from ..errors import UserError
-from ..fileio import atomic_write_bytes, deferred_commit
+from ..fileio import atomic_write_bytes, deferred_commit, safetensors_header
 
 RESIZE_VERSION = 1  # folder.decode_image: shorter side -> S bilinear, centre crop, Pillow convert L/RGB
 
@@ -52,7 +52,7 @@ def read(key: str):
         return None
     try:
         t = load(blob)
-        meta = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")]).get("__metadata__", {})
+        meta = safetensors_header(blob).get("__metadata__", {})
         x, y = t["x"], t["y"]
         if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
             return None

@@ -20,7 +20,6 @@ Preemption: the trainer turns SIGTERM/SIGUSR1/SIGUSR2 into "save at the next ste
 StepJob.checkpoint() and requeues the job; the requeued job resumes from the saved state.
 """
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -119,11 +118,12 @@ def run_step(step, runs: Path, device: str, data_dir=None, splits_cache=None, si
         trainer.train(step.cfg)
         return
     parent = runs / step.parent
-    if finished_run(parent) is None:  # e.g. a Slurm wave whose parent job failed
+    finished_parent = finished_run(parent)
+    if finished_parent is None:  # e.g. a Slurm wave whose parent job failed
         raise UserError(f"{step.parent} did not finish, so {step.name} cannot start")
     cache = {} if splits_cache is None else splits_cache
     if step.seed not in cache:  # one load of the data per seed, shared by its reductions
-        cache[step.seed] = reducer.run_data(json.loads((parent / "config.json").read_text()), data_dir)
+        cache[step.seed] = reducer.run_data(finished_parent.config, data_dir)
     group = [step, *siblings]
     for g in group:
         out = runs / g.name

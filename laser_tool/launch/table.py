@@ -5,22 +5,25 @@ line per finished epoch) and config.json (its epoch count), which give its progr
 The runner adds what only it knows (running, waiting, failed, a Slurm job id); `study --status`
 reads the same files from another terminal.
 """
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..runs.reader import finished_run
+from ..runs.schema import metrics_path, read_config, read_metrics
 
 
 def progress(run: Path):
     """(epochs done, epochs planned, seconds per epoch) of a train run that has begun, else None."""
-    try:
-        epochs = json.loads((run / "config.json").read_text())["train"]["epochs"]
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    except (OSError, ValueError, KeyError, TypeError):
+    config, why = read_config(run)
+    rows, problem = read_metrics(run)
+    if why or problem or not metrics_path(run).exists():
         return None
-    secs = [r.get("seconds", 0.0) for r in rows]
+    try:
+        epochs = config["train"]["epochs"]
+    except (KeyError, TypeError):
+        return None
+    secs = [r.seconds if r.seconds is not None else 0.0 for r in rows]
     return len(rows), epochs, (sum(secs) / len(secs) if secs else None)
 
 

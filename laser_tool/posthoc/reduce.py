@@ -12,7 +12,7 @@ import contextlib
 import copy
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,8 +28,9 @@ from ..models.evaluate import eval_amp_dtype, evaluate, evaluate_with_prediction
 from ..models.layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from ..models.surgery import slots
 from ..runs.checkpoint import check_checkpoint, checkpoint_path, load_run
-from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
+from ..runs.predictions import predictions_bytes
 from ..runs.reader import check_input_run, finished_run
+from ..runs.schema import CONFIG, FINAL, PREDICTIONS, REDUCE, ReducedFinal
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import REDUCE_METHODS, STORES
 from .calibration import (CALIB_BATCH_SIZE, CALIB_BATCHES, calibrate_sequentially, calibration_batches, check_calibrate,
@@ -196,7 +197,7 @@ def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dic
         cut = dict(spec=spec, layers=layers, warnings=warnings, model=reduced, before=before, after=after,
                    calib=calib_info, seconds=before["seconds"] + time.time() - t1)
         files = _run_files(run, src, args, config, out, cut, splits, dev, amp)
-        new_config = files.pop("config.json")
+        new_config = files.pop(CONFIG)
         write_run(out, {**files, **extra.get(budget, {})}, reduced, new_config)
         written[budget] = out
     return written
@@ -307,12 +308,12 @@ def _run_files(run, src, args, config, out, cut: dict, splits, dev, amp) -> dict
                   val_loss_before=val_loss0, val_loss_after=val_after[0],
                   test_loss_before=test_loss0, test_loss_after=test_after[0])
     parent = finished_run(run if run.is_dir() else run.parent)
-    final = dict(status="complete", kind="post-hoc", parent=str(run), test_acc=test_after[1],
-                 val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
-                 params_before=before["params"], test_acc_before=test_acc0, val_acc_before=val_acc0,
-                 # training cost of the weights this run holds, so `compare` can put it beside trained runs
-                 train_seconds=parent.final.get("train_seconds") if parent is not None else None,
-                 reduce_seconds=round(seconds, 3), device=str(dev), eval_precision=precision_name(amp))
+    final = ReducedFinal(parent=str(run), test_acc=test_after[1],
+                         val_acc=val_after[1], test_loss=test_after[0], val_loss=val_after[0], params=params_after,
+                         params_before=before["params"], test_acc_before=test_acc0, val_acc_before=val_acc0,
+                         # training cost of the weights this run holds, so `compare` can put it beside trained runs
+                         train_seconds=parent.final.get("train_seconds") if parent is not None else None,
+                         reduce_seconds=round(seconds, 3), device=str(dev), eval_precision=precision_name(amp))
     preds = predictions_bytes(splits.name, test_after[2], splits.test_y, val_after[2], splits.val_y,
                               splits.val_indices)
-    return {"config.json": new_config, "reduce.json": report, "final.json": final, PRED_FILE: preds}
+    return {CONFIG: new_config, REDUCE: report, FINAL: final, PREDICTIONS: preds}

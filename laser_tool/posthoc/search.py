@@ -42,6 +42,7 @@ from ..models.selectors import match_all
 from ..models.surgery import find_slot, slots
 from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
+from ..runs.schema import SEARCH, read_reduce_report
 from ..runs.writer import check_out, run_root
 from .calibration import CALIB_BATCHES, calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
@@ -360,10 +361,10 @@ def _apply_all(run, reps, settings: SearchSettings, outs, splits) -> None:
                                device=settings.device, batch_size=settings.batch_size)
     written = reduce_run_budgets(
         run, {k: [f"{n}={r}" for n, r in rep["chosen"]["ranks"].items()] for k, rep in reps.items()}, reduction,
-        outs=outs, splits=splits, extra={k: {"search.json": rep} for k, rep in reps.items()},
+        outs=outs, splits=splits, extra={k: {SEARCH: rep} for k, rep in reps.items()},
         requests={k: search_request(rep, settings.layers, settings.compose) for k, rep in reps.items()})
     for k, rep in reps.items():
-        red = json.loads((written[k] / "reduce.json").read_text())
+        red = read_reduce_report(written[k])
         rep["chosen"].update(test_acc=red["test_acc_after"], test_loss=red["test_loss_after"])
         rep["applied"] = str(written[k])
 

@@ -2,7 +2,6 @@
 Marchenko-Pastur noise edge, energy kept at candidate ranks, and a progressive run's statistics over
 training (`--over-training`). The figures are drawn by spectrum_plot.py.
 """
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..runs.schema import config_path, read_config, read_metrics
 from .decompose import energy_kept, numerical_rank, singular_values
 from .ranks import resolve_rank
 
@@ -77,16 +77,15 @@ def training_spectra(run):
     """(rows, cuts) of a progressive run: one row per (epoch, layer) with its stable rank, effective
     rank, top singular value and structural rank (epoch 0: at initialisation), and the cut records."""
     run = Path(run)
-    cfg_file, metrics = run / "config.json", run / "metrics.jsonl"
-    if not run.is_dir() or not cfg_file.is_file():
+    if not run.is_dir() or not config_path(run).is_file():
         raise UserError(f"{run} is not a run directory (no config.json); --over-training reads a run's "
                         f"config.json and metrics.jsonl")
-    try:
-        prog = json.loads(cfg_file.read_text()).get("progressive") or {}
-        epochs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()] if metrics.is_file() else []
-    except ValueError as e:
-        raise UserError(f"{run}: config.json or metrics.jsonl does not parse ({e})") from None
-    per_epoch = [(0, prog.get("spectral_at_start"))] + [(r.get("epoch"), r.get("spectral")) for r in epochs]
+    config, why = read_config(run)
+    epochs, problem = read_metrics(run)
+    if why or problem or not isinstance(config, dict):
+        raise UserError(f"{run}: {why or problem or 'config.json is not an object'}; the run's files are damaged")
+    prog = config.get("progressive") or {}
+    per_epoch = [(0, prog.get("spectral_at_start"))] + [(r.epoch, r.extra.get("spectral")) for r in epochs]
     rows = [dict(epoch=e, layer=name, **stats) for e, layer_stats in per_epoch if layer_stats
             for name, stats in layer_stats.items()]
     if not rows:

@@ -4,7 +4,6 @@ A checkpoint alone rebuilds its model (the config's "model" entry is a ModelSpec
 refused: they can run code when loaded.
 """
 import json
-import struct
 from pathlib import Path
 
 import torch
@@ -13,8 +12,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import UserError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, safetensors_header
 from ..models import ModelSpec, build_model
+from .schema import MODEL, model_path
 
 META_KEY = "laser_tool_config"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
@@ -39,21 +39,14 @@ def read_header(path):
                         f"(pickles can run code when loaded): convert it with safetensors first")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a run directory or a .safetensors file")
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError(f"header length {n} exceeds the file size {size}")
-            header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
+        header = safetensors_header(path)
         meta = header.pop("__metadata__", None) or {}
         for k, h in header.items():
             if not (isinstance(h, dict) and isinstance(h.get("shape"), list)
                     and all(isinstance(d, int) and d >= 0 for d in h["shape"])):
                 raise ValueError(f"tensor {k!r} has no valid shape")
-    except (struct.error, ValueError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated: {str(e)[:100]}); "
                         f"re-create it or point at another checkpoint") from None
     if not isinstance(meta, dict) or META_KEY not in meta:
@@ -136,9 +129,9 @@ def checkpoint_path(run) -> Path:
     """A run directory's selected checkpoint (best by validation), or the file itself."""
     run = Path(run)
     if run.is_dir():
-        f = run / "model.safetensors"
+        f = model_path(run)
         if not f.exists():
-            raise UserError(f"run {run} has no model.safetensors; it has not finished an epoch yet")
+            raise UserError(f"run {run} has no {MODEL}; it has not finished an epoch yet")
         return f
     return run
 

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from ..fileio import atomic_write_json
+from .schema import LATENCY
 
-LATENCY_FILE = Path("export") / "latency.json"
+LATENCY_FILE = Path(LATENCY)
 
 
 def latency_path(run_dir) -> Path:

@@ -15,9 +15,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..fileio import atomic_write_bytes
-
-FILE = "predictions.safetensors"
+from ..fileio import atomic_write_bytes, safetensors_header
+from .schema import PREDICTIONS as FILE
 META_KEY = "laser_tool_predictions"
 
 
@@ -41,9 +40,13 @@ def predictions_bytes(dataset: str, test, test_labels, val=None, val_labels=None
 
 def save_predictions(run_dir, dataset: str, test, test_labels, val=None, val_labels=None, val_indices=None) -> Path:
     """Write RUN/predictions.safetensors atomically; returns its path."""
-    path = Path(run_dir) / FILE
+    path = predictions_path(run_dir)
     atomic_write_bytes(path, predictions_bytes(dataset, test, test_labels, val, val_labels, val_indices))
     return path
+
+
+def predictions_path(run_dir) -> Path:
+    return Path(run_dir) / FILE
 
 
 @dataclass
@@ -61,14 +64,13 @@ class Predictions:
 
 def load_predictions(run_dir):
     """(Predictions, None), or (None, why) when the run has no readable predictions file."""
-    path = Path(run_dir) / FILE
+    path = predictions_path(run_dir)
     if not path.is_file():
         return None, "no predictions.safetensors"
     try:
         data = path.read_bytes()
         tensors = st_load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8:8 + n])["__metadata__"][META_KEY])
+        meta = json.loads(safetensors_header(data)["__metadata__"][META_KEY])
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same fact for the reader
         return None, f"predictions.safetensors unreadable ({type(e).__name__})"
     if "test" not in tensors or "test_labels" not in tensors:

@@ -1,13 +1,11 @@
 """The one reader of a run directory: finding runs, and reading one (config.json, final.json,
-metrics.jsonl and the checkpoint's header) with its status: complete, incomplete, failed or corrupt,
-and the reason, never an exception for a bad run.
+metrics.jsonl through schema.py's readers, and the checkpoint's header) with its status: complete,
+incomplete, failed or corrupt, and the reason, never an exception for a bad run.
 
 Every question "is this run done, and what did it score?" is answered here: the study skips a
 finished step, a reduction or a heal waits for its parent, the trainer returns at once, and compare
 reads its rows, all through `read_run` / `finished_run`, so they cannot disagree.
 """
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,12 +13,11 @@ from pathlib import Path
 from ..errors import UserError
 from ..models import ModelSpec
 from .checkpoint import check_checkpoint
-from .predictions import FILE as PREDICTIONS, load_predictions
+from .predictions import load_predictions
+from .schema import (CONFIG, DIGESTED, FINAL, METRICS, MODEL, PREDICTIONS, file_digest, final_path, read_config,
+                     read_final, read_metrics)
 
-RUN_FILES = ("config.json", "final.json", "model.safetensors", "metrics.jsonl", PREDICTIONS)
-# The files final.json summarises: it records their digests, and every read checks them, so a swapped or
-# edited file (another run's checkpoint or predictions, a hand-edited config) is a corrupt run, not a row.
-DIGESTED = ("config.json", "model.safetensors", PREDICTIONS)
+RUN_FILES = (CONFIG, FINAL, MODEL, METRICS, PREDICTIONS)
 
 
 @dataclass
@@ -78,30 +75,6 @@ def find_run_dirs(paths) -> list:
     return unique
 
 
-def _read_json(path: Path):
-    """(object, None) or (None, why)."""
-    try:
-        return json.loads(path.read_text()), None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path.name} does not parse ({type(e).__name__}: {str(e)[:60]})"
-
-
-def _check_metrics(path: Path):
-    """(epochs logged, problem or None) for a metrics.jsonl."""
-    if not path.exists():
-        return 0, None
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        return 0, f"metrics.jsonl unreadable ({type(e).__name__})"
-    for i, ln in enumerate(lines, 1):
-        try:
-            json.loads(ln)
-        except json.JSONDecodeError:
-            return i - 1, f"metrics.jsonl line {i} does not parse"
-    return len(lines), None
-
-
 def _stamp(path: Path):
     """What identifies the run's files as they are now (a cache key): size and mtime of each."""
     out = []
@@ -139,25 +112,11 @@ def check_input_run(path, what: str) -> None:
     final.json yet, or a torn one) or a bare checkpoint file passes; the checkpoint's own checks apply."""
     path = Path(path)
     root = path if path.is_dir() else path.parent
-    if not (root / "final.json").is_file() or not (root / "config.json").is_file():
+    if not final_path(root).is_file() or not (root / CONFIG).is_file():
         return
     run = read_run(root)
     if run.status == "mismatch":
         raise UserError(f"{what} {root}: {run.reason}")
-
-
-def file_digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def digests(run_dir, written=None) -> dict:
-    """{file: sha256} of the summarised files a run directory holds (`written`: {file: bytes} about to be
-    written beside them, hashed as they are)."""
-    written = written or {}
-    out = {name: hashlib.sha256(written[name]).hexdigest() for name in DIGESTED if name in written}
-    out.update({name: file_digest(Path(run_dir) / name) for name in DIGESTED
-                if name not in out and (Path(run_dir) / name).is_file()})
-    return out
 
 
 def _vouches(path: Path, final: dict):
@@ -182,25 +141,23 @@ def _vouches(path: Path, final: dict):
 
 
 def _read(path: Path) -> Run:
-    cfg_path, fin_path = path / "config.json", path / "final.json"
-    if not cfg_path.exists():
-        return Run(path, "corrupt", "no config.json")
-    config, why = _read_json(cfg_path)
+    config, why = read_config(path)
     if why or not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         return Run(path, "corrupt", why or "config.json has no model spec")
     try:
         ModelSpec.from_dict(config["model"]).resolved()
     except (UserError, TypeError, ValueError, KeyError) as e:
         return Run(path, "corrupt", f"config.json model spec is invalid: {e}")
-    epochs, metrics_problem = _check_metrics(path / "metrics.jsonl")
-    if not fin_path.exists():
+    rows, metrics_problem = read_metrics(path)
+    epochs = len(rows)
+    if not final_path(path).exists():
         planned = config.get("epochs", "?")
         extra = f"; {metrics_problem}" if metrics_problem else ""
         return Run(path, "incomplete", f"no final.json: training or stopped after {epochs} of {planned} epochs{extra}",
                    config)
-    final, why = _read_json(fin_path)
-    if why or not isinstance(final, dict):
-        return Run(path, "corrupt", why or "final.json is not an object", config)
+    final, why = read_final(path)
+    if why:
+        return Run(path, "corrupt", why, config)
     if final.get("status", "complete") != "complete":
         detail = final.get("error") or final.get("reason") or ""
         return Run(path, "failed", f"status {final.get('status')!r}" + (f": {detail}" if detail else ""), config, final)
@@ -210,7 +167,7 @@ def _read(path: Path) -> Run:
     why = _vouches(path, final)
     if why:
         return Run(path, "mismatch", why, config, final)
-    ckpt = path / "model.safetensors"
+    ckpt = path / MODEL
     if ckpt.exists():  # header only: a corrupt or foreign checkpoint is a problem row, not a number
         try:
             check_checkpoint(ckpt)

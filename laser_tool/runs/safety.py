@@ -9,7 +9,6 @@
 """
 import functools
 import inspect
-import json
 import os
 import shutil
 import stat
@@ -21,6 +20,7 @@ from ..errors import UserError
 from ..fileio import check_path_length, check_writable_dir, inside, remove_debris
 from ..lock import output_lock
 from .reader import read_run
+from .schema import config_path, final_path, read_config
 
 # Written into every config.json the trainer makes; runs from before it are recognised by shape.
 WRITER = "laser-tool"
@@ -45,13 +45,12 @@ def is_laser_run(run_dir: Path) -> bool:
     try:
         if not stat.S_ISDIR(os.lstat(run_dir).st_mode):
             return False
-        cfg = run_dir / "config.json"
-        if not stat.S_ISREG(os.lstat(cfg).st_mode):
+        if not stat.S_ISREG(os.lstat(config_path(run_dir)).st_mode):
             return False
-        d = json.loads(cfg.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    except OSError:
         return False
-    if not isinstance(d, dict):
+    d, why = read_config(run_dir)
+    if why or not isinstance(d, dict):
         return False
     if d.get("written_by") == WRITER:
         return True
@@ -70,7 +69,7 @@ def remove_run(run_dir: Path, what="--overwrite") -> None:
     if not run_dir.is_dir():
         raise UserError(f"{what}: {run_dir} is a file, not a run directory; remove it yourself or pick another --name")
     if not is_laser_run(run_dir):
-        if (run_dir / "config.json").exists() or any(run_dir.iterdir()):
+        if config_path(run_dir).exists() or any(run_dir.iterdir()):
             raise UserError(f"{what}: {run_dir} is not a laser-tool run (its config.json was not written by "
                             f"laser-tool), so it is not deleted; remove it yourself or pick another --name")
         run_dir.rmdir()  # an empty directory: nothing of anyone's to lose
@@ -89,11 +88,11 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a run directory; pick another --name or --out")
     remove_debris(run_dir.parent, {run_dir.name})
-    if resume and not (run_dir / "config.json").is_file():
+    if resume and not config_path(run_dir).is_file():
         raise UserError(f"--resume: there is no run at {run_dir} to resume; drop --resume to start it")
     if overwrite:
         remove_run(run_dir)
-    elif run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.json").exists():
+    elif run_dir.is_dir() and any(run_dir.iterdir()) and not config_path(run_dir).exists():
         stray = [p.name for p in run_dir.iterdir() if not p.name.startswith(".")]
         if stray:
             raise UserError(f"{run_dir} exists and is not a laser-tool run (it holds {', '.join(sorted(stray)[:3])}); "
@@ -110,8 +109,8 @@ def finished(run_dir: Path) -> bool:
         return True
     if run.status == "mismatch":  # its files are not the ones it vouches for: nothing to recompute from
         raise UserError(f"{run_dir}: {run.reason}")
-    if (run_dir / "final.json").exists():
-        print(f"warning: {run_dir / 'final.json'} is unreadable or not complete ({run.reason}); recomputing it "
+    if final_path(run_dir).exists():
+        print(f"warning: {final_path(run_dir)} is unreadable or not complete ({run.reason}); recomputing it "
               f"from the saved state", file=sys.stderr)
     return False
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json, check_output_dir, dir_mode
 from .checkpoint import save_model
-from .reader import digests
+from .schema import CONFIG, FINAL, MODEL, config_path, write_config, write_final
 
 
 def run_root(run: Path):
     """The run directory holding `run` (itself, or a checkpoint file's folder if that is a run)."""
     if run.is_dir():
         return run
-    return run.parent if (run.parent / "config.json").is_file() else None
+    return run.parent if config_path(run.parent).is_file() else None
 
 
 def default_out(run: Path, tag: str, args: dict) -> Path:
@@ -34,18 +34,19 @@ def check_out(out: Path, run: Path) -> Path:
 
 def write_run(out: Path, files: dict, model, config: dict) -> None:
     """Build the run in a hidden temp directory, then rename it into place: no half-written runs.
-    A final.json among `files` is written last, with the digests of the files it summarises."""
+    `files`: {schema file name: a JSON object, or bytes written as they are}; its final.json (a schema
+    Final) is written last, with the digests of the files it summarises."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; a run directory gets the user's umask
-        save_model(tmp / "model.safetensors", model, config)
-        atomic_write_json(tmp / "config.json", config)
+        save_model(tmp / MODEL, model, config)
+        write_config(tmp, config)
         for name, obj in files.items():  # bytes are written as they are (predictions.safetensors)
-            if name != "final.json":
+            if name not in (CONFIG, FINAL):
                 atomic_write_bytes(tmp / name, obj) if isinstance(obj, bytes) else atomic_write_json(tmp / name, obj)
-        if "final.json" in files:
-            atomic_write_json(tmp / "final.json", dict(files["final.json"], digests=digests(tmp)))
+        if FINAL in files:
+            write_final(tmp, files[FINAL])
         try:
             os.rename(tmp, out)
         except OSError as e:

@@ -8,7 +8,6 @@ Everything lands in STUDY/runs/NAME with deterministic names, so a second invoca
 runs and skips them, and the trainer resumes an interrupted one from its last state. One live
 invocation per study directory (STUDY/.study.lock).
 """
-import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from ..launch.status import status_lines, study_lock_target
 from ..lock import output_lock
 from ..analysis.answer import MARGIN
 from ..runs.reader import check_input_run, finished_run
+from ..runs.schema import config_path, read_config
 from . import journal, record
 from .plan import plan_request, request_of
 from .report import write_report
@@ -44,12 +44,15 @@ def check_same_settings(runs: Path, steps: list) -> None:
     """Refuse to reuse runs trained with other settings: a study's runs are found again by name, so a
     second invocation with, say, other --epochs into the same --out would otherwise mix the two."""
     for st in steps:
-        f = runs / st.name / "config.json"
+        f = config_path(runs / st.name)
         if st.cfg is None or not f.exists():
             continue
         try:
-            old = settings(json.loads(f.read_text()))
-        except (OSError, ValueError, AttributeError):
+            config, why = read_config(f.parent)
+            if why:
+                raise ValueError(why)
+            old = settings(config)
+        except (ValueError, AttributeError):
             raise UserError(f"{f} is unreadable; move {f.parent} away to retrain it") from None
         new = settings(st.cfg.to_dict())
         if st.kind == "heal":  # the trainer takes a healed run's model from its source
