@@ -14,7 +14,7 @@ from laser_tool.runs.checkpoint import load_model, save_model
 from laser_tool.runs.predictions import FILE as PREDICTIONS, predictions_bytes
 from laser_tool.runs.reader import digests
 from laser_tool.runs.safety import WRITER
-from laser_tool.vocab import STRUCTURED
+from laser_tool.models.families import FAMILIES
 
 from . import init_from as init_
 from .config import passes
@@ -40,7 +40,7 @@ def run_config(cfg, spec, model, d, splits, augment, amp_dtype, schedule: dict, 
         "versions": versions(), "git_commit": git_commit(),
         "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
     }
-    if spec.variant in STRUCTURED:  # the budget asked for and reached, per layer, with any lr multipliers
+    if spec.variant in FAMILIES:  # the budget asked for and reached, per layer, with any lr multipliers
         config["structure"] = structure_record(model, spec)
     if source:
         config["init_source"] = init_info  # "init_from" is the request (a path)

@@ -8,7 +8,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS, VARIANTS
+from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS
 
 
 class Arch(click.ParamType):
@@ -20,6 +20,23 @@ class Arch(click.ParamType):
             return value
         self.fail(f"{value!r}: choose {', '.join(ARCHS)}, timm:NAME (e.g. timm:vit_tiny_patch16_224) or "
                   f"python:MODULE:FUNCTION (your factory)", param, ctx)
+
+
+class Variant(click.Choice):
+    """--variant: a structured layer family (models/families/) or half-ffn. The family registry is asked
+    only when the option is used or shown: it imports torch, which a bare `laser-tool` goes without."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from ..models.spec import variants
+        return variants()
+
+    @choices.setter
+    def choices(self, _):  # click.Choice sets its list once; this one is the registry's, read each time
+        pass
 
 
 def arch_args(pairs) -> dict:
@@ -45,7 +62,7 @@ def model_options(f):
                                                  "python:MODULE:FUNCTION (your factory)."),
         click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
                      help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=32."),
-        click.option("--variant", type=click.Choice(VARIANTS), help="Train-time variant (default: baseline)."),
+        click.option("--variant", type=Variant(), help="Train-time variant (default: baseline)."),
         click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
                      help="Layers the variant replaces (repeatable)."),
         click.option("--scale", type=float, help="Low-rank r / SKL scale (default 0.5)."),
