@@ -34,9 +34,7 @@ LAYER_TYPES = {
     "all": {*ATTN_QKV, "attn-out", "ffn-in", "ffn-out"},
 }
 
-# Post-hoc truncation methods (posthoc/decompose.py); the ones a progressive cut or a study uses.
-REDUCE_METHODS = ("svd", "whiten", "asvd", "fisher")
-CUT_METHODS = ("svd", "whiten")
+# The post-hoc truncation methods are the method registry's (posthoc/methods.py), not a list here.
 # How activation-aware methods calibrate (`reduce --calibrate`): every layer on the unreduced model's inputs
 # (SVD-LLM), or each on the inputs of the model whose earlier layers are already cut (GPTQ-style).
 CALIBRATIONS = ("original", "sequential")

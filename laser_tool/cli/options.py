@@ -22,21 +22,40 @@ class Arch(click.ParamType):
                   f"python:MODULE:FUNCTION (your factory)", param, ctx)
 
 
-class Variant(click.Choice):
-    """--variant: a structured layer family (models/families/) or half-ffn. The family registry is asked
-    only when the option is used or shown: it imports torch, which a bare `laser-tool` goes without."""
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names (the layer families, the post-hoc methods), read from it each
+    time the option is used or shown: a registry imports torch, which a bare `laser-tool` goes without,
+    and a family or method registered later is a choice too."""
 
-    def __init__(self):
+    def __init__(self, names):
+        self.names = names      # () -> the names, importing the registry only when called
         super().__init__(())
 
     @property
     def choices(self):
-        from ..models.spec import variants
-        return variants()
+        return tuple(self.names())
 
     @choices.setter
-    def choices(self, _):  # click.Choice sets its list once; this one is the registry's, read each time
+    def choices(self, _):  # click.Choice sets its list once at construction; this one is read each time
         pass
+
+
+def variants() -> tuple:
+    """--variant's choices: the structured layer families (models/families/) and half-ffn."""
+    from ..models.spec import variants
+    return variants()
+
+
+def reduce_methods() -> tuple:
+    """`reduce --method`'s choices: every post-hoc method (posthoc/methods.py)."""
+    from ..posthoc.methods import METHODS
+    return tuple(METHODS)
+
+
+def cut_methods() -> tuple:
+    """`train --reduce-method`'s choices: the methods a progressive cut uses (posthoc/methods.py)."""
+    from ..posthoc.methods import cut_methods
+    return cut_methods()
 
 
 def arch_args(pairs) -> dict:
@@ -62,7 +81,7 @@ def model_options(f):
                                                  "python:MODULE:FUNCTION (your factory)."),
         click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
                      help="Constructor argument of a timm:/python: arch (repeatable), e.g. embed_dim=32."),
-        click.option("--variant", type=Variant(), help="Train-time variant (default: baseline)."),
+        click.option("--variant", type=RegistryChoice(variants), help="Train-time variant (default: baseline)."),
         click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
                      help="Layers the variant replaces (repeatable)."),
         click.option("--scale", type=float, help="Low-rank r / SKL scale (default 0.5)."),

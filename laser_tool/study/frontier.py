@@ -39,7 +39,8 @@ from ..errors import UserError
 from ..lists import comma_list
 from ..models import build_model
 from ..models.families import FAMILIES as LAYER_FAMILIES
-from ..vocab import CUT_METHODS, FRONTIER_TARGETS
+from ..posthoc.methods import calibrated, cut_methods
+from ..vocab import FRONTIER_TARGETS
 from .compute import check_match_compute, matched_epochs
 from .allocated import ALLOCATED, allocated_steps
 from .steps import heal_step, reduce_step, seed_settings, train_config, train_step
@@ -47,7 +48,7 @@ from .steps import heal_step, reduce_step, seed_settings, train_config, train_st
 # What each --targets value means to each family.
 VARIANT_TARGETS = dict(zip(FRONTIER_TARGETS, (("ffn",), ("attn",), ("attn", "ffn"))))
 SELECTORS = dict(zip(FRONTIER_TARGETS, (("*:mlp",), ("*:attn",), ("*:all",))))
-POST_HOC = CUT_METHODS
+POST_HOC = cut_methods()
 FAMILIES = ("narrower", *LAYER_FAMILIES, *(f"{v}-structured" for v in LAYER_FAMILIES), "progressive", *POST_HOC,
             *ALLOCATED)
 PROGRESSIVE_AT = 1 / 3  # of the epochs: dense for the first third (Pufferfish-style warm-up), then cut
@@ -246,7 +247,7 @@ class _Plan:
                 cut = f"{method}-{_tag(keep)}{sfx}"
                 sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
                 self.steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}",
-                                              calibrate=CALIBRATION if method != "svd" else "original"))
+                                              calibrate=CALIBRATION if calibrated(method) else "original"))
                 for mult, part in (self.points if heal_epochs else []):
                     self.steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}{sfx}",
                                                 heal_epochs, seed, mult))
