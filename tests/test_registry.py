@@ -44,7 +44,8 @@ class DiagPlusLowRank(nn.Module):
 
     def dense_weight(self):
         k = self.diag.numel()
-        return self.U @ self.V + nn.functional.pad(torch.diag(self.diag), (0, self.in_features - k, 0, self.out_features - k))
+        pad = (0, self.in_features - k, 0, self.out_features - k)
+        return self.U @ self.V + nn.functional.pad(torch.diag(self.diag), pad)
 
     def forward(self, x):
         y = x @ self.dense_weight().T
@@ -89,7 +90,8 @@ def toy():
     unregister_method("toy-cols")
 
 
-SPEC = dict(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7, image_size=28, channels=1)
+SPEC = dict(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7, image_size=28,
+            channels=1)
 
 
 def train_run(tmp_path, data_dir, **model):
@@ -112,8 +114,9 @@ def test_the_registry_is_clean_without_the_toy():
 
 
 def test_info_counts_the_toy_at_its_budget(toy):
+    sizes = [f"--{k.replace('_', '-')}={v}" for k, v in SPEC.items()]
     res = CliRunner().invoke(main, ["info", "--variant", "toy-dlr", "--target", "ffn", "--keep", "0.5", "--json",
-                                    *[f"--{k.replace('_', '-')}={v}" for k, v in SPEC.items()]])
+                                    *sizes])
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)["layers"]}
     fin = rows["blocks.0.ffn.in"]                 # 32 -> 64

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..vocab import ARCHS, INITS, PARAMS
 from .external import SIZE_FIELDS, build_external, is_external, natural_sizes
-from .families import FAMILIES
+from .families import FAMILIES, flag_fields
 from .surgery import apply_layer_overrides, apply_variant
 from .vit_tiny import ViTTiny
 from .xt_vit import build_xt_vit
@@ -107,8 +107,9 @@ class ModelSpec:
         def bad(flag, v, want):
             raise UserError(f"model setting {flag} {v!r} is invalid: it must be {want}")
         external = is_external(self.arch)  # sizes the architecture does not have stay None
+        counts = [k for k in flag_fields() if isinstance(getattr(ModelSpec, k, None), int)]  # n_dyad, blocks...
         for k in ("image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head",
-                  "mlp_dim", "n_dyad"):
+                  "mlp_dim", *counts):
             v = getattr(self, k)
             if external and v is None and k in SIZE_FIELDS:
                 continue
