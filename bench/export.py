@@ -46,7 +46,7 @@ from laser_tool.device import cpu_name  # noqa: E402
 from laser_tool.export.onnx import example_images, onnx_bytes, session  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
-from laser_tool.models.budget import lowrank_rank  # noqa: E402
+from laser_tool.models.budget import fraction_rank  # noqa: E402
 from laser_tool.models.surgery import slots  # noqa: E402
 
 QUICK = dict(arch="vit-tiny", image_size=28, channels=1, num_classes=10, dim=128, depth=3, heads=4, dim_head=32,
@@ -62,7 +62,7 @@ def factored_spec(base: dict, keep: float) -> ModelSpec:
     """The baseline with every attention and FFN layer a rank-r factored layer (what `reduce --rank
     params:KEEP --store factored` records)."""
     spec = ModelSpec(**base)
-    layers = {s.name: {"kind": "factored", "rank": lowrank_rank(s.module.in_features, s.module.out_features, keep),
+    layers = {s.name: {"kind": "factored", "rank": fraction_rank(s.module.in_features, s.module.out_features, keep),
                        "bias": s.module.bias is not None}
               for s in slots(build_model(spec)) if s.role in ROLES}
     return ModelSpec(**base, layers=layers)

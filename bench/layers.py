@@ -59,7 +59,7 @@ def build(name, d_in, d_out):
         return nn.Linear(d_in, d_out)
     variant, keep = name.split("@")
     kind, _, dyad_variant = variant.partition("-")
-    return make_layer(kind, d_in, d_out, True, 0.5, dyad_variant=dyad_variant or "it", keep=float(keep))
+    return make_layer(kind, d_in, d_out, True, keep=float(keep), dyad_variant=dyad_variant or "it")
 
 
 def make_layers(d_in, d_out):

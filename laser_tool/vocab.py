@@ -10,12 +10,11 @@ ARCHS = ("vit-tiny", "xt-vit")
 # (a factory the user wrote). Their constructor arguments are ModelSpec.arch_args (`--arch-arg K=V`).
 EXTERNAL_ARCHS = ("timm:", "python:")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist")   # data/files.py; also folder:PATH (data/folder.py)
-# Train-time structured layers (models/layers.py, models/structured.py) and the whole variant list.
-STRUCTURED = ("lowrank", "skl", "dyad", "monarch", "btt")
-VARIANTS = (*STRUCTURED, "half-ffn")
+# The train-time structured layer families and `--variant`'s choices are the family registry's
+# (models/families/, models/spec.variants), not a list here.
 PARAMS = ("standard", "structured")   # how structured factors start and learn (models/parametrize.py)
 INITS = ("default", "spectral")
-DYAD_VARIANTS = ("it", "ot", "dt")
+DYAD_VARIANTS = ("it", "ot", "dt")   # which side of a DYAD layer's second term is permuted (`--dyad-variant`)
 
 ATTN_QKV = ("attn-q", "attn-k", "attn-v", "attn-qkv")
 # `--target` groups (train-time variants) -> the roles they replace.
@@ -35,9 +34,7 @@ LAYER_TYPES = {
     "all": {*ATTN_QKV, "attn-out", "ffn-in", "ffn-out"},
 }
 
-# Post-hoc truncation methods (posthoc/decompose.py); the ones a progressive cut or a study uses.
-REDUCE_METHODS = ("svd", "whiten", "asvd", "fisher")
-CUT_METHODS = ("svd", "whiten")
+# The post-hoc truncation methods are the method registry's (posthoc/methods.py), not a list here.
 # How activation-aware methods calibrate (`reduce --calibrate`): every layer on the unreduced model's inputs
 # (SVD-LLM), or each on the inputs of the model whose earlier layers are already cut (GPTQ-style).
 CALIBRATIONS = ("original", "sequential")

@@ -8,11 +8,14 @@ import torch.nn as nn
 
 from laser_tool.errors import UserError
 from laser_tool.vocab import DYAD_VARIANTS
-from laser_tool.models.layers import (DyadLinear, FactoredLinear, LowRankLinear, SigmaReparam, SKLinear, SNLinear,
-                                      dense_weight, layer_kind)
+from laser_tool.models.budget import fraction_rank
+from laser_tool.models.families.btt import BTTLinear
+from laser_tool.models.families.dyad import DyadLinear
+from laser_tool.models.families.lowrank import LowRankLinear
+from laser_tool.models.families.monarch import MonarchLinear
+from laser_tool.models.families.skl import SKLinear, round_up_sqrt, skl_rank
+from laser_tool.models.layers import FactoredLinear, SigmaReparam, SNLinear, dense_weight, layer_kind
 from laser_tool.models.parametrize import spectral_init
-from laser_tool.models.structured import BTTLinear, MonarchLinear
-from laser_tool.models.budget import lowrank_rank, round_up_sqrt, skl_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +49,7 @@ def check_dense_equivalence(layer, d_in, batch=3, tokens=5):
 @pytest.mark.parametrize("d_in,d_out", SHAPES)
 @pytest.mark.parametrize("r", [0.5, 0.25])
 def test_lowrank_equals_dense(d_in, d_out, r):
-    if lowrank_rank(d_in, d_out, r) < 1:
+    if fraction_rank(d_in, d_out, r) < 1:
         pytest.skip("rank 0 at this size")
     check_dense_equivalence(LowRankLinear(d_in, d_out, r=r), d_in)
 
@@ -170,7 +173,7 @@ def test_layer_kinds():
 
 @pytest.mark.parametrize("d_in,d_out", SHAPES + [(256, 1024), (1024, 256), (384, 256)])
 @pytest.mark.parametrize("r", [0.5, 0.25, 0.9])
-def test_lowrank_rank_rule(d_in, d_out, r):
+def test_fraction_rank_rule(d_in, d_out, r):
     rank = int(r * d_in * d_out / (d_in + d_out))
     if rank < 1:
         with pytest.raises(UserError):
@@ -185,8 +188,8 @@ def test_lowrank_rank_rule(d_in, d_out, r):
 
 
 def test_lowrank_seed_values():
-    assert lowrank_rank(256, 1024, 0.5) == 102
-    assert lowrank_rank(384, 256, 0.5) == 76
+    assert fraction_rank(256, 1024, 0.5) == 102
+    assert fraction_rank(384, 256, 0.5) == 76
 
 
 @pytest.mark.parametrize("n,m", SHAPES + [(256, 1024), (1024, 256)])
@@ -320,7 +323,7 @@ def test_rank_zero_is_a_clear_error(cls, kw, scale):
 @pytest.mark.parametrize("variant", DYAD_VARIANTS)
 def test_dyad_split_k_path_is_exact(variant, monkeypatch):
     """The row-chunked (split-K) product used on CUDA, forced on here: same outputs and gradients."""
-    import laser_tool.models.layers as L
+    import laser_tool.models.families.dyad as L
     layer = DyadLinear(48, 80, n_dyad=4, variant=variant)
     x = torch.randn(2, 32, 48, requires_grad=True)       # 64 rows -> 4 chunks of 16
     g = torch.randn(2, 32, 80)

@@ -3,6 +3,7 @@
 command line's lazy ones), at most 10 levels deep; no private name crosses a module; files and
 functions stay readable. Read from the source with `ast`, nothing imported."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,3 +243,68 @@ def test_no_module_outside_runs_names_a_run_file():
     named = [f"{p.relative_to(ROOT)}:{line}" for m, p in known.items() if package_of(m) != "laser_tool.runs"
              for line in run_file_literals(p.read_text(), names)]
     assert named == []
+
+
+# A structured layer family (models/families/) is named, as a string literal (docstrings aside) or by its
+# class name, in at most this many library files: its own module and a few users. The study presets'
+# tables choose families by name as a user does on the command line, and are not counted.
+MAX_FAMILY_FILES = 3
+PRESET_TABLES = {"GRIDS", "FRONTIERS"}
+
+
+def families(root: Path = ROOT) -> dict:
+    """{kind: class name} of every `@register_family` class in models/families/, read from the source."""
+    out = {}
+    for p in sorted((root / "laser_tool" / "models" / "families").glob("*.py")):
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "register_family"
+                                                      for d in node.decorator_list):
+                kind = next(s.value.value for s in node.body if isinstance(s, ast.Assign)
+                            and getattr(s.targets[0], "id", None) == "kind")
+                out[kind] = node.name
+    return out
+
+
+def names_in(source: str) -> tuple:
+    """(string literals, identifiers) of a module: docstrings and the preset tables' contents left out."""
+    tree = ast.parse(source)
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body and \
+                isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
+            skipped.add(id(node.body[0].value))
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) in PRESET_TABLES for t in node.targets):
+            skipped |= {id(n) for n in ast.walk(node.value)}
+    literals = [n.value.lower() for n in ast.walk(tree)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skipped]
+    idents = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | \
+        {a.asname or a.name.rpartition(".")[2] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} | \
+        {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    return literals, idents
+
+
+def names_family(kind: str, cls: str, literals, idents) -> bool:
+    word = re.compile(rf"(?<![a-z0-9]){re.escape(kind)}(?![a-z0-9])")
+    return cls in idents or any(word.search(s) for s in literals)
+
+
+def files_naming_families() -> dict:
+    """{kind: [library files that name it]}."""
+    table = {p: names_in(p.read_text()) for p in modules().values()}
+    return {kind: sorted(str(p.relative_to(ROOT)) for p, (lits, ids) in table.items() if names_family(kind, cls, lits, ids))
+            for kind, cls in families().items()}
+
+
+def test_a_family_is_named_in_few_library_files():
+    found = files_naming_families()
+    assert set(found) >= {"lowrank", "skl", "dyad", "monarch", "btt"}
+    assert {k: v for k, v in found.items() if len(v) > MAX_FAMILY_FILES} == {}
+
+
+def test_the_family_count_sees_literals_and_class_names_not_docstrings():
+    lits, ids = names_in('"""A dyad here is prose."""\nGRIDS = {"a": "dyad"}\nx = {"variant": "dyad"}\n'
+                         'isinstance(m, MonarchLinear)\ny = "--n-dyad"\n')
+    assert names_family("monarch", "MonarchLinear", lits, ids) and not names_family("btt", "BTTLinear", lits, ids)
+    assert lits.count("dyad") == 1 and names_family("dyad", "DyadLinear", ["--n-dyad"], set())
+    assert not names_family("dyad", "DyadLinear", *names_in('"""dyad"""\nGRIDS = {"v": "dyad"}\n'))

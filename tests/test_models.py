@@ -7,11 +7,10 @@ import torch
 import torch.nn as nn
 
 from laser_tool.errors import UserError
-from laser_tool.models.layers import DyadLinear, LowRankLinear, SigmaReparam, SKLinear, unwrapped
-from laser_tool.models.structured import BTTLinear, MonarchLinear
+from laser_tool.models.families import family, names as family_names
+from laser_tool.models.layers import SigmaReparam, unwrapped
 from laser_tool.vocab import ARCHS
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.vocab import STRUCTURED as KINDS
 from laser_tool.vocab import TARGETS
 from laser_tool.models.surgery import apply_variant, find_slot, named_linears
 
@@ -105,10 +104,10 @@ def test_sigma_reparam_is_kept_unless_switched_off(small):
         return {type(find_slot(build_model(spec), n).module) for n in ("blocks.0.attn.qkv", "blocks.0.attn.out")}
     spec = ModelSpec(arch="vit-tiny", variant="lowrank", targets=["attn"], keep=0.5, **small)
     assert attn_kinds(spec) == {SigmaReparam}
-    assert attn_kinds(replace(spec, sigma_reparam=False)) == {LowRankLinear}
+    assert attn_kinds(replace(spec, sigma_reparam=False)) == {family("lowrank")}
     old = {k: v for k, v in spec.to_dict().items() if k != "sigma_reparam"}   # a config.json from before
     assert ModelSpec.from_dict(old).sigma_reparam is False
-    assert attn_kinds(ModelSpec.from_dict(old)) == {LowRankLinear}
+    assert attn_kinds(ModelSpec.from_dict(old)) == {family("lowrank")}
     # one more parameter (sigma) per wrapped layer, nothing else
     n_on, n_off = count_params(build_model(spec)), count_params(build_model(replace(spec, sigma_reparam=False)))
     assert n_on - n_off == 2 * small["depth"]
@@ -129,13 +128,10 @@ EXPECTED = {
         "attn": ["attn.q", "attn.k", "attn.v", "attn.out"],
     },
 }
-LAYER_CLASS = {"lowrank": LowRankLinear, "skl": SKLinear, "dyad": DyadLinear, "monarch": MonarchLinear,
-               "btt": BTTLinear}
 
 
 def test_expected_table_covers_all_targets():
     assert set(TARGETS) == set(EXPECTED["vit-tiny"]) == set(EXPECTED["xt-vit"])
-    assert set(KINDS) == set(LAYER_CLASS)
 
 
 def forward_backward(model, image_size=16, channels=3):
@@ -149,7 +145,7 @@ def forward_backward(model, image_size=16, channels=3):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("kind", ["lowrank", "skl", "dyad", "monarch", "btt"])
+@pytest.mark.parametrize("kind", family_names())    # every registered family, so a new one is covered
 @pytest.mark.parametrize("target", list(EXPECTED["vit-tiny"]))
 def test_surgery_changes_exactly_the_intended_layers(arch, kind, target, small):
     model = build_model(ModelSpec(arch=arch, **small))
@@ -169,7 +165,7 @@ def test_surgery_changes_exactly_the_intended_layers(arch, kind, target, small):
         if n in expected:
             assert after[n]["kind"] == kind
             m = find_slot(model, n).module
-            assert isinstance(unwrapped(m), LAYER_CLASS[kind])
+            assert isinstance(unwrapped(m), family(kind))
             # a structured layer replacing a sigmaReparam projection keeps sigmaReparam; others get none
             assert isinstance(m, SigmaReparam) == (before[n]["kind"] == "sn-linear")
     # the model's parameter count moved by exactly the replaced layers' difference

@@ -15,7 +15,7 @@ from laser_tool import study
 from laser_tool.runs.checkpoint import load_run
 from laser_tool.cli import main
 from laser_tool.models.layers import FactoredLinear
-from laser_tool.models.budget import lowrank_rank
+from laser_tool.models.budget import fraction_rank
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
@@ -142,7 +142,7 @@ def test_rank_annealing_in_two_steps_and_spectra_over_training(data_dir, tmp_pat
     cfg = cfg_for(data_dir, tmp_path, reduce_at="1,2", reduce_to="params:0.5,params:0.25")
     run = train(cfg, progress=False)
     first, second = cuts(run)
-    r1, r2 = lowrank_rank(32, 64, 0.5), lowrank_rank(32, 64, 0.25)
+    r1, r2 = fraction_rank(32, 64, 0.5), fraction_rank(32, 64, 0.25)
     assert (first["step"], second["step"]) == (SPE, 2 * SPE)
     assert {l["rank_after"] for l in first["layers"]} == {r1}
     assert [l["rank_before"] for l in second["layers"]] == [r1, r1]
@@ -174,7 +174,7 @@ def test_auto_rule_on_numbers():
     assert progressive.auto_stable(hist, "a", 2, 0.01) and not progressive.auto_stable(hist, "b", 2, 0.01)
     assert not progressive.auto_stable(hist[:2], "a", 2, 0.01)  # not enough epochs yet
     shapes = {"a": (64, 32), "b": (64, 32)}
-    budget = 2 * lowrank_rank(32, 64, 0.5) * 96
+    budget = 2 * fraction_rank(32, 64, 0.5) * 96
     ranks = progressive.auto_ranks({"a": 5.0, "b": 10.0}, shapes, budget)
     assert sum(r * 96 for r in ranks.values()) <= budget and ranks["b"] in (2 * ranks["a"], 2 * ranks["a"] + 1)
     assert sum((r + 1) * 96 for r in ranks.values()) > budget  # the largest ranks that fit
@@ -202,7 +202,7 @@ def test_auto_cuts_the_layer_held_still_and_leaves_the_moving_one(data_dir, tmp_
         (2.0, "deadline", ["blocks.1.ffn.in"])
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["spectral"]["blocks.1.ffn.in"]["rank"] == 32 and rows[1]["spectral"]["blocks.0.ffn.in"]["rank"] < 32
-    budget = 2 * lowrank_rank(32, 64, 0.5) * (32 + 64)
+    budget = 2 * fraction_rank(32, 64, 0.5) * (32 + 64)
     model, config = load_run(run)
     used = sum(s.module.rank * 96 for s in slots(model) if s.name.endswith("ffn.in"))
     assert used <= budget == config["progressive"]["budget_weights"]

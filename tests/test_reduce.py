@@ -20,7 +20,7 @@ from laser_tool.runs.checkpoint import load_run, save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models.evaluate import evaluate
-from laser_tool.models.budget import lowrank_rank
+from laser_tool.models.budget import fraction_rank
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
@@ -132,13 +132,13 @@ def test_parse_spec_forms():
             parse_spec(bad)
 
 
-def test_params_half_is_the_seeds_lowrank_rank():
+def test_params_half_is_the_seeds_fraction_rank():
     # vit-tiny and xt-vit layer shapes at the seed's sizes, plus the tiny model's.
     shapes = [(512, 240), (1152, 512), (512, 384), (256, 512), (512, 256), (10, 512), (256, 48), (384, 256),
               (256, 384), (1024, 256), (256, 1024), (10, 256), (96, 32), (64, 32), (32, 64)]
     for d_out, d_in in shapes:
         r = resolve_rank("params:0.5", d_out, d_in)
-        assert r == lowrank_rank(d_in, d_out, 0.5) == int(0.5 * d_out * d_in / (d_out + d_in))
+        assert r == fraction_rank(d_in, d_out, 0.5) == int(0.5 * d_out * d_in / (d_out + d_in))
 
 
 def test_rho_and_energy_ranks():

@@ -7,18 +7,30 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from laser_tool.models.budget import (KEEP_SLACK, btt_params, choose, dense_params, even_split, prime_split,
-                                      settings)
+from laser_tool.models.budget import KEEP_SLACK, candidates, choose as choose_for, dense_params
+from laser_tool.models.families import family, names as family_names
+from laser_tool.models.families.btt import btt_params, even_split, prime_split
 from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.models.layers import DyadLinear, LowRankLinear, SKLinear, layer_kind
+from laser_tool.models.families.lowrank import LowRankLinear
+from laser_tool.models.layers import layer_kind
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.models import parametrize
 from laser_tool.models.parametrize import init_std, lr_multipliers, make_structured, spectral_init
-from laser_tool.models.structured import BTTLinear, MonarchLinear
-from laser_tool.vocab import STRUCTURED as KINDS
+from laser_tool.models.families.btt import BTTLinear
+from laser_tool.models.families.monarch import MonarchLinear
 from laser_tool.models.surgery import find_slot, make_layer, named_linears
 from trainers.optim import make_optimizer, set_lr
+
+KINDS = family_names()   # every registered family
+
+
+def choose(kind, d_in, d_out, bias, keep):
+    return choose_for(family(kind), d_in, d_out, bias, keep)
+
+
+def settings(kind, d_in, d_out, bias):
+    return candidates(family(kind), d_in, d_out, bias)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,7 +183,7 @@ def test_keep_reaches_the_nearest_fraction_and_counts_match_closed_forms(kind, d
         assert keep < min(fracs) * (1 - KEEP_SLACK) or keep > max(fracs) * (1 + KEEP_SLACK)
         assert "nearest reachable fraction" in str(e)
         return
-    layer = make_layer(kind, d_in, d_out, True, 0.5, keep=keep)
+    layer = make_layer(kind, d_in, d_out, True, keep=keep)
     setting = {k: v for k, v in got.items() if k not in ("params", "fraction")}
     n = sum(p.numel() for p in layer.parameters())
     assert n == got["params"] == closed_form_params(kind, d_in, d_out, setting)
@@ -249,7 +261,7 @@ def test_info_shows_new_kinds():
 
 
 def structured_layer(kind, d_in, d_out, keep):
-    return make_structured(make_layer(kind, d_in, d_out, True, 0.5, keep=keep))
+    return make_structured(make_layer(kind, d_in, d_out, True, keep=keep))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -273,7 +285,7 @@ def test_structured_init_and_multipliers_follow_the_rule(kind):
 
 def update_ratio(kind, d_in, d_out, keep, param, opt="sgd"):
     """RMS of the change of the layer's output on a fixed batch after one step, over the dense layer's."""
-    return parametrize.update_ratio(lambda: make_layer(kind, d_in, d_out, True, 0.5, keep=keep), d_in, d_out,
+    return parametrize.update_ratio(lambda: make_layer(kind, d_in, d_out, True, keep=keep), d_in, d_out,
                                     param, opt)
 
 

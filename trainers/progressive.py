@@ -49,9 +49,9 @@ from .config import passes
 from laser_tool.posthoc.reduce import n_params, reduced_module
 from laser_tool.posthoc.spectrum import effective_rank, stable_rank
 from laser_tool.runs.checkpoint import save_model
+from laser_tool.posthoc.methods import calibrated, cut_methods
 from laser_tool.runs.schema import write_config
 from laser_tool.runs.state import read_state
-from laser_tool.vocab import CUT_METHODS as METHODS
 
 from .optim import make_optimizer
 
@@ -164,8 +164,8 @@ class Progressive:
     def __init__(self, cfg, spec, steps_per_epoch=None, splits=None, device="cpu", fused=False):
         self.cfg, self.spe, self.splits, self.device, self.fused = cfg, steps_per_epoch, splits, device, fused
         self.steps, self.budget = None, None
-        if cfg.reduce_method not in METHODS:
-            raise UserError(f"--reduce-method {cfg.reduce_method!r}: choose one of {', '.join(METHODS)}")
+        if cfg.reduce_method not in cut_methods():
+            raise UserError(f"--reduce-method {cfg.reduce_method!r}: choose one of {', '.join(cut_methods())}")
         if not cfg.reduce_layers:
             raise UserError("--reduce-at needs the layers to cut: --reduce-layer SELECTOR (e.g. '*.ffn.*')")
         self.at = parse_at(cfg.reduce_at, cfg.epochs)
@@ -344,7 +344,7 @@ class Progressive:
         plan = []
         for name, (slot, rspec) in chosen.items():
             W = weight_of(slot.module).detach()
-            dec = Decomposition(W) if method == "svd" else None
+            dec = None if calibrated(method) else Decomposition(W)
             s = dec.s if dec is not None else singular_values(W)
             r = resolve_rank(rspec, W.shape[0], W.shape[1], s, name)
             bias = getattr(slot.module, "bias", None) is not None
@@ -354,7 +354,7 @@ class Progressive:
                 continue
             plan.append((name, slot, rspec, W, dec, r))
         calib = {}
-        if method != "svd" and plan:
+        if calibrated(method) and plan:
             was_training = model.training
             batches = calibration_batches(self.splits, CALIB_BATCHES, self.cfg.seed)
             calib = collect_calibration(model, [q[0] for q in plan], batches, method, self.device)

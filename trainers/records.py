@@ -11,9 +11,9 @@ from laser_tool.models.surgery import structure_record
 from laser_tool.runs.checkpoint import load_model, save_model
 from laser_tool.runs.predictions import predictions_bytes
 from laser_tool.runs.safety import WRITER
+from laser_tool.models.families import FAMILIES
 from laser_tool.runs.schema import MetricsRow, TrainFinal, model_path, write_final, write_metrics
 from laser_tool.runs.state import state_path
-from laser_tool.vocab import STRUCTURED
 
 from . import init_from as init_
 from .config import passes
@@ -39,7 +39,7 @@ def run_config(cfg, spec, model, splits, augment, amp_dtype, schedule: dict, bat
         "versions": versions(), "git_commit": git_commit(),
         "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
     }
-    if spec.variant in STRUCTURED:  # the budget asked for and reached, per layer, with any lr multipliers
+    if spec.variant in FAMILIES:  # the budget asked for and reached, per layer, with any lr multipliers
         config["structure"] = structure_record(model, spec)
     if source:
         config["init_source"] = init_info  # "init_from" is the request (a path)

@@ -34,12 +34,12 @@ from laser_tool.errors import UserError
 from laser_tool.fileio import deferred_commit
 from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.models.evaluate import eval_amp_dtype, evaluate
+from laser_tool.models.families import FAMILIES
 from laser_tool.runs.checkpoint import save_model
 from laser_tool.runs.safety import finished, guarded, remove_run
 from laser_tool.runs.schema import config_path, model_path, read_config, write_config, write_metrics
 from laser_tool.runs.state import state_path
 from laser_tool.signals import Interrupted, StopFlag, signal_name
-from laser_tool.vocab import STRUCTURED
 
 from . import distributed as dist_
 from . import init_from as init_
@@ -64,9 +64,8 @@ def default_name(cfg: TrainConfig) -> str:
         arch += "-" + hashlib.sha1(json.dumps(m.arch_args, sort_keys=True).encode()).hexdigest()[:6]
     data = short_name(cfg.dataset) if is_folder(cfg.dataset) else cfg.dataset  # no '/' in a run name
     parts = [arch, data, m.variant or "baseline"]
-    if m.variant in STRUCTURED:
-        setting = {"dyad": f"n{m.n_dyad}", "monarch": f"b{m.monarch_blocks}", "btt": f"r{m.btt_rank}"}
-        budget = f"k{m.keep:g}" if m.keep is not None else setting.get(m.variant, f"s{m.scale:g}")
+    if m.variant in FAMILIES:
+        budget = f"k{m.keep:g}" if m.keep is not None else FAMILIES[m.variant].run_tag(m)
         parts += ["+".join(m.targets), budget]
         parts += [x for x in (m.param, m.init) if x not in ("standard", "default")]
         if not m.sigma_reparam:

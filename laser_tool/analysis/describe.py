@@ -5,6 +5,7 @@ import json
 import re
 
 from ..models import ModelSpec
+from ..models.families import FAMILIES, flag_fields
 from ..vocab import TARGETS
 
 # Recipe of configs written before config.json had a "train" entry (flattened keys only).
@@ -14,10 +15,10 @@ RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warm
 # field, including ones added later, is part of the recipe.
 NOT_RECIPE = {"model", "seed", "device", "out", "name", "eval_batch_size", "compile", "data_dir", "download",
               "dataset", "init_from", "resume", "overwrite"}
-# ModelSpec fields that say how a row is slimmed. Every other field (dropout, attn_dropout, ...) is
-# recipe: a row is only tested against a baseline that agrees on it.
-VARIANT_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "mlp_dim", "dim_head", "layers",
-                  "keep", "param", "init", "monarch_blocks", "btt_rank")
+# ModelSpec fields that say how a row is slimmed, besides each structured family's own flags (families/).
+# Every other field (dropout, attn_dropout, ...) is recipe: a row is only tested against a baseline that
+# agrees on it.
+VARIANT_FIELDS = ("variant", "targets", "blocks", "mlp_dim", "dim_head", "layers", "keep", "param", "init")
 # Training settings that slim the model while it trains (progressive reduction): part of a row's
 # group key, but not of the recipe its baseline must share.
 VARIANT_TRAIN_KEYS = ("reduce_at", "reduce_to", "reduce_layers", "reduce_method", "reduce_tolerance", "reduce_window")
@@ -166,10 +167,11 @@ def describe(config: dict) -> dict:
     # Trained on from another run's weights without a cut (a compute control: the baseline + h epochs)
     continued = (own or {}).get("epochs") if config.get("init_source") and not reductions else None
     iso, grid, base_recipe, grid_key = _study_labels(spec, recipe, requested, heal_key, own)
+    slimming = {*VARIANT_FIELDS, *flag_fields()}
     return dict(section=(str(config.get("dataset")),) + tuple(getattr(s, k) for k in SECTION_KEYS),
                 key=_json([spec, recipe, requested, heal_key, own]), trained_key=_json([spec, recipe]),
                 grid_key=grid_key, lr_grid=grid,
-                base_match=_json([{k: v for k, v in spec.items() if k not in VARIANT_FIELDS},
+                base_match=_json([{k: v for k, v in spec.items() if k not in slimming},
                                   base_recipe]),
                 slims_in_training=any(recipe.get(k) for k in ("reduce_at", "reduce_to", "reduce_layers")),
                 spec=s, reductions=reductions, reduced_layers=reduced, heal=heal, layer_set=layer_set,
@@ -180,6 +182,15 @@ def describe(config: dict) -> dict:
 def section_title(section) -> str:
     dataset, arch, image, channels, classes, patch, dim, depth, heads = section
     return f"{dataset} / {arch} (dim {dim}, depth {depth}, heads {heads}, patch {patch}, {image}px)"
+
+
+def family_words(s) -> str:
+    """A structured row's setting: its --keep, else its family's own (families/), then any options."""
+    fam = FAMILIES.get(s.variant)
+    if fam is None:   # a run of a family that is no longer registered: its name says enough
+        return f"keep={s.keep:g}" if getattr(s, "keep", None) is not None else ""
+    setting = f"keep={s.keep:g}" if getattr(s, "keep", None) is not None else fam.label(s)
+    return setting + (fam.label_options(s) if hasattr(fam, "label_options") else "")
 
 
 def label(d: dict, base_spec) -> str:
@@ -199,14 +210,7 @@ def label(d: dict, base_spec) -> str:
     elif v == "half-ffn":
         text = f"half-ffn (mlp {s.mlp_dim // 2})"
     else:
-        text = f"{v} {'+'.join(s.targets)}"
-        if getattr(s, "keep", None) is not None:
-            text += f" keep={s.keep:g}" + (f" {s.dyad_variant}" if v == "dyad" and s.dyad_variant != "it" else "")
-        elif v in ("monarch", "btt"):
-            text += f" blocks={s.monarch_blocks}" if v == "monarch" else f" rank={s.btt_rank}"
-        else:
-            text += f" n={s.n_dyad}" + (f" {s.dyad_variant}" if s.dyad_variant != "it" else "") if v == "dyad" \
-                else f" r={s.scale:g}"
+        text = f"{v} {'+'.join(s.targets)} {family_words(s)}".rstrip()
         text += "".join(f" {x}" for x in (getattr(s, "param", "standard"), getattr(s, "init", "default"))
                         if x not in ("standard", "default"))
         if s.mlp_dim != baseline_mlp and baseline_mlp is not None:

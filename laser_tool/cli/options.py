@@ -10,7 +10,7 @@ import click
 
 from ..errors import UserError, flag_name
 from ..lists import comma_list
-from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS, VARIANTS
+from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS
 
 
 class Arch(click.ParamType):
@@ -22,6 +22,42 @@ class Arch(click.ParamType):
             return value
         self.fail(f"{value!r}: choose {', '.join(ARCHS)}, timm:NAME (e.g. timm:vit_tiny_patch16_224) or "
                   f"python:MODULE:FUNCTION (your factory)", param, ctx)
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names (the layer families, the post-hoc methods), read from it each
+    time the option is used or shown: a registry imports torch, which a bare `laser-tool` goes without,
+    and a family or method registered later is a choice too."""
+
+    def __init__(self, names):
+        self.names = names      # () -> the names, importing the registry only when called
+        super().__init__(())
+
+    @property
+    def choices(self):
+        return tuple(self.names())
+
+    @choices.setter
+    def choices(self, _):  # click.Choice sets its list once at construction; this one is read each time
+        pass
+
+
+def variants() -> tuple:
+    """--variant's choices: the structured layer families (models/families/) and half-ffn."""
+    from ..models.spec import variants
+    return variants()
+
+
+def reduce_methods() -> tuple:
+    """`reduce --method`'s choices: every post-hoc method (posthoc/methods.py)."""
+    from ..posthoc.methods import METHODS
+    return tuple(METHODS)
+
+
+def cut_methods() -> tuple:
+    """`train --reduce-method`'s choices: the methods a progressive cut uses (posthoc/methods.py)."""
+    from ..posthoc.methods import cut_methods
+    return cut_methods()
 
 
 def arch_args(pairs) -> dict:
@@ -69,7 +105,7 @@ def model_options(f):
     opts = [
         ARCH,
         ARCH_ARG,
-        click.option("--variant", type=click.Choice(VARIANTS), help="Train-time variant (default: baseline)."),
+        click.option("--variant", type=RegistryChoice(variants), help="Train-time variant (default: baseline)."),
         click.option("--target", "targets", multiple=True, type=click.Choice(list(TARGETS)),
                      help="Layers the variant replaces (repeatable)."),
         click.option("--scale", type=float, help="Low-rank r / SKL scale (default 0.5)."),

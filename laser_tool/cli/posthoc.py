@@ -10,8 +10,8 @@ import click
 from ..errors import UserError
 from ..lists import comma_list
 from ..runs.schema import read_reduce_report
-from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
-from .options import device_option
+from ..vocab import CALIBRATIONS
+from .options import RegistryChoice, device_option, reduce_methods
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = device_option("auto")
@@ -34,7 +34,7 @@ def data_options(f):
 @click.option("--layer", "-l", "layers", multiple=True, required=True, metavar="SELECTOR",
               help="Layer(s) to reduce; repeatable. See SELECTOR above.")
 @click.option("--rank", "-r", metavar="SPEC", help="Rank for selectors without their own =SPEC.")
-@click.option("--method", type=click.Choice(METHODS), default="svd", show_default=True,
+@click.option("--method", type=RegistryChoice(reduce_methods), default="svd", show_default=True,
               help="Truncation method (see above).")
 @click.option("--store", type=click.Choice(["dense", "factored"]), default="dense", show_default=True,
               help="dense: write the truncated matrix back (LASER's way); factored: rank-r U,V layers.")
@@ -105,7 +105,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
                    "leaves (the frontier study's budget).")
 @click.option("--layers", "layers", multiple=True, metavar="GLOB",
               help="Layers to consider (names, globs or B:TYPE as in reduce); repeatable. Default: all.")
-@click.option("--method", type=click.Choice(METHODS), default="svd", show_default=True)
+@click.option("--method", type=RegistryChoice(reduce_methods), default="svd", show_default=True)
 @click.option("--ranks", metavar="SPEC,SPEC,...", help="Rank grid per layer (default params:0.05,0.1,0.2,"
               "0.3,0.4,0.5,0.6,0.8). SPECs as in reduce.")
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")

@@ -5,8 +5,8 @@ import click
 
 from ..errors import UserError, flag_name
 from ..signals import exit_code
-from ..vocab import CUT_METHODS
-from .options import GradClip, dataset_options, device_option, model_keys, model_options, model_settings, training_options
+from .options import (GradClip, RegistryChoice, cut_methods, dataset_options, device_option, model_keys, model_options,
+                      model_settings, training_options)
 
 
 def config_from_options(preset, opts):
@@ -59,7 +59,7 @@ def from_source(cfg, opts):
                    "--reduce-at epoch. With auto: the budget params:F.")
 @click.option("--reduce-layer", "reduce_layers", multiple=True, metavar="SELECTOR",
               help="Layers to cut, as `reduce --layer` (e.g. '*.ffn.*', 3:fc_in, NAME=SPEC); repeatable.")
-@click.option("--reduce-method", type=click.Choice(CUT_METHODS),
+@click.option("--reduce-method", type=RegistryChoice(cut_methods),
               help="Truncation at a cut (svd); whiten calibrates on the training split at that moment.")
 @click.option("--reduce-tolerance", type=float, help="auto: relative stable-rank change counted as stable (0.1).")
 @click.option("--reduce-window", type=int, help="auto: epochs over which the stable rank must hold still (2).")

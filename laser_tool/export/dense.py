@@ -1,6 +1,6 @@
 """Dense export: a reduced or structured model multiplied out into the architecture it came from.
 
-Every Linear-like layer that is not the original one (a train-time low-rank/SKL/DYAD/Monarch/BTT layer,
+Every Linear-like layer that is not the original one (a train-time structured family's layer,
 a post-hoc FactoredLinear, a structured layer a reduction stored dense) is replaced by its
 `dense_weight()` and bias, so the state dict loads with strict=True into the model the ORIGINAL spec
 builds: the same arch and sizes with no train-time variant and no post-hoc overrides (LASER's same-size
@@ -27,20 +27,21 @@ from ..errors import UserError
 from ..models import ModelSpec, build_model
 from ..models.layers import dense_weight, layer_kind
 from ..models.surgery import slots
-from ..vocab import STRUCTURED
+from ..models.families import FAMILIES, flag_fields
 
-# The settings that describe a train-time structured variant; the original spec has their defaults.
-STRUCTURE_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_variant", "monarch_blocks",
-                    "btt_rank", "keep", "param", "init", "layers")
+# The settings that describe a train-time structured variant, besides each family's own flags
+# (families/); the original spec has their defaults.
+STRUCTURE_FIELDS = ("variant", "targets", "blocks", "keep", "param", "init", "layers")
 
 
 def original_spec(spec: ModelSpec) -> ModelSpec:
     """The spec of the model before any structure: the same arch and sizes, no structured variant, no
     post-hoc layer overrides. A half-ffn run keeps its variant: its narrower FFN is dense already."""
-    if spec.variant is not None and spec.variant not in STRUCTURED:
+    if spec.variant is not None and spec.variant not in FAMILIES:
         return replace(spec, layers={})
+    structure = {*STRUCTURE_FIELDS, *flag_fields()}
     defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)
-                for f in fields(ModelSpec) if f.name in STRUCTURE_FIELDS}
+                for f in fields(ModelSpec) if f.name in structure}
     return replace(spec, **defaults)
 
 

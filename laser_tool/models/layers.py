@@ -1,153 +1,17 @@
-"""Drop-in replacements for nn.Linear(d_in, d_out) with fewer parameters.
+"""Linear-like layers shared by every family: the post-hoc FactoredLinear, the seed's sigmaReparam
+SNLinear and the SigmaReparam wrapper for a structured layer; the structured families themselves live in
+families/, one module each.
 
-Every layer here takes inputs shaped (..., d_in), returns (..., d_out), and offers
+Every Linear-like layer takes inputs shaped (..., d_in), returns (..., d_out), and offers
 `dense_weight()` (the equivalent (d_out, d_in) matrix) and `bias` (the equivalent bias, or None),
 so that `layer(x) == x @ layer.dense_weight().T + layer.bias` holds for all of them. Post-hoc
 reduction and the tests lean on that identity.
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UserError
-from ..vocab import DYAD_VARIANTS
-from .budget import lowrank_rank, round_up_sqrt, skl_rank
-from .structured import BTTLinear, MatmulLinear, MonarchLinear
-
-
-class LowRankLinear(nn.Module):
-    """The seed's RankReductionLayer: up(down(x)), two nn.Linear with bias."""
-
-    def __init__(self, d_in: int, d_out: int, r: float = 0.5, rank: int = None):
-        super().__init__()
-        rank = lowrank_rank(d_in, d_out, r) if rank is None else rank  # an explicit rank comes from --keep
-        if rank < 1:
-            raise UserError(f"low-rank layer {d_in}->{d_out} at r={r} has rank {rank}; use a larger --scale")
-        self.in_features, self.out_features, self.rank = d_in, d_out, rank
-        self.down = nn.Linear(d_in, rank)
-        self.up = nn.Linear(rank, d_out)
-
-    def forward(self, x):
-        return self.up(self.down(x))
-
-    def dense_weight(self):
-        return self.up.weight @ self.down.weight
-
-    @property
-    def bias(self):
-        return self.up.weight @ self.down.bias + self.up.bias
-
-
-class SKLinear(nn.Module):
-    """Stacked Kronecker-product layer (Shapeshifter, NeurIPS 2021), as the seed wrote it.
-
-    The n x m weight is padded to n' x m' (squares) and written as a sum of r Kronecker products of
-    sn x sm factors: S = (A @ B) reshaped (sn, sm, sn, sm) -> (sn, sn, sm, sm)... -> (n', m').
-    2*r*k parameters, k = sn*sm. No bias (the seed's layer has none). The seed's class forgot
-    super().__init__(); this one calls it.
-    """
-
-    def __init__(self, d_in: int, d_out: int, scale: float = 0.5, rank: int = None):
-        super().__init__()
-        n, m = d_in, d_out
-        self.in_features, self.out_features = n, m
-        self.sn, self.sm = round_up_sqrt(n), round_up_sqrt(m)
-        k = self.sn * self.sm
-        r = skl_rank(n, m, scale) if rank is None else rank  # an explicit rank comes from --keep
-        if r < 1:
-            raise UserError(f"SKL layer {n}->{m} at scale={scale} has rank {r}; use a larger --scale")
-        self.rank = r
-        self.A = nn.Parameter(torch.empty(k, r))
-        self.B = nn.Parameter(torch.empty(r, k))
-        # The seed notes kaiming_uniform_ matters for fp16 training.
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
-        self.bias = None
-
-    def kron_matrix(self):
-        """S[:n, :m], the (d_in, d_out) matrix the layer multiplies by; built once per forward."""
-        sn, sm = self.sn, self.sm
-        S = (self.A @ self.B).reshape(sn, sm, sn, sm).transpose(1, 2).reshape(sn * sn, sm * sm)
-        return S[: self.in_features, : self.out_features]
-
-    def forward(self, x):
-        return x @ self.kron_matrix()
-
-    def dense_weight(self):
-        return self.kron_matrix().T
-
-
-def _dyad_split(a: torch.Tensor) -> int:
-    """How many row chunks the block product on (nd, N, k) is cut into (1 = plain bmm); CUDA only.
-
-    The weight gradient of an nd-batched bmm is nd products with inner size N (16,640 rows at the seed's
-    shapes) and tiny (k x bo) outputs: a handful of thread blocks, most of the GPU idle. Cutting the rows
-    into chunks makes it nd*chunks products summed afterwards (split-K), about 2x faster on an H200.
-    On CPU it only adds copies, so it stays off there.
-    """
-    N = a.shape[1]
-    if not a.is_cuda:
-        return 1
-    for chunks in (32, 16, 8, 4, 2):
-        if N % chunks == 0 and N // chunks >= 256:
-            return chunks
-    return 1
-
-
-def _block_bmm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """(nd, N, k) @ (nd, k, bo) -> (nd, N, bo); identical to torch.bmm up to float summation order."""
-    chunks = _dyad_split(a)
-    if chunks == 1:
-        return torch.bmm(a, w)
-    nd, N, k = a.shape
-    # w broadcast over the chunks: autograd sums its gradient over them, i.e. split-K for dW.
-    return torch.matmul(a.reshape(nd, chunks, N // chunks, k), w.unsqueeze(1)).reshape(nd, N, -1)
-
-
-class DyadLinear(MatmulLinear):
-    """DYAD (arXiv 2312.06881): W x = BlockDiag(W_l) x + BlockDiag(W_u) P x.
-
-    The first ("lower") term maps contiguous input chunks x.reshape(n_dyad, d_in/n_dyad); the second
-    ("upper") term the strided chunks x.reshape(d_in/n_dyad, n_dyad).T. Variants: "it" permutes the
-    input of the upper term (the official default), "ot" permutes its output instead (block j's
-    outputs land on the strided positions j, j+n_dyad, ...), "dt" does both. 2*d_in*d_out/n_dyad
-    weights plus d_out bias.
-    """
-
-    def __init__(self, d_in: int, d_out: int, n_dyad: int = 8, bias: bool = True, variant: str = "it"):
-        super().__init__()
-        if variant not in DYAD_VARIANTS:
-            raise UserError(f"unknown DYAD variant {variant!r}; choose one of {', '.join(DYAD_VARIANTS)}")
-        if n_dyad < 1 or d_in % n_dyad or d_out % n_dyad:
-            raise UserError(
-                f"DYAD layer {d_in}->{d_out} needs d_in and d_out divisible by n_dyad={n_dyad}; "
-                f"pick an n_dyad that divides both")
-        self.in_features, self.out_features, self.n_dyad, self.variant = d_in, d_out, n_dyad, variant
-        bi, bo = d_in // n_dyad, d_out // n_dyad
-        # As the official layer (asappresearch/dyad, sparse_opt/dyad.py, Dyad.__init__): weights and bias
-        # uniform in +-1/sqrt(d_in), the bound of an nn.Linear of the full input width. (Each output sees
-        # only 2*bi inputs, so at n_dyad > 2 this starts the layer's outputs smaller than a dense layer's.)
-        bound = 1.0 / math.sqrt(d_in)
-        self.w_lower = nn.Parameter(torch.empty(n_dyad, bi, bo).uniform_(-bound, bound))
-        self.w_upper = nn.Parameter(torch.empty(n_dyad, bi, bo).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound)) if bias else None
-
-    def _matmul(self, x2d):
-        """x2d (N, d_in) -> (N, d_out) without the bias."""
-        N, nd = x2d.shape[0], self.n_dyad
-        contiguous = x2d.reshape(N, nd, -1).transpose(0, 1)          # (nd, N, bi), chunk j = x[j*bi:(j+1)*bi]
-        strided = x2d.reshape(N, -1, nd).permute(2, 0, 1)            # (nd, N, bi), chunk j = x[j::nd]
-        if self.variant == "it":
-            # Both terms write contiguous outputs, so one bmm over the concatenated inputs does both.
-            w = torch.cat([self.w_lower, self.w_upper], dim=1)       # (nd, 2bi, bo)
-            y = _block_bmm(torch.cat([contiguous, strided], dim=2), w)  # (nd, N, bo)
-            return y.transpose(0, 1).reshape(N, -1)
-        upper_in = strided if self.variant == "dt" else contiguous
-        lower = _block_bmm(contiguous, self.w_lower).transpose(0, 1).reshape(N, -1)
-        upper = _block_bmm(upper_in, self.w_upper).permute(1, 2, 0).reshape(N, -1)  # output j::nd
-        return lower + upper
+from .families import family_of
 
 
 class FactoredLinear(nn.Module):
@@ -287,9 +151,9 @@ def layer_kind(module: nn.Module) -> str:
     """Short name of a Linear-like layer's type, as `info` prints it (a sigmaReparam-wrapped layer by
     the kind it wraps)."""
     module = unwrapped(module)
-    for cls, name in ((SNLinear, "sn-linear"), (LowRankLinear, "lowrank"), (SKLinear, "skl"),
-                      (DyadLinear, "dyad"), (MonarchLinear, "monarch"), (BTTLinear, "btt"),
-                      (FactoredLinear, "factored"), (nn.Linear, "linear")):
+    if (fam := family_of(module)) is not None:
+        return fam.kind
+    for cls, name in ((SNLinear, "sn-linear"), (FactoredLinear, "factored"), (nn.Linear, "linear")):
         if isinstance(module, cls):
             return name
     raise TypeError(f"{type(module).__name__} is not a Linear-like layer")

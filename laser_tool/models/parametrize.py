@@ -10,9 +10,11 @@ factor's feature update is about a dense layer's share (their heuristic; scalars
 rate, the dense layers and the baseline are untouched). For DYAD the two block-diagonal terms are summed,
 not chained; the same rule gives each n_dyad/2, i.e. the dense rate per unit of fan-in (2*d_in/n_dyad).
 
-`spectral` (low-rank only, Khodak et al. 2021): the factors are U sqrt(S) and sqrt(S) V^T of the SVD of
-the dense layer's own initial matrix, truncated to the rank, so at full rank the layer starts as exactly
-that dense layer.
+`spectral` (a family with a `spectral_init`: low-rank, Khodak et al. 2021): the factors are U sqrt(S)
+and sqrt(S) V^T of the SVD of the dense layer's own initial matrix, truncated to the rank, so at full
+rank the layer starts as exactly that dense layer.
+
+Each family states its factors' fans (`factor_fans`) and its spectral init in its own module (families/).
 """
 import math
 
@@ -20,23 +22,15 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .layers import DyadLinear, LowRankLinear, SKLinear
+from .families import FAMILIES
 
 
 def factor_fans(layer: nn.Module) -> dict:
-    """{parameter name: (fan_in, fan_out)} for each weight factor of a structured layer."""
-    if hasattr(layer, "factor_fans"):
-        return layer.factor_fans()
-    if isinstance(layer, LowRankLinear):
-        return {"down.weight": (layer.in_features, layer.rank), "up.weight": (layer.rank, layer.out_features)}
-    if isinstance(layer, SKLinear):
-        # A sum of r Kronecker products is a two-core tensor train of rank r: B reads sn inputs and writes
-        # sm*r, A reads sn*r and writes sm.
-        return {"B": (layer.sn, layer.sm * layer.rank), "A": (layer.sn * layer.rank, layer.sm)}
-    if isinstance(layer, DyadLinear):
-        bi, bo = layer.in_features // layer.n_dyad, layer.out_features // layer.n_dyad
-        return {"w_lower": (bi, bo), "w_upper": (bi, bo)}
-    raise UserError(f"{type(layer).__name__} has no structured parameterisation")
+    """{parameter name: (fan_in, fan_out)} for each weight factor of a structured layer (its family's own
+    `factor_fans`, families/)."""
+    if not hasattr(layer, "factor_fans"):
+        raise UserError(f"{type(layer).__name__} has no structured parameterisation")
+    return layer.factor_fans()
 
 
 def init_std(fan_in: int, fan_out: int) -> float:
@@ -58,24 +52,14 @@ def make_structured(layer: nn.Module, init: bool = True) -> nn.Module:
     return layer
 
 
-@torch.no_grad()
 def spectral_init(layer: nn.Module, W: torch.Tensor, bias) -> nn.Module:
-    """Low-rank factors from the SVD of the dense (d_out, d_in) matrix W: U sqrt(S), sqrt(S) V^T."""
-    if not isinstance(layer, LowRankLinear):
-        raise UserError("--init spectral applies only to the lowrank variant; drop it or use --variant lowrank")
-    U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
-    r = layer.rank
-    if r > S.numel():
-        raise UserError(f"low-rank layer rank {r} exceeds the dense matrix's rank {S.numel()}")
-    root = S[:r].sqrt()
-    layer.up.weight.copy_(U[:, :r] * root)
-    layer.down.weight.copy_(root[:, None] * Vh[:r])
-    layer.down.bias.zero_()                        # so the layer's bias is exactly the dense one
-    if bias is None:
-        layer.up.bias.zero_()
-    else:
-        layer.up.bias.copy_(bias.detach())
-    return layer
+    """The layer's factors from the SVD of the dense (d_out, d_in) matrix W, by its family's own
+    `spectral_init` (families/); a family without one refuses `--init spectral`."""
+    if not hasattr(layer, "spectral_init"):
+        offered = [f.kind for f in FAMILIES.values() if hasattr(f, "spectral_init")]
+        raise UserError(f"--init spectral applies only to the {', '.join(offered)} variant; drop it or use "
+                        f"--variant {offered[0]}")
+    return layer.spectral_init(W, bias)
 
 
 def lr_multipliers(model: nn.Module) -> dict:

@@ -16,8 +16,9 @@ from typing import Optional
 import torch.nn as nn
 
 from ..errors import UserError, flag_name, is_positive_int
-from ..vocab import ARCHS, INITS, PARAMS, STRUCTURED, VARIANTS
+from ..vocab import ARCHS, INITS, PARAMS
 from .external import SIZE_FIELDS, build_external, is_external, natural_sizes
+from .families import FAMILIES, flag_fields
 from .surgery import apply_layer_overrides, apply_variant
 from .vit_tiny import ViTTiny
 from .xt_vit import build_xt_vit
@@ -84,10 +85,10 @@ class ModelSpec:
         if self.arch_args and not is_external(self.arch):
             raise UserError(f"--arch-arg applies to timm:NAME and python:MODULE:FUNCTION archs, not {self.arch}; "
                             f"use the model flags (--dim, --depth, ...) instead")
-        if self.variant is not None and self.variant not in VARIANTS:
-            raise UserError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.targets and self.variant not in STRUCTURED:
-            raise UserError(f"--target applies only to the {', '.join(STRUCTURED)} variants (got variant "
+        if self.variant is not None and self.variant not in variants():
+            raise UserError(f"unknown variant {self.variant!r}; choose one of {', '.join(variants())}")
+        if self.targets and self.variant not in FAMILIES:
+            raise UserError(f"--target applies only to the {', '.join(FAMILIES)} variants (got variant "
                             f"{self.variant}); add --variant or drop --target")
         self._check_structure()
         if is_external(self.arch):  # its sizes are the architecture's own, read off the model
@@ -106,8 +107,9 @@ class ModelSpec:
         def bad(flag, v, want):
             raise UserError(f"model setting {flag} {v!r} is invalid: it must be {want}")
         external = is_external(self.arch)  # sizes the architecture does not have stay None
+        counts = [k for k in flag_fields() if isinstance(getattr(ModelSpec, k, None), int)]  # n_dyad, blocks...
         for k in ("image_size", "channels", "num_classes", "patch_size", "dim", "depth", "heads", "dim_head",
-                  "mlp_dim", "n_dyad"):
+                  "mlp_dim", *counts):
             v = getattr(self, k)
             if external and v is None and k in SIZE_FIELDS:
                 continue
@@ -141,11 +143,13 @@ class ModelSpec:
                             f"to keep, e.g. --keep 0.5")
         for flag, given in (("--keep", self.keep is not None), ("--param structured", self.param != "standard"),
                             ("--init spectral", self.init != "default")):
-            if given and self.variant not in STRUCTURED:
-                raise UserError(f"{flag} needs a structured variant (--variant {'|'.join(STRUCTURED)}), got "
+            if given and self.variant not in FAMILIES:
+                raise UserError(f"{flag} needs a structured variant (--variant {'|'.join(FAMILIES)}), got "
                                 f"{self.variant or 'the baseline'}")
-        if self.init == "spectral" and self.variant != "lowrank":
-            raise UserError(f"--init spectral applies only to --variant lowrank (got {self.variant}); drop it")
+        spectral = [k for k, f in FAMILIES.items() if hasattr(f, "spectral_init")]
+        if self.init == "spectral" and self.variant not in spectral:
+            raise UserError(f"--init spectral applies only to --variant {'|'.join(spectral)} (got {self.variant}); "
+                            f"drop it")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +158,7 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> "ModelSpec":
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in d.items() if k in known}
-        if given.get("arch", "vit-tiny") == "vit-tiny" and given.get("variant") in STRUCTURED:
+        if given.get("arch", "vit-tiny") == "vit-tiny" and given.get("variant") in FAMILIES:
             given.setdefault("sigma_reparam", False)   # structured vit-tiny specs from before the field
                                                        # dropped sigmaReparam; for the rest it is moot
         return cls(**given)
@@ -169,13 +173,23 @@ def build_model(spec: ModelSpec) -> nn.Module:
         model = build_external(s)
     else:
         model = ViTTiny(s) if s.arch == "vit-tiny" else build_xt_vit(s)
-    if s.variant in STRUCTURED:
+    if s.variant in FAMILIES:
         if not s.targets:
             raise UserError(f"variant {s.variant!r} needs at least one --target")
         apply_variant(model, s)
     if s.layers:
         apply_layer_overrides(model, s.layers)
     return model
+
+
+def variants() -> tuple:
+    """Every `--variant`: the structured families (families/) and half-ffn, a dense model with half the FFN."""
+    return (*FAMILIES, "half-ffn")
+
+
+def is_structured(spec) -> bool:
+    """Whether a spec's variant is a structured layer family (not half-ffn, not the baseline)."""
+    return spec.variant in FAMILIES
 
 
 def count_params(model: nn.Module) -> int:

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ..errors import UserError
-from ..vocab import STRUCTURED, TARGETS
+from ..vocab import TARGETS
 from .budget import choose, dense_params
-from .layers import (DyadLinear, FactoredLinear, LowRankLinear, SigmaReparam, SKLinear, SNLinear, dense_weight,
-                     layer_kind, unwrapped)
+from .families import FAMILIES, family_of
+from .layers import FactoredLinear, SigmaReparam, SNLinear, dense_weight, layer_kind, unwrapped
 from .parametrize import make_structured, spectral_init
-from .structured import BTTLinear, MonarchLinear
 from .vit_tiny import LSA, FeedForward, ViTTiny
 from .xt_vit import import_x_transformers
 
@@ -196,24 +195,20 @@ def find_slot(model: nn.Module, name: str) -> Slot:
     raise UserError(f"no layer named {name!r}; {hint}")
 
 
-def make_layer(kind: str, d_in: int, d_out: int, bias: bool, scale: float, n_dyad: int = 8,
-               dyad_variant: str = "it", keep: float = None, monarch_blocks: int = 4,
-               btt_rank: int = 1) -> nn.Module:
-    """A `kind` layer for a d_in -> d_out slot; with `keep`, its structure setting comes from the budget."""
-    if kind not in STRUCTURED:
-        raise UserError(f"unknown layer kind {kind!r}; choose one of {', '.join(STRUCTURED)}")
-    setting = {}
+def _family(kind: str):
+    if kind not in FAMILIES:
+        raise UserError(f"unknown layer kind {kind!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[kind]
+
+
+def make_layer(kind: str, d_in: int, d_out: int, bias: bool, keep: float = None, **setting) -> nn.Module:
+    """A `kind` layer for a d_in -> d_out slot. `setting` holds the family's own flags (scale, n_dyad,
+    ...; families/); with `keep`, the structure setting the budget chooses replaces them."""
+    family = _family(kind)
     if keep is not None:
-        setting = choose(kind, d_in, d_out, bias, keep)
-    if kind == "lowrank":
-        return LowRankLinear(d_in, d_out, r=scale, rank=setting.get("rank"))
-    if kind == "skl":
-        return SKLinear(d_in, d_out, scale=scale, rank=setting.get("rank"))
-    if kind == "dyad":
-        return DyadLinear(d_in, d_out, n_dyad=setting.get("n_dyad", n_dyad), bias=bias, variant=dyad_variant)
-    if kind == "monarch":
-        return MonarchLinear(d_in, d_out, blocks=setting.get("blocks", monarch_blocks), bias=bias)
-    return BTTLinear(d_in, d_out, rank=setting.get("rank", btt_rank), bias=bias)
+        chosen = choose(family, d_in, d_out, bias, keep)
+        setting = {**setting, **{k: v for k, v in chosen.items() if k not in ("params", "fraction")}}
+    return family.build(d_in, d_out, bias, **setting)
 
 
 def apply_variant(model: nn.Module, spec) -> list:
@@ -222,15 +217,36 @@ def apply_variant(model: nn.Module, spec) -> list:
 
     vit-tiny's attention has one fused spectral-norm qkv projection (512 -> 1152): `attn-qkv` replaces
     that fused layer by one structured layer of the same shape. A structured layer replacing an SNLinear
-    keeps sigmaReparam around its own matrix (layers.SigmaReparam) unless `sigma_reparam` is False, so
+    keeps sigmaReparam around its own matrix (layers.SigmaReparam) unless `spec.sigma_reparam` is False, so
     structure is the only difference from the baseline.
-    `keep` sets each layer's structure from its budget (budget.py); `param` and `init` choose how the
-    factors start and learn (parametrize.py). Each new layer remembers the dense layer's parameter count
+    The family's own flags (scale, n_dyad, ...: families/) set its structure unless `spec.keep` sets each
+    layer's from its budget (budget.py); `spec.param` and `spec.init` choose how the factors start and
+    learn (parametrize.py). Each new layer remembers the dense layer's parameter count
     (`replaced_dense_params`) so a run can record the fraction it reached.
     """
-    kind, targets, blocks, param, init = spec.variant, spec.targets, spec.blocks, spec.param, spec.init
-    if kind not in STRUCTURED:
-        raise UserError(f"unknown variant kind {kind!r}; choose one of {', '.join(STRUCTURED)}")
+    family = _family(spec.variant)
+    setting = {k: getattr(spec, k) for k in family.flags}
+    chosen = _targeted(model, spec.targets, spec.blocks)
+    for s in chosen:
+        old = s.module
+        try:
+            new = make_layer(spec.variant, old.in_features, old.out_features, old.bias is not None, spec.keep,
+                             **setting)
+            if spec.param == "structured":
+                make_structured(new, init=spec.init != "spectral")
+            if spec.init == "spectral":
+                spectral_init(new, dense_weight(old), old.bias)
+        except UserError as e:
+            raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
+        if spec.sigma_reparam and isinstance(old, SNLinear):
+            new = SigmaReparam(new)
+        new.replaced_dense_params = dense_params(old.in_features, old.out_features, old.bias is not None)
+        s.set(new)
+    return [s.name for s in chosen]
+
+
+def _targeted(model: nn.Module, targets, blocks) -> list:
+    """The slots a variant's `--target` groups and `--blocks` select."""
     targets = [targets] if isinstance(targets, str) else list(targets)
     roles = set()
     for t in targets:
@@ -240,22 +256,7 @@ def apply_variant(model: nn.Module, spec) -> list:
     chosen = [s for s in slots(model) if s.role in roles and (blocks is None or s.block in blocks)]
     if not chosen:
         raise UserError(f"targets {targets} in blocks {blocks} match no layer; check --blocks against the depth")
-    for s in chosen:
-        old = s.module
-        try:
-            new = make_layer(kind, old.in_features, old.out_features, old.bias is not None, spec.scale,
-                             spec.n_dyad, spec.dyad_variant, spec.keep, spec.monarch_blocks, spec.btt_rank)
-            if param == "structured":
-                make_structured(new, init=init != "spectral")
-            if init == "spectral":
-                spectral_init(new, dense_weight(old), old.bias)
-        except UserError as e:
-            raise UserError(f"{s.name}: {e}") from None  # name the layer, not only its shape
-        if spec.sigma_reparam and isinstance(old, SNLinear):
-            new = SigmaReparam(new)
-        new.replaced_dense_params = dense_params(old.in_features, old.out_features, old.bias is not None)
-        s.set(new)
-    return [s.name for s in chosen]
+    return chosen
 
 
 def apply_layer_overrides(model: nn.Module, layers: dict) -> None:
@@ -276,15 +277,9 @@ def apply_layer_overrides(model: nn.Module, layers: dict) -> None:
 
 
 def layer_setting(module: nn.Module) -> dict:
-    """The structure parameter a layer was built with, by kind."""
+    """The structure setting a layer was built with (its family's `setting()`); {} for any other layer."""
     module = unwrapped(module)
-    if isinstance(module, (LowRankLinear, SKLinear, BTTLinear)):
-        return {"rank": module.rank}
-    if isinstance(module, DyadLinear):
-        return {"n_dyad": module.n_dyad}
-    if isinstance(module, MonarchLinear):
-        return {"blocks": module.blocks}
-    return {}
+    return module.setting() if family_of(module) is not None else {}
 
 
 def structure_record(model: nn.Module, spec) -> dict:

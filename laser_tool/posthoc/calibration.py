@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..models.surgery import slots
 from ..vocab import CALIBRATIONS
 from .decompose import Calib
+from .methods import METHODS, calibrated, method as method_named
 
 CALIB_BATCH_SIZE = 128
 CALIB_BATCHES = 8  # training-split batches an activation-aware method calibrates on, by default
@@ -38,6 +39,7 @@ def collect_calibration(model, names, batches, method: str, device="cpu") -> dic
     Statistics are taken on the unreduced model for every selected layer at once, as SVD-LLM does.
     """
     by_name = {s.name: s for s in slots(model)}
+    gathers = method_named(method).gathers   # the statistic the method needs (methods.py)
     stats = {n: Calib() for n in names}
     captured = {}
 
@@ -46,13 +48,13 @@ def collect_calibration(model, names, batches, method: str, device="cpu") -> dic
             x = args[0].detach()
             c = stats[name]
             x2 = x.reshape(-1, x.shape[-1]).double()
-            if method == "whiten":
+            if gathers == "xtx":
                 c.xtx = x2.T @ x2 if c.xtx is None else c.xtx + x2.T @ x2
-            if method == "asvd":
+            if gathers == "abs_sum":
                 a = x2.abs().sum(0)
                 c.abs_sum = a if c.abs_sum is None else c.abs_sum + a
             c.tokens += x2.shape[0]
-            if method == "fisher":
+            if gathers == "row_fisher":
                 captured[name] = (x.reshape(x.shape[0], -1, x.shape[-1]), out)
         return fn
 
@@ -61,7 +63,7 @@ def collect_calibration(model, names, batches, method: str, device="cpu") -> dic
     try:
         for images, labels in batches:
             x = images.to(device).float().div_(255)
-            if method != "fisher":
+            if gathers != "row_fisher":   # forward statistics: no gradient needed
                 with torch.no_grad():
                     model(x)
                 continue
@@ -89,9 +91,10 @@ def check_calibrate(calibrate: str, method: str) -> None:
     """A calibration mode names one of CALIBRATIONS, and only an activation-aware method has one."""
     if calibrate not in CALIBRATIONS:
         raise UserError(f"unknown --calibrate {calibrate!r}; choose {' or '.join(CALIBRATIONS)}")
-    if calibrate != "original" and method == "svd":
-        raise UserError(f"--calibrate {calibrate} needs an activation-aware method (whiten, asvd or fisher); "
-                        f"svd uses no calibration: drop --calibrate or pick --method whiten")
+    if calibrate != "original" and not calibrated(method):
+        aware = [m for m in METHODS if calibrated(m)]
+        raise UserError(f"--calibrate {calibrate} needs an activation-aware method ({', '.join(aware)}); "
+                        f"{method} uses no calibration: drop --calibrate or pick --method {aware[0]}")
 
 
 def calibrate_sequentially(model, names, batches, method: str, cut, device="cpu") -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from ..models.budget import lowrank_rank
+from ..models.budget import fraction_rank
 from ..models.selectors import match_selector, split_selector
 from ..models.surgery import slots
 
@@ -62,7 +62,7 @@ def resolve_rank(spec, d_out: int, d_in: int, s: torch.Tensor = None, layer: str
     elif spec.kind == "rho":
         r = int(full * spec.value)                     # LASER: int(min(m, n) * rho)
     elif spec.kind == "params":
-        r = lowrank_rank(d_in, d_out, spec.value)      # the seed's RankReductionLayer rank
+        r = fraction_rank(d_in, d_out, spec.value)      # the seed's RankReductionLayer rank
     else:
         r = energy_rank(s, spec.value)
     where = f"{spec} for {layer} ({d_out}x{d_in})"

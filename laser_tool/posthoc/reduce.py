@@ -32,10 +32,11 @@ from ..runs.predictions import predictions_bytes
 from ..runs.reader import check_input_run, finished_run
 from ..runs.schema import CONFIG, FINAL, PREDICTIONS, REDUCE, ReducedFinal
 from ..runs.writer import check_out, default_out, write_run
-from ..vocab import REDUCE_METHODS, STORES
+from ..vocab import STORES
 from .calibration import (CALIB_BATCH_SIZE, CALIB_BATCHES, calibrate_sequentially, calibration_batches, check_calibrate,
                           collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
+from .methods import calibrated
 from .ranks import resolve_rank, select
 
 
@@ -129,11 +130,10 @@ def reduce_run_budgets(run, selectors_by_budget: dict, settings: ReduceSettings 
     calib_batches, calibrate = settings.calib_batches, settings.calibrate
     if store not in STORES:
         raise UserError(f"unknown store {store!r}; choose dense or factored")
-    if method not in REDUCE_METHODS:
-        raise UserError(f"unknown method {method!r}; choose svd, whiten, asvd or fisher")
+    aware = calibrated(method)   # refuses an unknown method, naming the registered ones (methods.py)
     check_batch_size(settings.batch_size)
     check_calibrate(calibrate, method)
-    if method != "svd" and not is_positive_int(calib_batches):
+    if aware and not is_positive_int(calib_batches):
         raise UserError(f"--calib-batches {calib_batches!r}: activation-aware methods need at least one batch")
     if not selectors_by_budget:
         raise UserError("no budget given: pass at least one set of layer selectors")
@@ -146,7 +146,7 @@ def reduce_run_budgets(run, selectors_by_budget: dict, settings: ReduceSettings 
     for budget, selectors in selectors_by_budget.items():
         args = dict(selectors=list(selectors) if not isinstance(selectors, str) else [selectors],
                     rank=None if rank is None else str(rank), method=method, store=store,
-                    calib_batches=calib_batches if method != "svd" else 0)
+                    calib_batches=calib_batches if aware else 0)
         if calibrate != "original":  # recorded only when not the default, so earlier outputs keep their names
             args["calibrate"] = calibrate
         if (requests or {}).get(budget) is not None:
@@ -212,7 +212,7 @@ def _plan_layers(chosen_by: dict, method: str):
         for name, (slot, _) in chosen.items():
             if name not in layer:
                 W = dense_weight(slot.module).detach()
-                dec = Decomposition(W) if method == "svd" else None
+                dec = None if calibrated(method) else Decomposition(W)
                 layer[name] = (W, dec.s if dec is not None else singular_values(W), dec)
     plans = {b: [(name, spec, resolve_rank(spec, *layer[name][0].shape, layer[name][1], name))
                  for name, (_, spec) in chosen.items()] for b, chosen in chosen_by.items()}
@@ -221,8 +221,9 @@ def _plan_layers(chosen_by: dict, method: str):
 
 def _calibrate(model, layer: dict, method: str, splits, calib_batches: int, config: dict, dev, sequential=False):
     """({layer: Calib} on the unreduced model, what the run records about the calibration, the batches);
-    none for svd. Sequential calibration happens during each budget's cut: here its batches are drawn."""
-    if method == "svd":
+    none for a method without calibration (svd). Sequential calibration happens during each budget's cut:
+    here its batches are drawn."""
+    if not calibrated(method):
         return {}, None, None
     batches = calibration_batches(splits, calib_batches, config.get("seed", 0))
     info = dict(split="train", batches=len(batches), batch_size=CALIB_BATCH_SIZE,

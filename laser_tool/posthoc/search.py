@@ -46,6 +46,7 @@ from ..runs.schema import SEARCH, read_reduce_report
 from ..runs.writer import check_out, run_root
 from .calibration import CALIB_BATCHES, calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
+from .methods import calibrated
 from .ranks import RankSpec, parse_spec, resolve_rank
 from .reduce import ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
 from .staged import staged
@@ -96,7 +97,7 @@ def sweep(model, names, specs, images, labels, batch_size=500, device="cpu", met
         orig = slot.module
         W = dense_weight(orig).detach()
         dec = Decomposition(W, method, (calib or {}).get(name))
-        s = dec.s if method == "svd" else singular_values(W)
+        s = singular_values(W) if calibrated(method) else dec.s
         decomps[name] = dec
         rows = []
         for r in layer_grid(slot, specs, s):
@@ -281,7 +282,7 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
     if len(splits.val_x) == 0:
         raise UserError("the run has no validation split (val_size 0); search selects on validation data only")
     calib = None
-    if method != "svd":
+    if calibrated(method):
         batches = calibration_batches(splits, settings.calib_batches, config.get("seed", 0))
         calib = collect_calibration(model, names, batches, method, dev)
     val = (splits.val_x[:val_images], splits.val_y[:val_images])
@@ -290,7 +291,7 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
     table, decomps = sweep(model, names, specs, *val, batch_size, dev, method, calib)
     shared = dict(run=str(run), method=method, criterion=settings.criterion, layers=names, grid=[str(s) for s in specs], val_images=len(val[0]),
                   layer_params={n: n_params(find_slot(model, n).module) for n in names}, base_val_acc=base_acc,
-                  base_val_loss=base_loss, calib_batches=settings.calib_batches if method != "svd" else 0,
+                  base_val_loss=base_loss, calib_batches=settings.calib_batches if calibrated(method) else 0,
                   sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
     shared["selected_params"] = sum(shared["layer_params"].values())
     shared["table"] = {n: [dict(c, layer_params=shared["layer_params"][n]) for c in rows] for n, rows in table.items()}

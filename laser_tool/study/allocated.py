@@ -11,10 +11,10 @@ validation and test splits. Each step is exactly `laser-tool search ... --apply`
 """
 from pathlib import Path
 
-from ..vocab import CUT_METHODS
+from ..posthoc.methods import cut_methods
 from .steps import search_step
 
-ALLOCATED = tuple(f"{m}-alloc" for m in CUT_METHODS)
+ALLOCATED = tuple(f"{m}-alloc" for m in cut_methods())
 SEARCH = dict(val_images=500, criterion="loss", compose=False)
 
 

@@ -62,6 +62,6 @@ def check_match_compute(families, post_hoc, heal_epochs) -> None:
                         "(svd or whiten) to --families")
     if all(f in post_hoc for f in families):
         raise UserError("--match-compute trains the train-time and narrower rows longer, and --families has only "
-                        "post-hoc ones: add narrower, lowrank, ... or drop --match-compute")
+                        "post-hoc ones: add narrower or a train-time layer family, or drop --match-compute")
     if not heal_epochs:
         raise UserError("--match-compute matches the healed rows' compute: give --heal-epochs 1 or more")

@@ -6,7 +6,8 @@ trains one dense baseline, then per budget:
                 ffn, the attention head width for attn, both for all)
   lowrank, skl, dyad, monarch, btt
                 train-time structured layers on the targets at `--keep` budget (`-structured`: with
-                Qiu et al.'s init and learning-rate rule; low-rank structured also starts spectral)
+                Qiu et al.'s init and learning-rate rule; a family with a spectral init, low-rank,
+                also starts spectral)
   progressive   the dense model cut to the budget a third of the way through training, then trained on
   svd, whiten   the baseline cut post hoc to the budget (factored); every budget of one baseline and
                 method shares one decomposition and one calibration pass (whiten: CALIBRATION below)
@@ -37,7 +38,9 @@ from ..data import fit_model
 from ..errors import UserError, flag_name
 from ..lists import comma_list
 from ..models import build_model
-from ..vocab import CUT_METHODS, FRONTIER_TARGETS, STRUCTURED
+from ..models.families import FAMILIES as LAYER_FAMILIES
+from ..posthoc.methods import calibrated, cut_methods
+from ..vocab import FRONTIER_TARGETS
 from .compute import check_match_compute, matched_epochs
 from .allocated import ALLOCATED, allocated_steps
 from .steps import heal_step, reduce_step, seed_settings, train_config, train_step
@@ -45,8 +48,9 @@ from .steps import heal_step, reduce_step, seed_settings, train_config, train_st
 # What each --targets value means to each family.
 VARIANT_TARGETS = dict(zip(FRONTIER_TARGETS, (("ffn",), ("attn",), ("attn", "ffn"))))
 SELECTORS = dict(zip(FRONTIER_TARGETS, (("*:mlp",), ("*:attn",), ("*:all",))))
-POST_HOC = CUT_METHODS
-FAMILIES = ("narrower", *STRUCTURED, *(f"{v}-structured" for v in STRUCTURED), "progressive", *POST_HOC, *ALLOCATED)
+POST_HOC = cut_methods()
+FAMILIES = ("narrower", *LAYER_FAMILIES, *(f"{v}-structured" for v in LAYER_FAMILIES), "progressive", *POST_HOC,
+            *ALLOCATED)
 PROGRESSIVE_AT = 1 / 3  # of the epochs: dense for the first third (Pufferfish-style warm-up), then cut
 # How the whiten family calibrates: original (every layer on the unreduced model's inputs, SVD-LLM's way).
 # docs/whitening.md measured sequential calibration on the quick baseline: validation accuracy -0.02,
@@ -160,7 +164,7 @@ def family_opts(fam: str, keep: float, targets: str, base_cfg) -> dict:
     opts = {"variant": variant, "targets": VARIANT_TARGETS[targets], "keep": keep}
     if structured:
         opts["param"] = "structured"
-        if variant == "lowrank":
+        if hasattr(LAYER_FAMILIES[variant], "spectral_init"):   # low-rank: its factors start from the SVD
             opts["init"] = "spectral"
     return opts
 
@@ -252,7 +256,7 @@ class _Plan:
                 cut = f"{method}-{_tag(keep)}{sfx}"
                 sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
                 self.steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}",
-                                              calibrate=CALIBRATION if method != "svd" else "original"))
+                                              calibrate=CALIBRATION if calibrated(method) else "original"))
                 for mult, part in (self.points if heal_epochs else []):
                     self.steps.append(heal_step(runs, base.cfg, cut, f"{method}-{_tag(keep)}-heal{heal_epochs}{part}{sfx}",
                                                 heal_epochs, seed, mult))

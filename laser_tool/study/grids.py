@@ -13,7 +13,7 @@ from ..models import build_model
 from ..models.budget import break_even_rank
 from ..models.layers import layer_kind
 from ..models.surgery import named_linears, slots
-from ..vocab import CUT_METHODS
+from ..posthoc.methods import cut_methods
 from .steps import heal_step, reduce_step, seed_settings, train_step
 
 
@@ -94,7 +94,7 @@ def plan_grid(preset: str, seeds: int, out: Path, epochs=None, heal_epochs=None,
                     notes.append(f"{row.id} ({row.slug}) has no post-hoc twin: its layers hold no fewer "
                                  f"parameters than the baseline's, so a reduction would save nothing.")
                 continue
-            for method in CUT_METHODS:
+            for method in cut_methods():
                 if (tuple(sel), method) in made:  # e.g. half-ffn and lowrank ffn r=0.5 cut to the same ranks:
                     continue                      # one run serves both (a copy would pose as a second seed)
                 made.add((tuple(sel), method))
