@@ -17,7 +17,7 @@ from laser_tool.models.budget import choose, dense_params
 from laser_tool.models.families import FAMILIES, names, register_family, unregister_family
 from laser_tool.models.surgery import find_slot, named_linears
 from laser_tool.posthoc.methods import METHODS, Method, register_method, unregister_method
-from laser_tool.posthoc.reduce import reduce_run
+from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.runs.checkpoint import load_run
 from synthetic import write_tiny_mnist
 
@@ -140,7 +140,7 @@ def test_a_toy_family_trains_reduces_exports_and_compares(toy, tmp_path):
     model, _ = load_run(run)                                   # rebuilt from config.json through the registry
     assert type(find_slot(model, "blocks.0.ffn.in").module) is toy
 
-    cut = reduce_run(run, ["*.ffn.*"], rank="params:0.5", method="toy-cols", store="factored",
+    cut = reduce_run(run, ["*.ffn.*"], ReduceSettings(rank="params:0.5", method="toy-cols", store="factored"),
                      out=tmp_path / "runs" / "cut")
     cut_model, _ = load_run(cut)
     kinds = {r["name"]: r["kind"] for r in named_linears(cut_model)}
