@@ -43,6 +43,14 @@ CUT_METHODS = ("svd", "whiten")
 CALIBRATIONS = ("original", "sequential")
 STORES = ("dense", "factored")
 
+# Settings that do not change what is trained (TrainConfig fields): a run may be resumed with them
+# changed (trainers/train.py), and compare groups runs that differ only in them (analysis/describe.py).
+# The study labels are among them: a study puts them on a run to name its place in the study
+# (study/steps.py), and compare reads them to pick the run's baseline.
+STUDY_LABELS = ("matched_to", "lr_grid")
+RECIPE_NEUTRAL = frozenset({"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download",
+                            "tensorboard", *STUDY_LABELS})
+
 METRICS = ("test", "val")   # the accuracy a comparison tests on
 # What a frontier study slims (`study --targets`): the FFN, the attention projections, or both.
 FRONTIER_TARGETS = ("ffn", "attn", "all")

@@ -291,3 +291,29 @@ def test_compiled_cpu_run_resumes_exactly_and_trains_as_eager_does(data_dir, tmp
         torch.testing.assert_close(c[k], e[k], rtol=1e-3, atol=1e-4)
     loss = lambda r: json.loads((r / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
     assert loss(compiled) == pytest.approx(loss(eager), rel=1e-4)
+
+
+# ------------------------------------------------------------------ recipe-neutral settings (vocab.RECIPE_NEUTRAL)
+
+def test_recipe_neutral_settings_neither_split_a_compare_row_nor_block_a_resume(data_dir, tmp_path):
+    """Two seeds of one recipe, one trained with --tensorboard, are one row of n = 2 in `compare`; and a
+    finished run is found again (not refused) when only recipe-neutral settings differ."""
+    pytest.importorskip("torch.utils.tensorboard")
+    common = ["train", "--arch", "vit-tiny", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16",
+              "--mlp-dim", "64", "--patch-size", "7", "--dataset", "mnist", "--data-dir", str(data_dir),
+              "--val-size", "200", "--epochs", "1", "--batch-size", "100", "--no-augment", "--device", "cpu",
+              "--out", str(tmp_path / "runs")]
+    assert run_cli(common + ["--seed", "0", "--name", "s0"])[0] == 0
+    assert run_cli(common + ["--seed", "1", "--name", "s1", "--tensorboard"])[0] == 0
+    assert (tmp_path / "runs" / "s1" / "tb").is_dir() and not (tmp_path / "runs" / "s0" / "tb").exists()
+    res = CliRunner().invoke(main, ["compare", str(tmp_path / "runs"), "--format", "json", "--no-speed"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [(r["label"], r["n"], sorted(r["seeds"])) for r in rows] == [("baseline", 2, [0, 1])]
+    from trainers.train import settle_run_dir
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "runs" / "s0" / "config.json").read_text())["train"])
+    neutral = replace(saved, tensorboard=True, eval_batch_size=7, compile=True, download=True, device="auto",
+                      matched_to={"base_epochs": 1, "heal_epochs": 1}, lr_grid={"base_lr": 1e-3, "mult": 1})
+    assert settle_run_dir(tmp_path / "runs" / "s0", neutral, resume=False, overwrite=False) is neutral
+    with pytest.raises(UserError, match=r"different settings \(lr\)"):
+        settle_run_dir(tmp_path / "runs" / "s0", replace(neutral, lr=0.5), resume=False, overwrite=False)
