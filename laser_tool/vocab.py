@@ -41,6 +41,7 @@ CUT_METHODS = ("svd", "whiten")
 # How activation-aware methods calibrate (`reduce --calibrate`): every layer on the unreduced model's inputs
 # (SVD-LLM), or each on the inputs of the model whose earlier layers are already cut (GPTQ-style).
 CALIBRATIONS = ("original", "sequential")
+CALIB_BATCHES = 8   # training-split batches they calibrate on by default (`--calib-batches`; a progressive cut too)
 STORES = ("dense", "factored")
 
 # Settings that do not change what is trained (TrainConfig fields): a run may be resumed with them

@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import CALIBRATIONS, REDUCE_METHODS as METHODS
+from ..vocab import CALIB_BATCHES, CALIBRATIONS, REDUCE_METHODS as METHODS
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
@@ -17,7 +17,7 @@ BATCH = click.option("--batch-size", type=int, default=500, show_default=True, h
 DATA = [click.option("--data-dir", help="Where the run's dataset lives (default: the run's own data_dir)."),
         click.option("--dataset", help="Dataset name, for checkpoints whose config names none, or folder:PATH "
                                         "for a run's image folder that has moved.")]
-CALIB = click.option("--calib-batches", type=int, default=8, show_default=True,
+CALIB = click.option("--calib-batches", type=int, default=CALIB_BATCHES, show_default=True,
                      help="Training-split batches (128 images each) for whiten/asvd/fisher.")
 
 

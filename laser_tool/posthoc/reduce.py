@@ -30,7 +30,7 @@ from ..runs.checkpoint import check_checkpoint, checkpoint_path, load_run
 from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
 from ..runs.reader import check_input_run, finished_run
 from ..runs.writer import check_out, default_out, write_run
-from ..vocab import REDUCE_METHODS, STORES
+from ..vocab import CALIB_BATCHES, REDUCE_METHODS, STORES
 from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
                           collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
@@ -87,7 +87,7 @@ def run_data(config: dict, data_dir=None, dataset=None):
                         model.get("channels"), bool(config.get("skip_bad_images")))
 
 
-def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=8,
+def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=CALIB_BATCHES,
                device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None, extra=None,
                calibrate="original") -> Path:
     """Reduce the selected layers of a run and write a new run directory; returns its path.
@@ -99,7 +99,7 @@ def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None,
 
 
 def reduce_run_budgets(run, selectors_by_budget: dict, rank=None, method="svd", store="dense", outs=None,
-                       calib_batches=8, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
+                       calib_batches=CALIB_BATCHES, device="cpu", data_dir=None, dataset=None, batch_size=500, splits=None,
                        extra=None, calibrate="original", requests=None) -> dict:
     """One reduced run per budget ({budget: selectors} -> {budget: Path}), each identical to what
     `reduce_run(run, selectors, ...)` writes, but sharing the work budgets have in common: the model

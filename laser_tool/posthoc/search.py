@@ -42,6 +42,7 @@ from ..models.surgery import find_slot, slots
 from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
 from ..runs.writer import check_out, run_root
+from ..vocab import CALIB_BATCHES
 from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
 from .ranks import RankSpec, parse_spec, resolve_rank
@@ -224,7 +225,7 @@ def compose(base, decomps, table, alloc, start_acc, val, batch_size, device):
 
 
 def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None, apply=False, out=None,
-               report=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
+               report=None, calib_batches=CALIB_BATCHES, device="cpu", batch_size=500, do_compose=True, data_dir=None,
                dataset=None, val_images=None, criterion="acc") -> dict:
     """Run the search (module docstring); write the report JSON; with apply, also the reduced run."""
     return search_budgets(run, {0: budget}, layers, method, ranks, apply, {0: out}, {0: report}, calib_batches,
@@ -232,7 +233,7 @@ def search_run(run, budget="params:0.5", layers=("*",), method="svd", ranks=None
 
 
 def search_budgets(run, budgets: dict, layers=("*",), method="svd", ranks=None, apply=False, outs=None,
-                   reports=None, calib_batches=8, device="cpu", batch_size=500, do_compose=True, data_dir=None,
+                   reports=None, calib_batches=CALIB_BATCHES, device="cpu", batch_size=500, do_compose=True, data_dir=None,
                    dataset=None, val_images=None, splits=None, write_reports=True, criterion="acc") -> dict:
     """{key: report} for budgets {key: budget}, each the report (and with apply the run) that
     `search_run(run, budget, ...)` makes, sharing what no budget changes: the load, the calibration pass,
