@@ -43,6 +43,8 @@ CUT_METHODS = ("svd", "whiten")
 CALIBRATIONS = ("original", "sequential")
 CALIB_BATCHES = 8   # training-split batches they calibrate on by default (`--calib-batches`; a progressive cut too)
 STORES = ("dense", "factored")
+SEARCH_CRITERIA = ("acc", "loss")   # what a rank search's threshold bounds (`search --criterion`)
+EXPORT_FORMATS = ("dense", "onnx")   # `export --format` (export/run.py)
 
 # Settings that do not change what is trained (TrainConfig fields): a run may be resumed with them
 # changed (trainers/train.py), and compare groups runs that differ only in them (analysis/describe.py).

@@ -23,6 +23,8 @@ VARIANT_FIELDS = ("variant", "targets", "scale", "blocks", "n_dyad", "dyad_varia
 # Training settings that slim the model while it trains (progressive reduction): part of a row's
 # group key, but not of the recipe its baseline must share.
 VARIANT_TRAIN_KEYS = ("reduce_at", "reduce_to", "reduce_layers", "reduce_method", "reduce_tolerance", "reduce_window")
+# Row families of runs cut after training (healed: cut, then fine-tuned).
+POSTHOC_FAMILIES = ("post-hoc", "healed")
 # Parts of a recorded reduction step that differ between the seeds of one request.
 STEP_PER_RUN = ("parent", "parent_checkpoint", "ranks", "calib", "layers")
 # Runs are only tested against a baseline of the same dataset and base architecture.
@@ -252,7 +254,7 @@ def curve(d: dict, family: str) -> str:
 
 
 def _curve(d: dict, family: str) -> str:
-    if family in ("post-hoc", "healed"):
+    if family in POSTHOC_FAMILIES:
         return f"{family} {d['reductions'][-1][0]} {roles_text(r for _, r in d['reduced_layers'])}"
     if family == "train-time":
         s = d["spec"]

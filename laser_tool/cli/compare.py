@@ -1,6 +1,8 @@
 """`laser-tool compare`: a thin Click wrapper over analysis/compare.py."""
 import click
 
+from ..vocab import METRICS
+
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
@@ -10,7 +12,7 @@ import click
                                 "(default: the dense, unreduced group).")
 @click.option("--device", default="cpu", show_default=True, help="Device the inference images/s are measured on: auto, cpu, cuda or cuda:N.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
-@click.option("--metric", type=click.Choice(["test", "val"]), default="test", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="test", show_default=True,
               help="Accuracy the differences and p-values use (both are in the table and in json).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out or --plot file.")

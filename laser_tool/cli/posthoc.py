@@ -9,7 +9,7 @@ import click
 
 from ..errors import UserError
 from ..lists import comma_list
-from ..vocab import CALIB_BATCHES, CALIBRATIONS, REDUCE_METHODS as METHODS
+from ..vocab import CALIB_BATCHES, CALIBRATIONS, REDUCE_METHODS as METHODS, SEARCH_CRITERIA, STORES
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
@@ -34,7 +34,7 @@ def data_options(f):
 @click.option("--rank", "-r", metavar="SPEC", help="Rank for selectors without their own =SPEC.")
 @click.option("--method", type=click.Choice(METHODS), default="svd", show_default=True,
               help="Truncation method (see above).")
-@click.option("--store", type=click.Choice(["dense", "factored"]), default="dense", show_default=True,
+@click.option("--store", type=click.Choice(STORES), default="dense", show_default=True,
               help="dense: write the truncated matrix back (LASER's way); factored: rank-r U,V layers.")
 @click.option("--out", type=click.Path(path_type=Path), help="New run directory (default RUN-reduced-...).")
 @CALIB
@@ -108,7 +108,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")
 @click.option("--val-images", type=int, metavar="N",
               help="Search on the first N validation images only (cheaper; default: the whole split).")
-@click.option("--criterion", type=click.Choice(["acc", "loss"]), default="acc", show_default=True,
+@click.option("--criterion", type=click.Choice(SEARCH_CRITERIA), default="acc", show_default=True,
               help="What the allocation's threshold bounds: each layer's validation accuracy drop or loss rise "
                    "(loss ranks layers where a small split shows no accuracy drop).")
 @click.option("--apply", is_flag=True, help="Also write the reduced run (factored layers).")
