@@ -1,8 +1,32 @@
+"""What the tests share: the strict one-line-error check, the CLI runner, the tiny model and run, the
+shrunk quick study. Plain helpers are imported as `from conftest import ...` (pytest puts tests/ on
+sys.path, as for synthetic.py); fixtures need no import."""
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from laser_tool.cli import main
+from laser_tool.data import files as data
+from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.models.evaluate import evaluate
+from laser_tool.posthoc import reduce as reducer
+from laser_tool.runs.checkpoint import save_model
+from laser_tool.study import frontier
+from trainers import presets
+from trainers import train as trainer
 
 # CPU-sized model settings shared by the model and CLI tests (n_dyad 4 divides every width here).
 SMALL = dict(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128, image_size=16, patch_size=4)
+# The tiny ViT the training tests train on 28px MNIST-format images (16 patches of 7), in a few seconds.
+TINY = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7,
+                 dropout=0.1, emb_dropout=0.1)
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +46,151 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """one_thread for a whole module (`pytestmark = pytest.mark.usefixtures(...)`): a 96x32 SVD took
+    0.6 s with 2 spinning threads and 1 ms with one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """No dataset found in the default or system folders: a test sees only the data it wrote."""
+    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
+    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+
+
+# ------------------------------------------------------------------ the command line
+
+def cli(*args):
+    """`laser-tool ARGS` in this process (arguments may be paths or numbers)."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(res, *words):
+    """A refused command: a non-zero exit, handled (SystemExit, not a crash), exactly one line of output
+    starting with "error: " and naming every one of `words`, no traceback. Returns the line."""
+    out = res.output
+    assert res.exit_code not in (0, None), (res.exit_code, out)
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in out, out
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def hashes(folder: Path) -> dict:
+    """{relative path: sha256} of every file under `folder`: to show a command left it untouched."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ a tiny trained run (post-hoc tests)
+
+def _idx(arr, magic):
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
+
+
+def write_mnist(folder, n_train=600, n_test=200, seed=0):
+    """Class templates plus noise, in the MNIST IDX format data.py reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, (10, 28, 28)).astype(np.float32)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n)
+        x = np.clip(0.6 * templates[y] + rng.normal(0, 50, (n, 28, 28)) + 50, 0, 255).astype(np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x, 0x803))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y.astype(np.uint8), 0x801))
+
+
+# The post-hoc tests' model: TINY with two blocks and no dropout.
+TINY_RUN = dict(image_size=28, patch_size=7, channels=1, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64,
+                num_classes=10, dropout=0.0, emb_dropout=0.0)
+
+
+def make_run(root: Path, name="base", steps=40, **spec_kw):
+    """A finished-looking run directory: config.json, model.safetensors, final.json."""
+    datadir = root / "data"
+    if not datadir.exists():
+        write_mnist(datadir)
+    spec = ModelSpec(**{"arch": "vit-tiny", **TINY_RUN, **spec_kw})
+    cfg = dict(model=spec.to_dict(), dataset="mnist", data_dir=str(datadir), val_size=100, train_subset=None,
+               seed=0, epochs=1)
+    sp = data.load_dataset("mnist", str(datadir), False, 100, 0, None)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, len(sp.train_x), (32,), generator=g)
+        loss = F.cross_entropy(model(sp.train_x[i].float() / 255), sp.train_y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    run = root / name
+    run.mkdir()
+    save_model(run / "model.safetensors", model, cfg)
+    (run / "config.json").write_text(json.dumps(cfg))
+    val, test = evaluate(model, sp.val_x, sp.val_y)[1], evaluate(model, sp.test_x, sp.test_y)[1]
+    (run / "final.json").write_text(json.dumps(dict(status="complete", test_acc=test, val_acc=val,
+                                                    params=count_params(model), train_seconds=1.0, device="cpu")))
+    return run
+
+
+# ------------------------------------------------------------------ the quick study, shrunk
+
+TINY_PRESET = {
+    "model": dict(arch="vit-tiny", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7,
+                  dropout=0.0, emb_dropout=0.0),
+    "dataset": "fashion-mnist", "epochs": 1, "batch_size": 50, "lr": 1e-3, "weight_decay": 0.0,
+    "warmup_epochs": 0.0, "grad_clip": 1.0, "val_size": 50,
+}
+
+
+def write_fashion(folder, n_train=250, n_test=60):
+    """Fashion-MNIST in its real IDX format (big-endian magic and dims, then uint8 data)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, 10, n, dtype=np.uint8)
+        x = (rng.integers(0, 60, (n, 28, 28)) + y[:, None, None] * 19).astype(np.uint8)  # learnable a little
+        for base, arr, magic in zip(data.IDX_FILES[split], (x, y), (0x803, 0x801)):
+            (folder / base).write_bytes(_idx(arr, magic))
+
+
+# The quick frontier, shrunk: two budgets of attention + FFN, every family of the main job.
+TINY_FRONTIER = frontier.Frontier("quick", (0.5, 0.25), "all",
+                                  ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"),
+                                  heal_epochs=1)
+# The shape of the old row grid, for the runner and fault tests: baseline, narrower and low-rank FFN at
+# half the parameters, the baseline cut post hoc with svd and whiten (3 trains, 2 reductions).
+SMALL_FRONTIER = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "lowrank", "svd", "whiten"))
+
+
+@pytest.fixture
+def tiny_study(tmp_path, monkeypatch, isolated):
+    """The quick frontier on a tiny model and tiny data; counts the calls that do the work."""
+    monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
+    monkeypatch.setitem(frontier.FRONTIERS, "quick", TINY_FRONTIER)
+    write_fashion(tmp_path / "data" / "fashion-mnist")
+    calls = {"train": [], "reduce": [], "heal": []}
+    real_train, real_reduce = trainer.train, reducer.reduce_run_budgets
+
+    def train(cfg, *a, **k):  # healing is a trainer run started from the reduced run (--init-from)
+        calls["heal" if cfg.init_from else "train"].append(cfg.name)
+        return real_train(cfg, *a, **k)
+
+    def reduce(run, selectors_by_budget, *a, **k):
+        calls["reduce"].append(sorted(selectors_by_budget))
+        return real_reduce(run, selectors_by_budget, *a, **k)
+    monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(reducer, "reduce_run_budgets", reduce)
+    return tmp_path, calls

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from laser_tool.runs.checkpoint import META_KEY, load_run
 from laser_tool.models.layers import FactoredLinear
 from laser_tool.posthoc.decompose import Calib, Decomposition
-from robust import cli, place, refused, snapshot, train_args, world  # noqa: F401
+from conftest import cli
+from robust import place, refused, snapshot, train_args, world  # noqa: F401
 
 # ------------------------------------------------------------------ 6. balanced factors
 

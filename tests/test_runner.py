@@ -20,7 +20,7 @@ from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.launch.base import Launch, StepJob, check_launch
 from laser_tool.launch.status import lock_holder
-from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
+from conftest import SMALL_FRONTIER, TINY_PRESET, write_fashion
 from trainers import presets
 
 RUNS = ["baseline-s0", "narrower-k0.5-s0", "lowrank-k0.5-s0", "svd-k0.5-s0", "whiten-k0.5-s0"]

@@ -15,7 +15,7 @@ from laser_tool import study
 from laser_tool.cli import main
 from laser_tool.launch.base import Launch
 from slurm_cluster import Cluster, Unavailable
-from test_study import TINY_PRESET, write_fashion
+from conftest import TINY_PRESET, write_fashion
 from trainers import presets
 
 

@@ -1,9 +1,7 @@
 """study: frontier and grid plans, matched ranks, a tiny end-to-end frontier on synthetic IDX data, resume."""
 import json
-import struct
 from dataclasses import replace
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,62 +14,6 @@ from laser_tool.analysis import costs
 from laser_tool.data import files as data
 from laser_tool.study import frontier
 from laser_tool import study
-from laser_tool.posthoc import reduce as reducer
-from trainers import presets
-from trainers import train as trainer
-
-TINY_PRESET = {
-    "model": dict(arch="vit-tiny", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7,
-                  dropout=0.0, emb_dropout=0.0),
-    "dataset": "fashion-mnist", "epochs": 1, "batch_size": 50, "lr": 1e-3, "weight_decay": 0.0,
-    "warmup_epochs": 0.0, "grad_clip": 1.0, "val_size": 50,
-}
-
-
-def write_fashion(folder, n_train=250, n_test=60):
-    """Fashion-MNIST in its real IDX format (big-endian magic and dims, then uint8 data)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        y = rng.integers(0, 10, n, dtype=np.uint8)
-        x = (rng.integers(0, 60, (n, 28, 28)) + y[:, None, None] * 19).astype(np.uint8)  # learnable a little
-        for base, arr, magic in zip(data.IDX_FILES[split], (x, y), (0x803, 0x801)):
-            (folder / base).write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-                                        + arr.tobytes())
-
-
-# The quick frontier, shrunk: two budgets of attention + FFN, every family of the main job.
-TINY_FRONTIER = frontier.Frontier("quick", (0.5, 0.25), "all",
-                                  ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"),
-                                  heal_epochs=1)
-
-
-# The shape of the old row grid, for the runner and fault tests: baseline, narrower and low-rank FFN at
-# half the parameters, the baseline cut post hoc with svd and whiten (3 trains, 2 reductions).
-SMALL_FRONTIER = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "lowrank", "svd", "whiten"))
-
-
-@pytest.fixture
-def tiny_study(tmp_path, monkeypatch):
-    """The quick frontier on a tiny model and tiny data; counts the calls that do the work."""
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-    monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
-    monkeypatch.setitem(frontier.FRONTIERS, "quick", TINY_FRONTIER)
-    write_fashion(tmp_path / "data" / "fashion-mnist")
-    calls = {"train": [], "reduce": [], "heal": []}
-    real_train, real_reduce = trainer.train, reducer.reduce_run_budgets
-
-    def train(cfg, *a, **k):  # healing is a trainer run started from the reduced run (--init-from)
-        calls["heal" if cfg.init_from else "train"].append(cfg.name)
-        return real_train(cfg, *a, **k)
-
-    def reduce(run, selectors_by_budget, *a, **k):
-        calls["reduce"].append(sorted(selectors_by_budget))
-        return real_reduce(run, selectors_by_budget, *a, **k)
-    monkeypatch.setattr(trainer, "train", train)
-    monkeypatch.setattr(reducer, "reduce_run_budgets", reduce)
-    return tmp_path, calls
 
 
 FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structured", "progressive") for k in (0.5, 0.25)]
