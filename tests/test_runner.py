@@ -20,7 +20,7 @@ from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.launch.base import Launch, StepJob, check_launch
 from laser_tool.launch.status import lock_holder
-from conftest import SMALL_FRONTIER, TINY_PRESET, write_fashion
+from conftest import SMALL_FRONTIER, TINY_PRESET, cli, one_line_error, write_fashion
 from trainers import presets
 
 RUNS = ["baseline-s0", "narrower-k0.5-s0", "lowrank-k0.5-s0", "svd-k0.5-s0", "whiten-k0.5-s0"]
@@ -189,11 +189,10 @@ def test_a_live_study_directory_is_refused(tmp_path):
 
 
 def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--launcher", "pbs"])
-    assert res.exit_code == 2 and res.output.strip() == ("error: unknown launcher 'pbs'; choose one of "
-                                                        "process, local, slurm")
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--jobs", "0"])
-    assert res.exit_code == 2 and res.output.strip() == "error: --jobs 0: need at least 1"
+    line = one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--launcher", "pbs"))
+    assert line == "error: unknown launcher 'pbs'; choose one of process, local, slurm"
+    assert one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--jobs", "0")) == \
+        "error: --jobs 0: need at least 1"
     import shutil
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="sbatch is not on PATH"):
@@ -205,8 +204,8 @@ def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--jobs 4 x --gpus-per-job 1 needs more than the 2 GPU"):
         check_launch(Launch(jobs=4), "cuda")
     assert check_launch(Launch(jobs=4, jobs_per_gpu=2), "cuda").threads >= 1
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--time", "1:xx"])
-    assert res.exit_code == 2 and res.output.startswith("error: --time 1:xx: give minutes")
+    assert one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--time", "1:xx")).startswith(
+        "error: --time 1:xx: give minutes")
 
 
 def test_sigterm_between_steps_stops_a_serial_study_with_143(tiny, monkeypatch):

@@ -3,17 +3,15 @@ import json
 from dataclasses import replace
 
 import pytest
-from click.testing import CliRunner
 
-from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.surgery import named_linears
 
 from laser_tool.analysis import costs
-from laser_tool.data import files as data
 from laser_tool.study import frontier
 from laser_tool import study
+from conftest import cli, one_line_error
 
 
 FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structured", "progressive") for k in (0.5, 0.25)]
@@ -133,18 +131,16 @@ def test_study_takes_train_settings_and_refuses_to_mix_them(tiny_study, monkeypa
     a second invocation with other settings into the same --out is refused, nothing is reused."""
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd")))
-    cli = CliRunner()
-    common = ["study", "--preset", "quick", "--out", str(tmp / "st"), "--device", "cpu",
-              "--data-dir", str(tmp / "data")]
-    res = cli.invoke(main, common + ["--epochs", "1", "--lr", "0.002", "--batch-size", "25"])
+    common = ["study", "--preset", "quick", "--out", tmp / "st", "--device", "cpu", "--data-dir", tmp / "data"]
+    res = cli(*common, "--epochs", "1", "--lr", "0.002", "--batch-size", "25")
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines() == [str(tmp / "st" / "report.md")]  # the path, once
     cfg = json.loads((tmp / "st" / "runs" / "narrower-k0.5-s0" / "config.json").read_text())
     assert (cfg["epochs"], cfg["lr"], cfg["batch_size"]) == (1, 0.002, 25)
     made = sum(len(v) for v in calls.values())
-    res = cli.invoke(main, common + ["--epochs", "2", "--lr", "0.002", "--batch-size", "25"])
-    assert res.exit_code == 2 and "holds runs made with other settings" in res.output and "epochs" in res.output
-    assert len(res.output.strip().splitlines()) == 1 and sum(len(v) for v in calls.values()) == made
+    one_line_error(cli(*common, "--epochs", "2", "--lr", "0.002", "--batch-size", "25"),
+                   "holds runs made with other settings", "epochs")
+    assert sum(len(v) for v in calls.values()) == made
 
 
 def test_plan_rows_and_shared_post_hoc_twins(tmp_path):
@@ -178,18 +174,14 @@ def test_matched_ranks_give_the_variants_parameter_count():
     assert study.matched_selectors(base, wide) == []
 
 
-def test_cli_errors_are_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-    r = CliRunner()
-    res = r.invoke(main, ["study", "--preset", "nope", "--out", str(tmp_path / "s")])
-    assert res.exit_code == 2 and res.output.strip() == ("error: unknown preset 'nope'; choose one of quick, "
-                                                        "frontier, frontier-seed-vit-tiny, seed-xt, seed-vit-tiny")
+def test_cli_errors_are_one_line(tmp_path, isolated):
+    line = one_line_error(cli("study", "--preset", "nope", "--out", tmp_path / "s"))
+    assert line == ("error: unknown preset 'nope'; choose one of quick, frontier, frontier-seed-vit-tiny, seed-xt, "
+                    "seed-vit-tiny")
     (tmp_path / "empty").mkdir()
-    res = r.invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path / "s"), "--data-dir",
-                          str(tmp_path / "empty"), "--device", "cpu"])
-    assert res.exit_code == 2 and "fashion-mnist not found" in res.output
-    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s" / "runs").exists()
+    one_line_error(cli("study", "--preset", "quick", "--out", tmp_path / "s", "--data-dir", tmp_path / "empty",
+                       "--device", "cpu"), "fashion-mnist not found")
+    assert not (tmp_path / "s" / "runs").exists()
 
 
 def test_match_compute_trains_twins_as_long_as_a_heal_costs_and_answers_at_equal_compute(tiny_study, monkeypatch):
@@ -225,9 +217,8 @@ def test_match_compute_needs_heals_and_rows_to_match(tmp_path):
             study.plan("quick", 1, tmp_path, frontier_opts=dict(opts, match_compute=True))
     with pytest.raises(UserError, match="give --heal-epochs 1 or more"):
         study.plan("quick", 1, tmp_path, heal_epochs=0, frontier_opts=dict(match_compute=True))
-    res = CliRunner().invoke(main, ["study", "--preset", "seed-xt", "--match-compute", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "--match-compute applies to the frontier presets" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    one_line_error(cli("study", "--preset", "seed-xt", "--match-compute", "--out", tmp_path / "x"),
+                   "--match-compute applies to the frontier presets")
 
 
 def test_lr_grid_trains_every_point_and_the_report_keeps_the_validation_best(tiny_study, monkeypatch):
@@ -310,9 +301,9 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     study.run_study("quick", extend=True, **kw)  # resumes: nothing trained, cut or healed again, no file rewritten
     assert {k: len(v) for k, v in calls.items()} == made
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "st"), "--data-dir", str(tmp / "data"),
-                                    "--device", "cpu", "--no-augment", "--epochs-grid", "1,2,3"])
-    assert res.exit_code != 0 and "--epochs-grid 1,2,3 (the study has none)" in res.output  # nothing redone or lost
+    one_line_error(cli("study", "--preset", "quick", "--out", tmp / "st", "--data-dir", tmp / "data", "--device", "cpu",
+                       "--no-augment", "--epochs-grid", "1,2,3"), "--epochs-grid 1,2,3 (the study has none)")
+    # nothing redone or lost
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
 
 
@@ -325,8 +316,7 @@ def test_epochs_grid_errors(tmp_path):
         study.plan("quick", 1, tmp_path, epochs=3, frontier_opts=dict(epochs_grid="2,6"))
     for args in (["--epochs-grid", "0"], ["--epochs-grid", "1.5"], ["--preset", "seed-xt", "--epochs-grid", "2"]):
         args = (["--preset", "quick"] if "--preset" not in args else []) + args
-        res = CliRunner().invoke(main, ["study", *args, "--out", str(tmp_path / "x")])
-        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        one_line_error(cli("study", *args, "--out", tmp_path / "x"))
         assert not (tmp_path / "x").exists()
     steps, _ = study.plan("quick", 2, tmp_path, frontier_opts=dict(epochs_grid="2,6,18"))
     bases = [s for s in steps if s.name.startswith("baseline-") and s.kind == "train"]
