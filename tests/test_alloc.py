@@ -101,13 +101,13 @@ def test_study_rows_equal_search_apply_and_show_in_the_table(tiny_study, monkeyp
             args[args.index("--out") + 1] = str(tmp / "cli" / name)
             res = cli(*args, "--report", tmp / "cli" / f"{name}.json")
             assert res.exit_code == 0, res.output
-            mine, cli = runs / name, tmp / "cli" / name
-            cfgs = [json.loads((r / "config.json").read_text()) for r in (mine, cli)]
+            mine, by_hand = runs / name, tmp / "cli" / name
+            cfgs = [json.loads((r / "config.json").read_text()) for r in (mine, by_hand)]
             assert cfgs[0]["reduction"][-1]["ranks"] == cfgs[1]["reduction"][-1]["ranks"]
             assert cfgs[0]["reduction"][-1]["request"]["search"] == f"uniform:{keep:g}"
-            w0, w1 = (load_file(r / "model.safetensors") for r in (mine, cli))
+            w0, w1 = (load_file(r / "model.safetensors") for r in (mine, by_hand))
             assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
-            m0, m1 = load_run(mine)[0].eval(), load_run(cli)[0].eval()
+            m0, m1 = load_run(mine)[0].eval(), load_run(by_hand)[0].eval()
             x = torch.rand(8, 1, 28, 28)
             with torch.no_grad():
                 assert torch.equal(m0(x), m1(x))
