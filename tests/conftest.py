@@ -4,6 +4,7 @@ sys.path, as for synthetic.py); fixtures need no import."""
 import hashlib
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,27 @@ from laser_tool.models import ModelSpec, build_model, count_params
 from laser_tool.models.evaluate import evaluate
 from laser_tool.posthoc import reduce as reducer
 from laser_tool.runs.checkpoint import save_model
+from laser_tool.runs.predictions import save_predictions
+from laser_tool import study
 from laser_tool.study import frontier
 from trainers import presets
 from trainers import train as trainer
+from trainers.config import TrainConfig
 
 # CPU-sized model settings shared by the model and CLI tests (n_dyad 4 divides every width here).
 SMALL = dict(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128, image_size=16, patch_size=4)
 # The tiny ViT the training tests train on 28px MNIST-format images (16 patches of 7), in a few seconds.
 TINY = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7,
                  dropout=0.1, emb_dropout=0.1)
+
+
+def tiny_cfg(data_dir, out, **kw):
+    """A TrainConfig of TINY on the synthetic MNIST in data_dir, with `kw` over it. No augmentation: the
+    synthetic task is then learnt in a few dozen steps (test_train's quick-preset test augments real data)."""
+    base = TrainConfig(model=TINY, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
+                       batch_size=50, lr=3e-3, warmup_epochs=0.5, weight_decay=0.01, device="cpu",
+                       out=str(out), name="run")
+    return replace(base, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -194,3 +207,58 @@ def tiny_study(tmp_path, monkeypatch, isolated):
     monkeypatch.setattr(trainer, "train", train)
     monkeypatch.setattr(reducer, "reduce_run_budgets", reduce)
     return tmp_path, calls
+
+
+def train_step_80(out, data_dir):
+    """A train step with 80 optimizer steps per epoch (the tiny preset, batch 10 on 800 images)."""
+    cfg = study.train_config("quick", dict(seed=0, out=str(out), device="cpu", data_dir=str(data_dir), name="run"))
+    cfg = replace(cfg, batch_size=10, epochs=3)
+    return study.Step("train", "run", "laser-tool train ...", cfg=cfg)
+
+
+# ------------------------------------------------------------------ run directories written, not trained (compare)
+
+COMPARE_TINY = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32, depth=2,
+                         heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
+
+
+def written_run(root, name, acc, seed=0, spec=COMPARE_TINY, dataset="fashion-mnist", params=10_000, reduction=None,
+                final=True, model=False, epochs=2, heal=None, parent=None, correct=None, pred_dataset=None,
+                train=None, **final_extra):
+    """A run directory as the trainer / reducer write it (config.json flattened keys + model spec).
+    `correct` (bools, one per test image) also writes predictions.safetensors; `train` a "train" entry."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"kind": "train", "model": spec.to_dict(), "dataset": dataset, "seed": seed, "epochs": epochs,
+              "lr": 1e-3, "batch_size": 32}
+    if train is not None:
+        config["train"] = train
+    if reduction:
+        config.update(kind="post-hoc", reduction=reduction, parent=str(parent or root / "parent"))
+    if correct is not None:
+        c = torch.as_tensor(correct, dtype=torch.bool)
+        y = torch.arange(len(c)) % 10
+        save_predictions(d, pred_dataset or dataset, torch.where(c, y, (y + 1) % 10), y)
+        acc = c.float().mean().item()
+    if heal:
+        config["heal"] = {"epochs": heal}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": acc}) + "\n")
+    if model:
+        m = build_model(spec)
+        params = count_params(m)
+        save_model(d / "model.safetensors", m, config)
+    if final:
+        (d / "final.json").write_text(json.dumps({"status": "complete", "test_acc": acc, "params": params,
+                                                  "train_seconds": 10.0 + seed, **final_extra}))
+    return d
+
+
+def ranks(role, r, depth=2):
+    """{layer: rank} for one role (as `ffn.in`) in every block."""
+    return {f"blocks.{b}.{role}": r for b in range(depth)}
+
+
+def red(method, role, r):
+    """The reduction entry a post-hoc run's config records for a cut of one role in every block."""
+    return [{"method": method, "ranks": ranks(role, r), "store": "factored"}]

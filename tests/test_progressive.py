@@ -205,7 +205,7 @@ def test_auto_cuts_the_layer_held_still_and_leaves_the_moving_one(data_dir, tmp_
 
 
 def test_compare_puts_progressive_beside_lowrank_and_post_hoc(tmp_path):
-    from test_compare import make_run, red
+    from conftest import red, written_run as make_run
     spec = compare_spec = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32,
                                     depth=2, heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
     make_run(tmp_path, "base", 0.80, spec=spec, params=10_000)

@@ -226,7 +226,7 @@ def test_8_corrupt_final_json_inside_a_study(tmp_path, monkeypatch):
     """A study whose runs' final.json files were damaged: the trained run's is recomputed from its
     state, the reduced run (laser-tool's own) is made again; exit 0, no traceback."""
     from laser_tool.data import files as data
-    from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
+    from conftest import SMALL_FRONTIER, TINY_PRESET, write_fashion
     from laser_tool.study import frontier
     from trainers import presets
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])

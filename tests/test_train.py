@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from laser_tool import load_run
 from laser_tool.errors import UserError
-from conftest import TINY, cli, one_line_error
+from conftest import TINY, cli, one_line_error, tiny_cfg
 from synthetic import write_tiny_mnist
 from trainers.config import TrainConfig
 from trainers.train import train
@@ -22,15 +22,6 @@ from trainers.train import train
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
-
-
-def tiny_cfg(data_dir, out, **kw):
-    # No augmentation: the synthetic task is then learnt in a few dozen steps (the quick-preset test
-    # below trains with augmentation on real data).
-    base = TrainConfig(model=TINY, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
-                       batch_size=50, lr=3e-3, warmup_epochs=0.5, weight_decay=0.01, device="cpu",
-                       out=str(out), name="run")
-    return replace(base, **kw)
 
 
 def test_loss_falls_and_run_files(data_dir, tmp_path):

@@ -94,7 +94,7 @@ STUDY_SCRIPT = textwrap.dedent("""
     from laser_tool.data import files as data
     from laser_tool.launch.base import Launch
     from laser_tool.study import frontier, run_study
-    from test_study import TINY_PRESET
+    from conftest import TINY_PRESET
     from test_trust import TWO
     from trainers import presets
     if __name__ == "__main__":
