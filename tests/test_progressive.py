@@ -14,7 +14,7 @@ from laser_tool import study
 from laser_tool.runs.checkpoint import load_run
 from laser_tool.models.layers import FactoredLinear
 from laser_tool.models.budget import lowrank_rank
-from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.models import build_model, count_params
 from laser_tool.posthoc.reduce import reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.ranks import resolve_rank
@@ -205,11 +205,9 @@ def test_auto_cuts_the_layer_held_still_and_leaves_the_moving_one(data_dir, tmp_
 
 
 def test_compare_puts_progressive_beside_lowrank_and_post_hoc(tmp_path):
-    from conftest import red, written_run as make_run
-    spec = compare_spec = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32,
-                                    depth=2, heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
+    from conftest import COMPARE_TINY as spec, red, written_run as make_run
     make_run(tmp_path, "base", 0.80, spec=spec, params=10_000)
-    make_run(tmp_path, "low", 0.78, spec=replace(compare_spec, variant="lowrank", targets=["ffn-in"]), params=8_000)
+    make_run(tmp_path, "low", 0.78, spec=replace(spec, variant="lowrank", targets=["ffn-in"]), params=8_000)
     make_run(tmp_path, "svd", 0.75, params=7_980, reduction=red("svd", "ffn.in", 10))
     prog = make_run(tmp_path, "prog", 0.79, params=7_980)
     config = json.loads((prog / "config.json").read_text())
