@@ -38,7 +38,18 @@ LAYER_TYPES = {
 # How activation-aware methods calibrate (`reduce --calibrate`): every layer on the unreduced model's inputs
 # (SVD-LLM), or each on the inputs of the model whose earlier layers are already cut (GPTQ-style).
 CALIBRATIONS = ("original", "sequential")
+CALIB_BATCHES = 8   # training-split batches they calibrate on by default (`--calib-batches`; a progressive cut too)
 STORES = ("dense", "factored")
+SEARCH_CRITERIA = ("acc", "loss")   # what a rank search's threshold bounds (`search --criterion`)
+EXPORT_FORMATS = ("dense", "onnx")   # `export --format` (export/run.py)
+
+# Settings that do not change what is trained (TrainConfig fields): a run may be resumed with them
+# changed (trainers/train.py), and compare groups runs that differ only in them (analysis/describe.py).
+# The study labels are among them: a study puts them on a run to name its place in the study
+# (study/steps.py), and compare reads them to pick the run's baseline.
+STUDY_LABELS = ("matched_to", "lr_grid")
+RECIPE_NEUTRAL = frozenset({"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download",
+                            "tensorboard", *STUDY_LABELS})
 
 METRICS = ("test", "val")   # the accuracy a comparison tests on
 # What a frontier study slims (`study --targets`): the FFN, the attention projections, or both.

@@ -1,7 +1,8 @@
-"""Shared by the issue-9 robustness tests: a tiny trained world, CLI helpers, and the one-line check.
+"""Shared by the issue-9 robustness tests: a tiny trained world and `refused`.
 
-Every failure case asserts: a non-zero exit, exactly one line on stderr and it starts with "error:",
-no traceback, and nothing outside the output touched (the surroundings are hashed before and after).
+Every failure case asserts the one-line error (conftest.one_line_error: a non-zero exit, exactly one line
+of output starting with "error:", no traceback) and nothing outside the output touched (the surroundings
+are hashed before and after).
 """
 import hashlib
 import os
@@ -10,9 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from laser_tool.cli import main
+from conftest import cli, one_line_error
 from synthetic import write_tiny_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,24 +37,6 @@ def snapshot(root: Path) -> dict:
             else:
                 out[str(p)] = ("dir", st.st_mode)
     return out
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r
-
-
-def one_line_error(r, *words):
-    """Exit non-zero, stderr is one line starting with 'error:' (naming `words`), no traceback."""
-    err = r.stderr
-    assert r.exit_code not in (0, None), (r.exit_code, r.output)
-    assert isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output + err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def refused(tree: Path, *args, words=()):

@@ -5,11 +5,9 @@ import shlex
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from laser_tool import study
-from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.posthoc import search as searcher
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, run_data
@@ -17,8 +15,9 @@ from laser_tool.posthoc.search import SearchSettings, parse_budget, search_budge
 from laser_tool.runs.checkpoint import load_run
 from laser_tool.study import frontier
 from laser_tool.study.allocated import SEARCH
-from test_reduce import hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
-from test_study import tiny_study  # noqa: F401 (fixture)
+from conftest import cli, hashes, make_run
+
+pytestmark = pytest.mark.usefixtures("isolated", "one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +101,15 @@ def test_study_rows_equal_search_apply_and_show_in_the_table(tiny_study, monkeyp
             # the step's own command, run by hand into another directory, makes the same model
             args = shlex.split(st.command)[1:]
             args[args.index("--out") + 1] = str(tmp / "cli" / name)
-            res = CliRunner().invoke(main, args + ["--report", str(tmp / "cli" / f"{name}.json")])
+            res = cli(*args, "--report", tmp / "cli" / f"{name}.json")
             assert res.exit_code == 0, res.output
-            mine, cli = runs / name, tmp / "cli" / name
-            cfgs = [json.loads((r / "config.json").read_text()) for r in (mine, cli)]
+            mine, by_hand = runs / name, tmp / "cli" / name
+            cfgs = [json.loads((r / "config.json").read_text()) for r in (mine, by_hand)]
             assert cfgs[0]["reduction"][-1]["ranks"] == cfgs[1]["reduction"][-1]["ranks"]
             assert cfgs[0]["reduction"][-1]["request"]["search"] == f"uniform:{keep:g}"
-            w0, w1 = (load_file(r / "model.safetensors") for r in (mine, cli))
+            w0, w1 = (load_file(r / "model.safetensors") for r in (mine, by_hand))
             assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
-            m0, m1 = load_run(mine)[0].eval(), load_run(cli)[0].eval()
+            m0, m1 = load_run(mine)[0].eval(), load_run(by_hand)[0].eval()
             x = torch.rand(8, 1, 28, 28)
             with torch.no_grad():
                 assert torch.equal(m0(x), m1(x))

@@ -12,7 +12,9 @@ from laser_tool.posthoc.decompose import Decomposition
 from laser_tool.posthoc.ranks import resolve_rank, select
 from laser_tool.posthoc.reduce import ReduceSettings, forward_order, reduce_run, run_data
 from laser_tool.runs.checkpoint import load_run
-from test_reduce import _one_line_error, cli, hashes, isolated, make_run, one_thread  # noqa: F401 (fixtures)
+from conftest import cli, hashes, make_run, one_line_error
+
+pytestmark = pytest.mark.usefixtures("isolated", "one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_calibrate_sequential_with_svd_is_one_line_and_writes_nothing(base, tmp_
     before = hashes(base)
     res = cli("reduce", base, "--layer", "*:all", "--rank", "params:0.5", "--calibrate", "sequential",
               "--out", tmp_path / "x")
-    _one_line_error(res, "--calibrate sequential", "svd", "--method whiten")
+    one_line_error(res, "--calibrate sequential", "svd", "--method whiten")
     assert not (tmp_path / "x").exists() and hashes(base) == before
     res = cli("reduce", base, "--layer", "*:all", "--rank", "params:0.5", "--calibrate", "nope")
     assert res.exit_code != 0 and "original" in res.output

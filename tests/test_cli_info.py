@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from laser_tool.cli import main
+from conftest import cli, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,19 +16,15 @@ SMALL_ARGS = ["--dim", "64", "--depth", "2", "--heads", "2", "--dim-head", "32",
               "--image-size", "16", "--patch-size", "4"]
 
 
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
 def test_help():
-    r = run("--help")
+    r = cli("--help")
     assert r.exit_code == 0 and "info" in r.output
-    r = run("info", "--help")
+    r = cli("info", "--help")
     assert r.exit_code == 0 and "--arch" in r.output and "--json" in r.output
 
 
 def test_info_json_vit_tiny_seed_count():
-    r = run("info", "--arch", "vit-tiny", "--json")
+    r = cli("info", "--arch", "vit-tiny", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert isinstance(data, dict)
@@ -39,7 +34,7 @@ def test_info_json_vit_tiny_seed_count():
 
 
 def test_info_table_small_with_variant():
-    r = run("info", "--arch", "xt-vit", *SMALL_ARGS, "--variant", "dyad", "--target", "ffn", "--n-dyad", "4",
+    r = cli("info", "--arch", "xt-vit", *SMALL_ARGS, "--variant", "dyad", "--target", "ffn", "--n-dyad", "4",
             "--blocks", "1")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
@@ -58,7 +53,7 @@ def test_info_table_small_with_variant():
     ("--dyad-variant", "xx", ["it", "ot", "dt"]),
 ])
 def test_unknown_choice_is_a_usage_error_listing_choices(option, value, choices):
-    r = run("info", option, value)
+    r = cli("info", option, value)
     assert r.exit_code == 2
     assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
     assert value in r.stderr
@@ -66,24 +61,15 @@ def test_unknown_choice_is_a_usage_error_listing_choices(option, value, choices)
         assert c in r.stderr
 
 
-def one_line_error(r):
-    assert r.exit_code != 0
-    assert isinstance(r.exception, SystemExit), r.exception   # handled, not a crash
-    assert "Traceback" not in r.output
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
-
-
 def test_dyad_indivisible_names_layer_and_constraint():
-    r = run("info", "--arch", "vit-tiny", *SMALL_ARGS, "--variant", "dyad", "--target", "ffn", "--n-dyad", "3")
+    r = cli("info", "--arch", "vit-tiny", *SMALL_ARGS, "--variant", "dyad", "--target", "ffn", "--n-dyad", "3")
     line = one_line_error(r)
     assert "blocks.0.ffn.in" in line and "divisible by n_dyad=3" in line
 
 
 def test_rank_zero_is_a_clear_error():
     for kind in ("lowrank", "skl"):
-        r = run("info", "--arch", "xt-vit", *SMALL_ARGS, "--variant", kind, "--target", "attn-out",
+        r = cli("info", "--arch", "xt-vit", *SMALL_ARGS, "--variant", kind, "--target", "attn-out",
                 "--scale", "0.0001")
         line = one_line_error(r)
         assert "blocks.0.attn.out" in line and "rank 0" in line and "--scale" in line
@@ -100,7 +86,7 @@ def test_other_user_errors(args, needle):
     if "--image-size" in args:
         i = small.index("--image-size")
         del small[i:i + 2]
-    line = one_line_error(run("info", "--arch", "vit-tiny", *small, *args))
+    line = one_line_error(cli("info", "--arch", "vit-tiny", *small, *args))
     assert needle in line
 
 

@@ -11,59 +11,14 @@ from scipy.special import betainc
 
 import laser_tool
 from laser_tool.analysis import compare as cmp
-from laser_tool.runs.checkpoint import save_model
 from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model, count_params
-from laser_tool.runs.predictions import save_predictions
 from laser_tool.analysis import plot, stats
 from laser_tool.analysis.stats import holm, mcnemar_exact
 
 from laser_tool.analysis import render as report
-
-TINY = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32, depth=2,
-                 heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
-
-
-def make_run(root, name, acc, seed=0, spec=TINY, dataset="fashion-mnist", params=10_000, reduction=None,
-             final=True, model=False, epochs=2, heal=None, parent=None, correct=None, pred_dataset=None,
-             train=None, **final_extra):
-    """A run directory as the trainer / reducer write it (config.json flattened keys + model spec).
-    `correct` (bools, one per test image) also writes predictions.safetensors; `train` a "train" entry."""
-    d = root / name
-    d.mkdir(parents=True)
-    config = {"kind": "train", "model": spec.to_dict(), "dataset": dataset, "seed": seed, "epochs": epochs,
-              "lr": 1e-3, "batch_size": 32}
-    if train is not None:
-        config["train"] = train
-    if reduction:
-        config.update(kind="post-hoc", reduction=reduction, parent=str(parent or root / "parent"))
-    if correct is not None:
-        c = torch.as_tensor(correct, dtype=torch.bool)
-        y = torch.arange(len(c)) % 10
-        save_predictions(d, pred_dataset or dataset, torch.where(c, y, (y + 1) % 10), y)
-        acc = c.float().mean().item()
-    if heal:
-        config["heal"] = {"epochs": heal}
-    (d / "config.json").write_text(json.dumps(config))
-    (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": acc}) + "\n")
-    if model:
-        m = build_model(spec)
-        params = count_params(m)
-        save_model(d / "model.safetensors", m, config)
-    if final:
-        (d / "final.json").write_text(json.dumps({"status": "complete", "test_acc": acc, "params": params,
-                                                  "train_seconds": 10.0 + seed, **final_extra}))
-    return d
-
-
-def ranks(role, r, depth=2):
-    return {f"blocks.{b}.{role}": r for b in range(depth)}
-
-
-def red(method, role, r):
-    return [{"method": method, "ranks": ranks(role, r), "store": "factored"}]
-
+from conftest import COMPARE_TINY as TINY, ranks, red, written_run as make_run
 
 # ---------------------------------------------------------------------------------------------
 # statistics, checked against the textbook formulas

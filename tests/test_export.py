@@ -12,12 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from laser_tool.analysis.compare import compare_runs
 from laser_tool.analysis.render import render
-from laser_tool.cli import main
 from laser_tool.export import onnx as export_onnx
 from laser_tool.models import ModelSpec
 from laser_tool.models.surgery import slots
@@ -26,7 +24,7 @@ from laser_tool.models.xt_vit import build_xt_vit
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.runs.checkpoint import load_run, read_header
 from laser_tool.runs.reader import read_run
-from test_reduce import make_run
+from conftest import cli, make_run, one_line_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -89,18 +87,6 @@ def images(run, n=7):
 def logits(model, x):
     with torch.no_grad():
         return model.eval()(x)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    err = res.output.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

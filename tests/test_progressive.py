@@ -7,28 +7,25 @@ from dataclasses import replace
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from laser_tool.analysis import compare
 from laser_tool import study
 from laser_tool.runs.checkpoint import load_run
-from laser_tool.cli import main
 from laser_tool.models.layers import FactoredLinear
 from laser_tool.models.budget import fraction_rank
-from laser_tool.models import ModelSpec, build_model, count_params
+from laser_tool.models import build_model, count_params
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.ranks import resolve_rank
 from laser_tool.models.surgery import slots
+from conftest import TINY, cli, one_line_error
 from synthetic import write_tiny_mnist
 from trainers import progressive
 from trainers import train as loop
 from trainers.config import TrainConfig
 from trainers.train import train
 
-TINY = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7,
-                 dropout=0.1, emb_dropout=0.1)
 SPE = 1000 // 50  # steps per epoch: 1200 images - 200 held out, batches of 50
 
 
@@ -155,15 +152,14 @@ def test_rank_annealing_in_two_steps_and_spectra_over_training(data_dir, tmp_pat
     assert all(0 < r["spectral"]["blocks.0.ffn.out"]["stable_rank"] <= r["spectral"]["blocks.0.ffn.out"]["rank"]
                for r in rows)
 
-    res = CliRunner().invoke(main, ["spectrum", str(run), "--over-training", "--format", "json",
-                                    "--plot", str(tmp_path / "over.png")])
+    res = cli("spectrum", run, "--over-training", "--format", "json", "--plot", tmp_path / "over.png")
     assert res.exit_code == 0, res.output
     got = json.loads(res.output[:res.output.rindex("}") + 1])
     assert [(r["epoch"], r["rank"]) for r in got["rows"] if r["layer"] == "blocks.0.ffn.in"] == \
         [(0, 32), (1, 32), (2, r1), (3, r2)]
     assert [c["epoch"] for c in got["cuts"]] == [1.0, 2.0]
     assert (tmp_path / "over.png").read_bytes()[:4] == b"\x89PNG"
-    res = CliRunner().invoke(main, ["spectrum", str(tmp_path), "--over-training"])
+    res = cli("spectrum", tmp_path, "--over-training")
     assert res.exit_code == 2 and "not a run directory" in res.output
 
 
@@ -209,11 +205,9 @@ def test_auto_cuts_the_layer_held_still_and_leaves_the_moving_one(data_dir, tmp_
 
 
 def test_compare_puts_progressive_beside_lowrank_and_post_hoc(tmp_path):
-    from test_compare import make_run, red
-    spec = compare_spec = ModelSpec(arch="vit-tiny", image_size=8, channels=1, num_classes=10, patch_size=4, dim=32,
-                                    depth=2, heads=2, dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0)
+    from conftest import COMPARE_TINY as spec, red, written_run as make_run
     make_run(tmp_path, "base", 0.80, spec=spec, params=10_000)
-    make_run(tmp_path, "low", 0.78, spec=replace(compare_spec, variant="lowrank", targets=["ffn-in"]), params=8_000)
+    make_run(tmp_path, "low", 0.78, spec=replace(spec, variant="lowrank", targets=["ffn-in"]), params=8_000)
     make_run(tmp_path, "svd", 0.75, params=7_980, reduction=red("svd", "ffn.in", 10))
     prog = make_run(tmp_path, "prog", 0.79, params=7_980)
     config = json.loads((prog / "config.json").read_text())
@@ -252,9 +246,7 @@ def test_bad_input_is_one_line_before_training(data_dir, tmp_path, args, message
     common = ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--dim", "32", "--depth", "1",
               "--heads", "2", "--dim-head", "16", "--mlp-dim", "64", "--patch-size", "7", "--epochs", "3",
               "--device", "cpu", "--out", str(tmp_path), "--name", "r"]
-    res = CliRunner().invoke(main, common + args)
-    assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
-    assert message in res.output
+    one_line_error(cli(*common, *args), message)
     assert not (tmp_path / "r").exists()  # nothing was written: the check runs before the run directory is made
 
 

@@ -3,103 +3,27 @@
 A tiny vit-tiny is trained for a few steps on synthetic class-template images written as MNIST IDX
 files, so accuracies are non-trivial and the real data path is exercised.
 """
-import hashlib
 import json
 import shutil
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from click.testing import CliRunner
 
 from laser_tool.data import files as data
 from laser_tool.runs.checkpoint import load_run, save_model
-from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.models.evaluate import evaluate
 from laser_tool.models.budget import fraction_rank
-from laser_tool.models import ModelSpec, build_model, count_params
+
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.decompose import Calib, Decomposition, relative_error, singular_values, truncate
 from laser_tool.posthoc.spectrum import mp_threshold
 from laser_tool.posthoc.ranks import parse_spec, resolve_rank
+from conftest import cli, hashes, make_run, one_line_error
 
 
-# ------------------------------------------------------------------ fixtures (test_search imports these)
-
-def _idx(arr, magic):
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
-
-
-def write_mnist(folder, n_train=600, n_test=200, seed=0):
-    """Class templates plus noise, in the MNIST IDX format data.py reads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    templates = rng.integers(0, 256, (10, 28, 28)).astype(np.float32)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = rng.integers(0, 10, n)
-        x = np.clip(0.6 * templates[y] + rng.normal(0, 50, (n, 28, 28)) + 50, 0, 255).astype(np.uint8)
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x, 0x803))
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y.astype(np.uint8), 0x801))
-
-
-TINY = dict(image_size=28, patch_size=7, channels=1, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64,
-            num_classes=10, dropout=0.0, emb_dropout=0.0)
-
-
-def make_run(root: Path, name="base", steps=40, **spec_kw):
-    """A finished-looking run directory: config.json, model.safetensors, final.json."""
-    datadir = root / "data"
-    if not datadir.exists():
-        write_mnist(datadir)
-    spec = ModelSpec(**{"arch": "vit-tiny", **TINY, **spec_kw})
-    cfg = dict(model=spec.to_dict(), dataset="mnist", data_dir=str(datadir), val_size=100, train_subset=None,
-               seed=0, epochs=1)
-    sp = data.load_dataset("mnist", str(datadir), False, 100, 0, None)
-    torch.manual_seed(0)
-    model = build_model(spec)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        i = torch.randint(0, len(sp.train_x), (32,), generator=g)
-        loss = F.cross_entropy(model(sp.train_x[i].float() / 255), sp.train_y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    run = root / name
-    run.mkdir()
-    save_model(run / "model.safetensors", model, cfg)
-    (run / "config.json").write_text(json.dumps(cfg))
-    val, test = evaluate(model, sp.val_x, sp.val_y)[1], evaluate(model, sp.test_x, sp.test_y)[1]
-    (run / "final.json").write_text(json.dumps(dict(status="complete", test_acc=test, val_acc=val,
-                                                    params=count_params(model), train_seconds=1.0, device="cpu")))
-    return run
-
-
-def hashes(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a small machine shared with other jobs, OpenMP threads spin-wait for each other: a 96x32
-    # SVD took 0.6 s with 2 threads and 1 ms with one. These models are tiny; one thread is plenty.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("isolated", "one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -306,10 +230,6 @@ def test_saves_nothing_warning_compares_with_the_replaced_layer(tmp_path, capsys
 
 # ------------------------------------------------------------------ the command and its errors
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_cli_reduce_and_warning(base, tmp_path):
     res = cli("reduce", base, "--layer", "0:fc_in", "--rank", "30", "--store", "factored", "--out", tmp_path / "w")
     assert res.exit_code == 0, res.output
@@ -320,15 +240,6 @@ def test_cli_reduce_and_warning(base, tmp_path):
     out = Path(res.stdout.strip().split("wrote ")[-1])
     assert out.parent == base.parent and out.name.startswith("base-reduced-svd-")
     assert cli("reduce", base, "--layer", "head", "--rank", "rho:0.5").exit_code == 2   # exists: refuse
-
-
-def _one_line_error(res, *needles):
-    assert res.exit_code != 0
-    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
-    err = res.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
 
 
 def test_cli_errors_leave_the_input_untouched(base, tmp_path):
@@ -345,7 +256,7 @@ def test_cli_errors_leave_the_input_untouched(base, tmp_path):
         (["--layer", "head", "--rank", "2", "--out", base / "inside"], ["input run"]),
     ]
     for args, needles in cases:
-        _one_line_error(cli("reduce", base, *args), *needles)
+        one_line_error(cli("reduce", base, *args), *needles)
     assert hashes(base) == before
 
 
@@ -354,12 +265,12 @@ def test_cli_bad_checkpoints(base, tmp_path):
     shutil.copytree(base, bad)
     blob = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    _one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "corrupt or truncated")
+    one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "corrupt or truncated")
     (bad / "model.safetensors").write_bytes(b"\x00garbage")
-    _one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "not a readable safetensors")
+    one_line_error(cli("reduce", bad, "--layer", "head", "--rank", "2"), "not a readable safetensors")
     pt = tmp_path / "model.pt"
     pt.write_bytes(b"not really a pickle")
-    _one_line_error(cli("reduce", pt, "--layer", "head", "--rank", "2"), "pickle")
+    one_line_error(cli("reduce", pt, "--layer", "head", "--rank", "2"), "pickle")
 
 
 def test_cli_missing_calibration_data(base, tmp_path):
@@ -372,7 +283,7 @@ def test_cli_missing_calibration_data(base, tmp_path):
     save_model(moved / "model.safetensors", model, cfg)
     (moved / "config.json").write_text(json.dumps(cfg))
     before = hashes(moved)
-    _one_line_error(cli("reduce", moved, "--layer", "head", "--rank", "2", "--method", "whiten"), "mnist not found")
+    one_line_error(cli("reduce", moved, "--layer", "head", "--rank", "2", "--method", "whiten"), "mnist not found")
     assert hashes(moved) == before
     assert not any(p.name.startswith("moved-") or p.name.startswith(".moved") for p in tmp_path.iterdir())
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from laser_tool.runs.checkpoint import load_run
-from robust import ROOT, cli, one_line_error, place, refused, snapshot, train_args, world  # noqa: F401
+from conftest import cli, one_line_error
+from robust import ROOT, place, refused, snapshot, train_args, world  # noqa: F401
 
 # ------------------------------------------------------------------ 1. data loss
 

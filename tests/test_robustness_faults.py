@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from laser_tool.runs.checkpoint import META_KEY, load_run
 from laser_tool.models.layers import FactoredLinear
 from laser_tool.posthoc.decompose import Calib, Decomposition
-from robust import cli, place, refused, snapshot, train_args, world  # noqa: F401
+from conftest import cli
+from robust import place, refused, snapshot, train_args, world  # noqa: F401
 
 # ------------------------------------------------------------------ 6. balanced factors
 
@@ -225,7 +226,7 @@ def test_8_corrupt_final_json_inside_a_study(tmp_path, monkeypatch):
     """A study whose runs' final.json files were damaged: the trained run's is recomputed from its
     state, the reduced run (laser-tool's own) is made again; exit 0, no traceback."""
     from laser_tool.data import files as data
-    from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
+    from conftest import SMALL_FRONTIER, TINY_PRESET, write_fashion
     from laser_tool.study import frontier
     from trainers import presets
     monkeypatch.setattr(data, "DEFAULT_ROOTS", [])

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.launch.base import Launch, StepJob, check_launch
 from laser_tool.launch.status import lock_holder
-from test_study import SMALL_FRONTIER, TINY_PRESET, write_fashion
+from conftest import SMALL_FRONTIER, TINY_PRESET, cli, one_line_error, train_step_80, write_fashion
 from trainers import presets
 
 RUNS = ["baseline-s0", "narrower-k0.5-s0", "lowrank-k0.5-s0", "svd-k0.5-s0", "whiten-k0.5-s0"]
@@ -99,13 +98,6 @@ def test_submitit_local_runs_the_study_and_a_rerun_redoes_nothing(tiny):
     assert sum(" done " in ln and "test acc" in ln for ln in out) == 5
 
 
-def _train_step(out, data_dir):
-    """A train step with 80 optimizer steps per epoch (the tiny preset, batch 10 on 800 images)."""
-    cfg = study.train_config("quick", dict(seed=0, out=str(out), device="cpu", data_dir=str(data_dir), name="run"))
-    cfg = replace(cfg, batch_size=10, epochs=3)
-    return study.Step("train", "run", "laser-tool train ...", cfg=cfg)
-
-
 @pytest.mark.slow
 def test_preempted_submitit_job_requeues_and_resumes_bitwise(tiny):
     """SIGTERM to a running local submitit job: the trainer saves at its next step, submitit requeues
@@ -115,12 +107,12 @@ def test_preempted_submitit_job_requeues_and_resumes_bitwise(tiny):
     write_fashion(tmp / "data1000" / "fashion-mnist", n_train=1000)
     n = torch.get_num_threads()
     try:  # uninterrupted, in this process
-        assert StepJob(_train_step(tmp / "ref", tmp / "data1000"), tmp / "ref", "cpu", None, 1)()["status"] == "done"
+        assert StepJob(train_step_80(tmp / "ref", tmp / "data1000"), tmp / "ref", "cpu", None, 1)()["status"] == "done"
     finally:
         torch.set_num_threads(n)
     ex = submitit.LocalExecutor(folder=tmp / "pre" / "submitit")
     ex.update_parameters(timeout_min=60)
-    job = ex.submit(StepJob(_train_step(tmp / "pre", tmp / "data1000"), tmp / "pre", "cpu", None, 1))
+    job = ex.submit(StepJob(train_step_80(tmp / "pre", tmp / "data1000"), tmp / "pre", "cpu", None, 1))
     state = tmp / "pre" / "run" / "state.safetensors"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and not job.done():
@@ -190,11 +182,10 @@ def test_a_live_study_directory_is_refused(tmp_path):
 
 
 def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--launcher", "pbs"])
-    assert res.exit_code == 2 and res.output.strip() == ("error: unknown launcher 'pbs'; choose one of "
-                                                        "process, local, slurm")
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--jobs", "0"])
-    assert res.exit_code == 2 and res.output.strip() == "error: --jobs 0: need at least 1"
+    line = one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--launcher", "pbs"))
+    assert line == "error: unknown launcher 'pbs'; choose one of process, local, slurm"
+    assert one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--jobs", "0")) == \
+        "error: --jobs 0: need at least 1"
     import shutil
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="sbatch is not on PATH"):
@@ -206,8 +197,8 @@ def test_bad_launch_options_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--jobs 4 x --gpus-per-job 1 needs more than the 2 GPU"):
         check_launch(Launch(jobs=4), "cuda")
     assert check_launch(Launch(jobs=4, jobs_per_gpu=2), "cuda").threads >= 1
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path), "--time", "1:xx"])
-    assert res.exit_code == 2 and res.output.startswith("error: --time 1:xx: give minutes")
+    assert one_line_error(cli("study", "--preset", "quick", "--out", tmp_path, "--time", "1:xx")).startswith(
+        "error: --time 1:xx: give minutes")
 
 
 def test_sigterm_between_steps_stops_a_serial_study_with_143(tiny, monkeypatch):

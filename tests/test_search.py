@@ -3,17 +3,16 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from laser_tool.data import files as data
 from laser_tool.runs.checkpoint import load_run
-from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.posthoc.calibration import calibration_batches, collect_calibration
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, run_data
 from laser_tool.posthoc.search import SearchSettings, naive_sweep, search_run, staged, sweep
-from test_reduce import TINY, hashes, isolated, make_run, one_thread  # noqa: F401 (autouse fixtures)
+from conftest import TINY_RUN as TINY, cli, hashes, make_run, one_line_error
+
+pytestmark = pytest.mark.usefixtures("isolated", "one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
@@ -84,25 +83,37 @@ def test_unmeetable_budget(base, tmp_path):
     with pytest.raises(UserError, match="cannot be met"):
         search_run(base, "params:0.01", SearchSettings(layers=["*:mlp"], ranks=["params:0.5"]),
                    report=tmp_path / "x.json")
-    res = CliRunner().invoke(main, ["search", str(base), "--budget", "params:0.01", "--layers", "*:mlp",
-                                    "--ranks", "params:0.5", "--report", str(tmp_path / "y.json")])
-    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "cannot be met" in res.stderr
-    res = CliRunner().invoke(main, ["search", str(base), "--budget", "half"])
-    assert res.exit_code == 2 and "params:F" in res.stderr
+    one_line_error(cli("search", base, "--budget", "params:0.01", "--layers", "*:mlp", "--ranks", "params:0.5",
+                       "--report", tmp_path / "y.json"), "cannot be met")
+    one_line_error(cli("search", base, "--budget", "half"), "params:F")
     assert hashes(base) == before and not (tmp_path / "x.json").exists()
 
 
-def test_search_cli(base, tmp_path):
-    res = CliRunner().invoke(main, ["search", str(base), "--budget", "params:0.6", "--layers", "1:mlp",
-                                    "--ranks", "params:0.2,params:0.5", "--report", str(tmp_path / "r.json"),
-                                    "--no-compose"])
+def test_search_cli_allocates_by_the_threshold_rule(base, tmp_path):
+    res = cli("search", base, "--budget", "params:0.6", "--layers", "1:mlp", "--ranks", "params:0.2,params:0.5",
+              "--report", tmp_path / "r.json", "--no-compose")
     assert res.exit_code == 0, res.output
-    assert "chosen:" in res.stdout and (tmp_path / "r.json").exists()
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert set(rep["table"]) == {"blocks.1.ffn.in", "blocks.1.ffn.out"}      # 1:mlp, nothing else
+    # The rule, by hand from the report's sweep: the smallest accuracy drop t whose allocation fits the
+    # budget; each layer at its fewest parameters among the ranks that drop at most t (none: left whole).
+    base_acc, whole = rep["base_val_acc"], rep["layer_params"]
+
+    def at(t):
+        return {n: min(((e["params"], e["rank"]) for e in rows if base_acc - e["val_acc"] <= t + 1e-12),
+                       default=(whole[n], None)) for n, rows in rep["table"].items()}
+    drops = sorted({0.0} | {base_acc - e["val_acc"] for rows in rep["table"].values() for e in rows})
+    t = next(t for t in drops if sum(p for p, _ in at(t).values()) <= rep["budget_params"])
+    want = {n: r for n, (_, r) in at(t).items() if r is not None}
+    assert want and rep["allocation"]["threshold"] == pytest.approx(t)
+    assert rep["allocation"]["ranks"] == rep["chosen"]["ranks"] == want
+    assert rep["chosen"]["params"] == sum(p for p, _ in at(t).values()) <= rep["budget_params"]
+    assert f"chosen: {json.dumps(want)}" in res.stdout
 
 
 def test_spectrum_cli(base, tmp_path):
     before = hashes(base)
-    res = CliRunner().invoke(main, ["spectrum", str(base), "--format", "json", "--plot", str(tmp_path / "s.png")])
+    res = cli("spectrum", base, "--format", "json", "--plot", tmp_path / "s.png")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 10 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
@@ -110,7 +121,7 @@ def test_spectrum_cli(base, tmp_path):
     assert len(r["singular_values"]) == r["max_rank"] == 32
     assert 1 <= r["stable_rank"] <= r["effective_rank"] <= 32
     assert r["energy_at"]["params:0.5"]["rank"] == 10
-    res = CliRunner().invoke(main, ["spectrum", str(base), "--layers", "*.ffn.*", "--out", str(tmp_path / "s.csv")])
+    res = cli("spectrum", base, "--layers", "*.ffn.*", "--out", tmp_path / "s.csv")
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("layer,d_out,d_in,kind") and "energy@params:0.5" in lines[0]

@@ -10,7 +10,7 @@ from synthetic import write_tiny_mnist
 from trainers.config import TrainConfig
 from laser_tool.signals import Interrupted, StopFlag, exit_code
 from trainers.train import train
-from test_train import TINY
+from conftest import TINY
 
 
 def test_stop_signals_set_the_flag_and_name_the_exit_code():

@@ -15,7 +15,7 @@ from laser_tool import study
 from laser_tool.cli import main
 from laser_tool.launch.base import Launch
 from slurm_cluster import Cluster, Unavailable
-from test_study import TINY_PRESET, write_fashion
+from conftest import TINY_PRESET, write_fashion
 from trainers import presets
 
 
@@ -72,18 +72,18 @@ def test_slurm_preemption_requeues_and_resumes_bitwise(cluster, tmp_path, monkey
     import torch
     from safetensors.torch import load_file
     from laser_tool.launch.base import StepJob
-    from test_runner import _train_step
+    from conftest import train_step_80
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
     monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
     write_fashion(tmp_path / "data" / "fashion-mnist", n_train=1000)
     n = torch.get_num_threads()
     try:
-        StepJob(_train_step(tmp_path / "ref", tmp_path / "data"), tmp_path / "ref", "cpu", None, 1)()
+        StepJob(train_step_80(tmp_path / "ref", tmp_path / "data"), tmp_path / "ref", "cpu", None, 1)()
     finally:
         torch.set_num_threads(n)
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     ex.update_parameters(timeout_min=60, cpus_per_task=1)
-    job = ex.submit(StepJob(_train_step(tmp_path / "pre", tmp_path / "data"), tmp_path / "pre", "cpu", None, 1))
+    job = ex.submit(StepJob(train_step_80(tmp_path / "pre", tmp_path / "data"), tmp_path / "pre", "cpu", None, 1))
     state = tmp_path / "pre" / "run" / "state.safetensors"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:
@@ -109,7 +109,7 @@ def test_sbatch_example_trains_one_run_on_two_ranks_and_requeues(cluster, tmp_pa
     from safetensors.torch import load_file
     from synthetic import write_tiny_mnist
     from trainers.train import train
-    from test_train import TINY, tiny_cfg
+    from conftest import TINY, tiny_cfg
     data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=3000)
     cfg = tiny_cfg(data_dir, tmp_path / "one", model=replace(TINY, dropout=0.0, emb_dropout=0.0), batch_size=20)
     n = torch.get_num_threads()

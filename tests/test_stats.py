@@ -170,7 +170,7 @@ def test_runs_of_one_seed_share_split_and_batch_order_whatever_their_family(tmp_
     from dataclasses import replace
     from laser_tool.data.loader import BatchLoader
     from synthetic import write_tiny_mnist
-    from test_train import TINY
+    from conftest import TINY
     from trainers.config import TrainConfig
     from trainers.train import train
     data = write_tiny_mnist(tmp_path / "mnist", n_train=300, n_test=50)

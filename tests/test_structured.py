@@ -1,11 +1,11 @@
 """Monarch and BTT layers, the --keep budget, the structured parameterisation and spectral init."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn as nn
-from click.testing import CliRunner
 
 from laser_tool.models.budget import KEEP_SLACK, candidates, choose as choose_for, dense_params
 from laser_tool.models.families import family, names as family_names
@@ -21,6 +21,7 @@ from laser_tool.models.families.btt import BTTLinear
 from laser_tool.models.families.monarch import MonarchLinear
 from laser_tool.models.surgery import find_slot, make_layer, named_linears
 from trainers.optim import make_optimizer, set_lr
+from conftest import TINY, cli, one_line_error
 
 KINDS = family_names()   # every registered family
 
@@ -220,10 +221,10 @@ def test_new_variants_are_drop_in_for_every_target(arch, kind, small):
 # --------------------------------------------------------------------------------- bad input
 
 
-def cli(*args):
-    return CliRunner().invoke(main, ["info", "--arch", "vit-tiny", "--dim", "64", "--depth", "2", "--heads", "2",
-                                     "--dim-head", "32", "--mlp-dim", "128", "--image-size", "16",
-                                     "--patch-size", "4", *args])
+def info(*args):
+    """`laser-tool info` on the SMALL vit-tiny with these options."""
+    return cli("info", "--arch", "vit-tiny", "--dim", "64", "--depth", "2", "--heads", "2", "--dim-head", "32",
+               "--mlp-dim", "128", "--image-size", "16", "--patch-size", "4", *args)
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -239,17 +240,12 @@ def cli(*args):
     (["--variant", "lowrank", "--target", "ffn", "--keep", "0.5", "--scale", "0.3"], ["--keep or --scale"]),
 ])
 def test_bad_structure_requests_are_one_line(args, needles):
-    r = cli(*args)
-    assert r.exit_code == 2, r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
+    one_line_error(info(*args), *needles)
 
 
 def test_info_shows_new_kinds():
     for kind in ("monarch", "btt"):
-        r = cli("--variant", kind, "--target", "ffn", "--keep", "0.5", "--json")
+        r = info("--variant", kind, "--target", "ffn", "--keep", "0.5", "--json")
         assert r.exit_code == 0, r.output
         rows = {row["name"]: row for row in json.loads(r.stdout)["layers"]}
         assert rows["blocks.1.ffn.out"]["kind"] == kind
@@ -382,9 +378,7 @@ def test_run_records_the_budget_reached_and_the_multipliers_and_resumes_bitwise(
     from trainers.config import TrainConfig
     from trainers.train import train
     data_dir = write_tiny_mnist(tmp_path / "mnist")
-    spec = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7, dropout=0.1,
-                     emb_dropout=0.1, variant="lowrank", targets=["ffn"], keep=0.5, param="structured",
-                     init="spectral")
+    spec = replace(TINY, variant="lowrank", targets=["ffn"], keep=0.5, param="structured", init="spectral")
     cfg = TrainConfig(model=spec, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
                       batch_size=100, lr=3e-3, warmup_epochs=0.5, device="cpu", out=str(tmp_path / "a"))
     run = train(cfg, progress=False)
@@ -405,7 +399,6 @@ def test_run_records_the_budget_reached_and_the_multipliers_and_resumes_bitwise(
 
 
 def replace_out(cfg, out):
-    from dataclasses import replace
     return replace(cfg, out=str(out))
 
 

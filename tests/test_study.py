@@ -1,77 +1,17 @@
 """study: frontier and grid plans, matched ranks, a tiny end-to-end frontier on synthetic IDX data, resume."""
 import json
-import struct
 from dataclasses import replace
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.surgery import named_linears
 
 from laser_tool.analysis import costs
-from laser_tool.data import files as data
 from laser_tool.study import frontier
 from laser_tool import study
-from laser_tool.posthoc import reduce as reducer
-from trainers import presets
-from trainers import train as trainer
-
-TINY_PRESET = {
-    "model": dict(arch="vit-tiny", dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32, patch_size=7,
-                  dropout=0.0, emb_dropout=0.0),
-    "dataset": "fashion-mnist", "epochs": 1, "batch_size": 50, "lr": 1e-3, "weight_decay": 0.0,
-    "warmup_epochs": 0.0, "grad_clip": 1.0, "val_size": 50,
-}
-
-
-def write_fashion(folder, n_train=250, n_test=60):
-    """Fashion-MNIST in its real IDX format (big-endian magic and dims, then uint8 data)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        y = rng.integers(0, 10, n, dtype=np.uint8)
-        x = (rng.integers(0, 60, (n, 28, 28)) + y[:, None, None] * 19).astype(np.uint8)  # learnable a little
-        for base, arr, magic in zip(data.IDX_FILES[split], (x, y), (0x803, 0x801)):
-            (folder / base).write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-                                        + arr.tobytes())
-
-
-# The quick frontier, shrunk: two budgets of attention + FFN, every family of the main job.
-TINY_FRONTIER = frontier.Frontier("quick", (0.5, 0.25), "all",
-                                  ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten"),
-                                  heal_epochs=1)
-
-
-# The shape of the old row grid, for the runner and fault tests: baseline, narrower and low-rank FFN at
-# half the parameters, the baseline cut post hoc with svd and whiten (3 trains, 2 reductions).
-SMALL_FRONTIER = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "lowrank", "svd", "whiten"))
-
-
-@pytest.fixture
-def tiny_study(tmp_path, monkeypatch):
-    """The quick frontier on a tiny model and tiny data; counts the calls that do the work."""
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-    monkeypatch.setitem(presets.PRESETS, "quick", TINY_PRESET)
-    monkeypatch.setitem(frontier.FRONTIERS, "quick", TINY_FRONTIER)
-    write_fashion(tmp_path / "data" / "fashion-mnist")
-    calls = {"train": [], "reduce": [], "heal": []}
-    real_train, real_reduce = trainer.train, reducer.reduce_run_budgets
-
-    def train(cfg, *a, **k):  # healing is a trainer run started from the reduced run (--init-from)
-        calls["heal" if cfg.init_from else "train"].append(cfg.name)
-        return real_train(cfg, *a, **k)
-
-    def reduce(run, selectors_by_budget, *a, **k):
-        calls["reduce"].append(sorted(selectors_by_budget))
-        return real_reduce(run, selectors_by_budget, *a, **k)
-    monkeypatch.setattr(trainer, "train", train)
-    monkeypatch.setattr(reducer, "reduce_run_budgets", reduce)
-    return tmp_path, calls
+from conftest import cli, one_line_error
 
 
 FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structured", "progressive") for k in (0.5, 0.25)]
@@ -191,18 +131,16 @@ def test_study_takes_train_settings_and_refuses_to_mix_them(tiny_study, monkeypa
     a second invocation with other settings into the same --out is refused, nothing is reused."""
     tmp, calls = tiny_study
     monkeypatch.setitem(frontier.FRONTIERS, "quick", frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd")))
-    cli = CliRunner()
-    common = ["study", "--preset", "quick", "--out", str(tmp / "st"), "--device", "cpu",
-              "--data-dir", str(tmp / "data")]
-    res = cli.invoke(main, common + ["--epochs", "1", "--lr", "0.002", "--batch-size", "25"])
+    common = ["study", "--preset", "quick", "--out", tmp / "st", "--device", "cpu", "--data-dir", tmp / "data"]
+    res = cli(*common, "--epochs", "1", "--lr", "0.002", "--batch-size", "25")
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines() == [str(tmp / "st" / "report.md")]  # the path, once
     cfg = json.loads((tmp / "st" / "runs" / "narrower-k0.5-s0" / "config.json").read_text())
     assert (cfg["epochs"], cfg["lr"], cfg["batch_size"]) == (1, 0.002, 25)
     made = sum(len(v) for v in calls.values())
-    res = cli.invoke(main, common + ["--epochs", "2", "--lr", "0.002", "--batch-size", "25"])
-    assert res.exit_code == 2 and "holds runs made with other settings" in res.output and "epochs" in res.output
-    assert len(res.output.strip().splitlines()) == 1 and sum(len(v) for v in calls.values()) == made
+    one_line_error(cli(*common, "--epochs", "2", "--lr", "0.002", "--batch-size", "25"),
+                   "holds runs made with other settings", "epochs")
+    assert sum(len(v) for v in calls.values()) == made
 
 
 def test_plan_rows_and_shared_post_hoc_twins(tmp_path):
@@ -236,18 +174,14 @@ def test_matched_ranks_give_the_variants_parameter_count():
     assert study.matched_selectors(base, wide) == []
 
 
-def test_cli_errors_are_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEFAULT_ROOTS", [])
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
-    r = CliRunner()
-    res = r.invoke(main, ["study", "--preset", "nope", "--out", str(tmp_path / "s")])
-    assert res.exit_code == 2 and res.output.strip() == ("error: unknown preset 'nope'; choose one of quick, "
-                                                        "frontier, frontier-seed-vit-tiny, seed-xt, seed-vit-tiny")
+def test_cli_errors_are_one_line(tmp_path, isolated):
+    line = one_line_error(cli("study", "--preset", "nope", "--out", tmp_path / "s"))
+    assert line == ("error: unknown preset 'nope'; choose one of quick, frontier, frontier-seed-vit-tiny, seed-xt, "
+                    "seed-vit-tiny")
     (tmp_path / "empty").mkdir()
-    res = r.invoke(main, ["study", "--preset", "quick", "--out", str(tmp_path / "s"), "--data-dir",
-                          str(tmp_path / "empty"), "--device", "cpu"])
-    assert res.exit_code == 2 and "fashion-mnist not found" in res.output
-    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s" / "runs").exists()
+    one_line_error(cli("study", "--preset", "quick", "--out", tmp_path / "s", "--data-dir", tmp_path / "empty",
+                       "--device", "cpu"), "fashion-mnist not found")
+    assert not (tmp_path / "s" / "runs").exists()
 
 
 def test_match_compute_trains_twins_as_long_as_a_heal_costs_and_answers_at_equal_compute(tiny_study, monkeypatch):
@@ -284,9 +218,8 @@ def test_match_compute_needs_heals_and_rows_to_match(tmp_path):
             study.plan("quick", 1, tmp_path, frontier_opts=dict(opts, match_compute=True))
     with pytest.raises(UserError, match="give --heal-epochs 1 or more"):
         study.plan("quick", 1, tmp_path, heal_epochs=0, frontier_opts=dict(match_compute=True))
-    res = CliRunner().invoke(main, ["study", "--preset", "seed-xt", "--match-compute", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "--match-compute applies to the frontier presets" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    one_line_error(cli("study", "--preset", "seed-xt", "--match-compute", "--out", tmp_path / "x"),
+                   "--match-compute applies to the frontier presets")
 
 
 def test_lr_grid_trains_every_point_and_the_report_keeps_the_validation_best(tiny_study, monkeypatch):
@@ -370,9 +303,9 @@ def test_epochs_grid_gives_each_length_its_own_baseline_answer_and_plot_and_resu
     study.run_study(study.StudyRequest("quick", extend=True, **kw), log=lambda s: None)  # resumes: nothing trained, cut or healed again, no file rewritten
     assert {k: len(v) for k, v in calls.items()} == made
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
-    res = CliRunner().invoke(main, ["study", "--preset", "quick", "--out", str(tmp / "st"), "--data-dir", str(tmp / "data"),
-                                    "--device", "cpu", "--no-augment", "--epochs-grid", "1,2,3"])
-    assert res.exit_code != 0 and "--epochs-grid 1,2,3 (the study has none)" in res.output  # nothing redone or lost
+    one_line_error(cli("study", "--preset", "quick", "--out", tmp / "st", "--data-dir", tmp / "data", "--device", "cpu",
+                       "--no-augment", "--epochs-grid", "1,2,3"), "--epochs-grid 1,2,3 (the study has none)")
+    # nothing redone or lost
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*/final.json")} == stamps
 
 
@@ -385,8 +318,7 @@ def test_epochs_grid_errors(tmp_path):
         study.plan("quick", 1, tmp_path, epochs=3, frontier_opts=dict(epochs_grid="2,6"))
     for args in (["--epochs-grid", "0"], ["--epochs-grid", "1.5"], ["--preset", "seed-xt", "--epochs-grid", "2"]):
         args = (["--preset", "quick"] if "--preset" not in args else []) + args
-        res = CliRunner().invoke(main, ["study", *args, "--out", str(tmp_path / "x")])
-        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        one_line_error(cli("study", *args, "--out", tmp_path / "x"))
         assert not (tmp_path / "x").exists()
     steps, _ = study.plan("quick", 2, tmp_path, frontier_opts=dict(epochs_grid="2,6,18"))
     bases = [s for s in steps if s.name.startswith("baseline-") and s.kind == "train"]
@@ -408,14 +340,11 @@ def test_study_takes_trains_epochs_option_and_builds_one_request(tmp_path, monke
     monkeypatch.setattr(study, "study_status", lambda request: seen.append(request) or [])
     base = ["study", "--preset", "quick", "--out", str(tmp_path / "st"), "--status", "--lr", "0.002"]
     for given, want in (("1.5", 1.5), ("2.0", 2)):
-        res = CliRunner().invoke(main, base + ["--epochs", given])
+        res = cli(*base, "--epochs", given)
         assert res.exit_code == 0, res.output
         assert seen[-1].epochs == want and type(seen[-1].epochs) is type(want)
         assert seen[-1].train_opts == {"lr": 0.002} and seen[-1].frontier_opts == {}
     steps, _ = study.plan("quick", 1, tmp_path, epochs=1.5)
     assert {st.cfg.epochs for st in steps if st.kind == "train"} == {1.5}
-    res = CliRunner().invoke(main, base + ["--epochs", "0.5"])
-    assert res.exit_code != 0 and res.stderr.strip().splitlines() == ["error: --epochs must be at least 1 and "
-                                                                       "--heal-epochs at least 0"]
-    res = CliRunner().invoke(main, base + ["--device", "cuda:1"])
-    assert res.exit_code != 0 and "unknown device 'cuda:1'" in res.stderr and len(res.stderr.splitlines()) == 1
+    one_line_error(cli(*base, "--epochs", "0.5"), "--epochs must be at least 1 and --heal-epochs at least 0")
+    one_line_error(cli(*base, "--device", "cuda:1"), "unknown device 'cuda:1'")

@@ -8,14 +8,13 @@ import textwrap
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from laser_tool import load_run
-from laser_tool.cli import main
 from laser_tool.data import load_dataset
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.surgery import named_linears, slots
+from conftest import cli, one_line_error
 from synthetic import write_tiny_mnist
 
 timm = pytest.importorskip("timm")
@@ -41,10 +40,6 @@ def data_dir(tmp_path_factory):
     return write_tiny_mnist(tmp_path_factory.mktemp("mnist"), n_train=400, n_test=100)
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def images(data_dir, n=32):
     return load_dataset("mnist", data_dir, val_size=100).test_x[:n].float().div(255)
 
@@ -53,7 +48,7 @@ def images(data_dir, n=32):
 
 
 def test_info_counts_timms_parameters_and_names_its_layers():
-    res = invoke("info", *CLI_ARCH, "--image-size", 28, "--channels", 1, "--json")
+    res = cli("info", *CLI_ARCH, "--image-size", 28, "--channels", 1, "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["params"] == sum(p.numel() for p in timm_vit().parameters())  # timm's own count
@@ -97,24 +92,24 @@ def test_narrower_widths_reach_timms_arguments():
 def test_timm_vit_trains_lowrank_is_reduced_searched_and_compared(data_dir, tmp_path, one_thread):
     common = ["--dataset", "mnist", "--data-dir", data_dir, "--val-size", 100, "--epochs", 1, "--batch-size", 50,
               "--no-augment", "--device", "cpu", "--out", tmp_path / "runs"]
-    res = invoke("train", *CLI_ARCH, *common, "--name", "base")
+    res = cli("train", *CLI_ARCH, *common, "--name", "base")
     assert res.exit_code == 0, res.output
-    res = invoke("train", *CLI_ARCH, "--variant", "lowrank", "--target", "ffn", "--keep", 0.5, *common, "--name", "low")
+    res = cli("train", *CLI_ARCH, "--variant", "lowrank", "--target", "ffn", "--keep", 0.5, *common, "--name", "low")
     assert res.exit_code == 0, res.output
     low, cfg = load_run(tmp_path / "runs" / "low")
     assert type(low).__module__.startswith("timm") and type(low.blocks[0].mlp.fc1).__name__ == "LowRankLinear"
     assert cfg["structure"]["fraction"] == pytest.approx(0.5, abs=0.05)
     base = tmp_path / "runs" / "base"
-    res = invoke("reduce", base, "-l", "*:mlp=params:0.5", "--store", "factored", "--out", tmp_path / "runs" / "cut",
+    res = cli("reduce", base, "-l", "*:mlp=params:0.5", "--store", "factored", "--out", tmp_path / "runs" / "cut",
                  "--device", "cpu")
     assert res.exit_code == 0, res.output
     cut, _ = load_run(tmp_path / "runs" / "cut")
     assert type(cut.blocks[1].mlp.fc2).__name__ == "FactoredLinear"
-    res = invoke("search", base, "--budget", "params:0.5", "--device", "cpu", "--ranks", "params:0.25,params:0.5",
+    res = cli("search", base, "--budget", "params:0.5", "--device", "cpu", "--ranks", "params:0.25,params:0.5",
                  "--report", tmp_path / "search.json")
     assert res.exit_code == 0, res.output
     assert set(json.loads((tmp_path / "search.json").read_text())["chosen"]["ranks"]) >= {"blocks.0.ffn.in", "head"}
-    res = invoke("compare", tmp_path / "runs", "--no-speed", "--format", "json")
+    res = cli("compare", tmp_path / "runs", "--no-speed", "--format", "json")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)["rows"]
     labels = {r["label"] for r in rows}
@@ -122,7 +117,7 @@ def test_timm_vit_trains_lowrank_is_reduced_searched_and_compared(data_dir, tmp_
 
 
 def test_progressive_cut_of_a_timm_vit(data_dir, tmp_path, one_thread):
-    res = invoke("train", *CLI_ARCH, "--dataset", "mnist", "--data-dir", data_dir, "--val-size", 100, "--epochs", 1,
+    res = cli("train", *CLI_ARCH, "--dataset", "mnist", "--data-dir", data_dir, "--val-size", 100, "--epochs", 1,
                  "--batch-size", 50, "--no-augment", "--device", "cpu", "--out", tmp_path, "--name", "prog",
                  "--reduce-at", 0.5, "--reduce-to", "params:0.5", "--reduce-layer", "*:mlp")
     assert res.exit_code == 0, res.output
@@ -140,7 +135,7 @@ def test_import_reproduces_timms_logits_and_a_full_rank_reduce_does_too(data_dir
     ref = timm_vit().eval()
     path = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pth")
     save_file(ref.state_dict(), str(path)) if fmt == "safetensors" else torch.save(ref.state_dict(), path)
-    res = invoke("import", *CLI_ARCH, "--weights", path, "--dataset", "mnist", "--data-dir", data_dir,
+    res = cli("import", *CLI_ARCH, "--weights", path, "--dataset", "mnist", "--data-dir", data_dir,
                  "--val-size", 100, "--out", tmp_path / "imported")
     assert res.exit_code == 0, res.output
     model, cfg = load_run(tmp_path / "imported")
@@ -149,7 +144,7 @@ def test_import_reproduces_timms_logits_and_a_full_rank_reduce_does_too(data_dir
         want = ref(x)
         assert torch.equal(model(x), want)
     assert cfg["import"]["format"] == fmt
-    res = invoke("spectrum", tmp_path / "imported", "--format", "json", "--layers", "blocks.1.*")
+    res = cli("spectrum", tmp_path / "imported", "--format", "json", "--layers", "blocks.1.*")
     assert res.exit_code == 0, res.output
     assert [r["layer"] for r in json.loads(res.output)] == [f"blocks.1.{n}" for n in ("attn.qkv", "attn.out",
                                                                                      "ffn.in", "ffn.out")]
@@ -157,7 +152,7 @@ def test_import_reproduces_timms_logits_and_a_full_rank_reduce_does_too(data_dir
     assert final["test_acc"] == pytest.approx((want.argmax(-1) == load_dataset("mnist", data_dir, val_size=100)
                                                .test_y[:32]).float().mean().item(), abs=1) and final["val_acc"] >= 0
     # every layer the tool can cut, at full rank: the same function
-    res = invoke("reduce", tmp_path / "imported", "-l", "*:all=rho:1", "--store", "factored",
+    res = cli("reduce", tmp_path / "imported", "-l", "*:all=rho:1", "--store", "factored",
                  "--out", tmp_path / "full", "--device", "cpu")
     assert res.exit_code == 0, res.output
     full, _ = load_run(tmp_path / "full")
@@ -165,7 +160,7 @@ def test_import_reproduces_timms_logits_and_a_full_rank_reduce_does_too(data_dir
     with torch.no_grad():
         assert torch.allclose(full(x), want, atol=1e-4)
     if fmt == "torch":  # the study's other post-hoc family calibrates on the imported run's training split
-        res = invoke("reduce", tmp_path / "imported", "-l", "*:all=params:0.5", "--method", "whiten",
+        res = cli("reduce", tmp_path / "imported", "-l", "*:all=params:0.5", "--method", "whiten",
                      "--store", "factored", "--out", tmp_path / "whiten", "--device", "cpu", "--calib-batches", 1)
         assert res.exit_code == 0, res.output
         assert json.loads((tmp_path / "whiten" / "reduce.json").read_text())["calib"]["images"] > 0
@@ -176,19 +171,19 @@ def test_import_with_a_new_head_then_heal(data_dir, tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "w5.safetensors"))
     args = [*CLI_ARCH, "--weights", tmp_path / "w5.safetensors", "--dataset", "mnist", "--data-dir", data_dir,
             "--val-size", 100]
-    res = invoke("import", *args, "--out", tmp_path / "a")
+    res = cli("import", *args, "--out", tmp_path / "a")
     assert res.exit_code == 2 and "head.weight" in res.output and "--new-head" in res.output
     assert not (tmp_path / "a").exists()
-    res = invoke("import", *args, "--new-head", "--out", tmp_path / "b")
+    res = cli("import", *args, "--new-head", "--out", tmp_path / "b")
     assert res.exit_code == 0, res.output
     model, cfg = load_run(tmp_path / "b")
     assert model.head.out_features == 10 and cfg["import"]["fresh_keys"] == ["head.bias", "head.weight"]
     assert torch.equal(model.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
-    res = invoke("train", "--init-from", tmp_path / "b", "--epochs", 1, "--batch-size", 50, "--no-augment",
+    res = cli("train", "--init-from", tmp_path / "b", "--epochs", 1, "--batch-size", 50, "--no-augment",
                  "--device", "cpu", "--data-dir", data_dir, "--out", tmp_path, "--name", "healed")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "healed" / "config.json").read_text())["val_size"] == 100
-    res = invoke("compare", tmp_path / "b", tmp_path / "healed", "--no-speed", "--format", "json")
+    res = cli("compare", tmp_path / "b", tmp_path / "healed", "--no-speed", "--format", "json")
     assert res.exit_code == 0, res.output
     assert sorted(r["label"] for r in json.loads(res.output)["rows"]) == [
         "imported w5.safetensors", "imported w5.safetensors + 1 more ep (control)"]
@@ -248,14 +243,14 @@ def factory(tmp_path, monkeypatch):
 
 
 def test_a_users_factory_is_found_by_the_same_rules(factory, data_dir, tmp_path):
-    res = invoke("info", "--arch", f"{factory}:small", "--arch-arg", "dim=24", "--image-size", 28, "--channels", 1,
+    res = cli("info", "--arch", f"{factory}:small", "--arch-arg", "dim=24", "--image-size", 28, "--channels", 1,
                  "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert [r["name"] for r in out["layers"]][:3] == ["embed", "blocks.0.attn.qkv", "blocks.0.attn.out"]
     assert out["layers"][-1]["name"] == "head" and out["layers"][1]["in_features"] == 24
     assert out["params"] == sum(r["params"] for r in out["layers"])  # all its parameters are Linear layers
-    res = invoke("train", "--arch", f"{factory}:small", "--variant", "lowrank", "--target", "attn", "--dataset",
+    res = cli("train", "--arch", f"{factory}:small", "--variant", "lowrank", "--target", "attn", "--dataset",
                  "mnist", "--data-dir", data_dir, "--val-size", 100, "--epochs", 1, "--batch-size", 50,
                  "--no-augment", "--device", "cpu", "--out", tmp_path, "--name", "mine")
     assert res.exit_code == 0, res.output
@@ -266,24 +261,16 @@ def test_a_users_factory_is_found_by_the_same_rules(factory, data_dir, tmp_path)
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 
-def one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, res.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_bad_archs_are_one_line(factory):
-    one_line_error(invoke("info", "--arch", "timm:vit_tiny_patch16_22"), "no model named", "timm:vit_tiny_patch16_224")
-    one_line_error(invoke("info", "--arch", "python:no_such_module_xyz:fn"), "cannot import no_such_module_xyz")
-    one_line_error(invoke("info", "--arch", f"{factory}:missing"), "no function 'missing'")
-    one_line_error(invoke("info", "--arch", f"{factory}:not_a_module"), "returned str, not a torch nn.Module")
-    one_line_error(invoke("info", "--arch", f"{factory}:flat"), "found 0 attention", "1, 2")
-    one_line_error(invoke("info", *CLI_ARCH, "--dim", 64), "--dim", "--arch-arg")
-    one_line_error(invoke("info", *CLI_ARCH, "--arch-arg", "num_classes=3"), "comes from the dataset's classes")
-    one_line_error(invoke("info", *CLI_ARCH, "--arch-arg", "no_such_arg=1"), "cannot build", "no_such_arg")
-    one_line_error(invoke("info", "--arch", "vit-tiny", "--arch-arg", "x=1"), "--arch-arg applies to")
+    one_line_error(cli("info", "--arch", "timm:vit_tiny_patch16_22"), "no model named", "timm:vit_tiny_patch16_224")
+    one_line_error(cli("info", "--arch", "python:no_such_module_xyz:fn"), "cannot import no_such_module_xyz")
+    one_line_error(cli("info", "--arch", f"{factory}:missing"), "no function 'missing'")
+    one_line_error(cli("info", "--arch", f"{factory}:not_a_module"), "returned str, not a torch nn.Module")
+    one_line_error(cli("info", "--arch", f"{factory}:flat"), "found 0 attention", "1, 2")
+    one_line_error(cli("info", *CLI_ARCH, "--dim", 64), "--dim", "--arch-arg")
+    one_line_error(cli("info", *CLI_ARCH, "--arch-arg", "num_classes=3"), "comes from the dataset's classes")
+    one_line_error(cli("info", *CLI_ARCH, "--arch-arg", "no_such_arg=1"), "cannot build", "no_such_arg")
+    one_line_error(cli("info", "--arch", "vit-tiny", "--arch-arg", "x=1"), "--arch-arg applies to")
 
 
 def test_bad_weights_are_one_line_and_write_nothing(data_dir, tmp_path):
@@ -293,17 +280,17 @@ def test_bad_weights_are_one_line_and_write_nothing(data_dir, tmp_path):
     torch.save(timm_vit(), tmp_path / "pickled.pth")  # a whole pickled module: weights_only cannot read it
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint at all")
     base = [*CLI_ARCH, "--dataset", "mnist", "--data-dir", data_dir, "--val-size", 100, "--out", tmp_path / "out"]
-    res = invoke("import", *base, "--weights", tmp_path / "wrong.safetensors")
+    res = cli("import", *base, "--weights", tmp_path / "wrong.safetensors")
     one_line_error(res, "missing: blocks.0.norm1.weight, blocks.0.norm1.bias, blocks.0.attn.qkv.weight and",
                    "and 21 more; 24 unexpected: layers.0.attn.proj.bias")
     wide = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=28, in_chans=1, num_classes=10,
                              **{**TIMM_ARGS, "embed_dim": 48})
     save_file(wide.state_dict(), str(tmp_path / "wide.safetensors"))
-    one_line_error(invoke("import", *base, "--weights", tmp_path / "wide.safetensors"),
+    one_line_error(cli("import", *base, "--weights", tmp_path / "wide.safetensors"),
                    "wrong shape: cls_token (1, 1, 48) (model (1, 1, 32)), pos_embed (1, 17, 48) (model (1, 17, 32))")
-    one_line_error(invoke("import", *base, "--weights", tmp_path / "pickled.pth"), "weights_only=True", "state_dict")
-    one_line_error(invoke("import", *base, "--weights", tmp_path / "junk.bin"), "neither a safetensors nor a torch")
-    one_line_error(invoke("import", *base, "--weights", tmp_path / "none.pt"), "does not exist")
+    one_line_error(cli("import", *base, "--weights", tmp_path / "pickled.pth"), "weights_only=True", "state_dict")
+    one_line_error(cli("import", *base, "--weights", tmp_path / "junk.bin"), "neither a safetensors nor a torch")
+    one_line_error(cli("import", *base, "--weights", tmp_path / "none.pt"), "does not exist")
     assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 

@@ -8,33 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from laser_tool import load_run
-from laser_tool.cli import main
 from laser_tool.errors import UserError
-from laser_tool.models import ModelSpec
+from conftest import TINY, cli, one_line_error, tiny_cfg
 from synthetic import write_tiny_mnist
 from trainers.config import TrainConfig
 from trainers.train import train
 
-TINY = ModelSpec(arch="vit-tiny", dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64, patch_size=7,
-                 dropout=0.1, emb_dropout=0.1)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
-
-
-def tiny_cfg(data_dir, out, **kw):
-    # No augmentation: the synthetic task is then learnt in a few dozen steps (the quick-preset test
-    # below trains with augmentation on real data).
-    base = TrainConfig(model=TINY, dataset="mnist", data_dir=str(data_dir), val_size=200, epochs=2, augment=False,
-                       batch_size=50, lr=3e-3, warmup_epochs=0.5, weight_decay=0.01, device="cpu",
-                       out=str(out), name="run")
-    return replace(base, **kw)
 
 
 def test_loss_falls_and_run_files(data_dir, tmp_path):
@@ -146,22 +133,16 @@ def test_ddp_two_processes_match_single(data_dir, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
-def run_cli(args):
-    r = CliRunner().invoke(main, args)
-    return r.exit_code, r.output
-
-
 def test_refuses_a_different_run_in_the_same_directory(data_dir, tmp_path):
     args = ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--dim", "32", "--depth", "1",
             "--heads", "2", "--dim-head", "16", "--mlp-dim", "64", "--patch-size", "7", "--val-size", "200",
             "--epochs", "1", "--batch-size", "100", "--out", str(tmp_path), "--name", "r", "--device", "cpu"]
-    assert run_cli(args)[0] == 0
+    assert cli(*args).exit_code == 0
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
-    code, out = run_cli(args[:-6] + ["--lr", "0.01"] + args[-6:])
-    assert code == 2 and "different settings (lr)" in out and "--overwrite" in out
+    one_line_error(cli(*args[:-6], "--lr", "0.01", *args[-6:]), "different settings (lr)", "--overwrite")
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
-    code, out = run_cli(args[:-6] + ["--lr", "0.01"] + args[-6:] + ["--overwrite"])
-    assert code == 0 and json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.01
+    assert cli(*args[:-6], "--lr", "0.01", *args[-6:], "--overwrite").exit_code == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.01
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -192,19 +173,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_but_absent(data_dir, tmp_path):
-    code, out = run_cli(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--device", "cuda",
-                         "--out", str(tmp_path)])
-    assert code == 2 and "no CUDA device" in out and "Traceback" not in out
+    one_line_error(cli("train", "--dataset", "mnist", "--data-dir", data_dir, "--device", "cuda", "--out", tmp_path),
+                   "no CUDA device")
 
 
 def test_missing_data_is_one_line(tmp_path):
-    code, out = run_cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
-    assert code == 2 and out.startswith("error: ") and out.count("\n") == 1 and "Traceback" not in out
+    one_line_error(cli("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--out", tmp_path))
 
 
 def test_unknown_preset(tmp_path):
-    code, out = run_cli(["train", "--preset", "nope", "--out", str(tmp_path)])
-    assert code == 2 and "unknown preset" in out
+    one_line_error(cli("train", "--preset", "nope", "--out", tmp_path), "unknown preset")
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -213,8 +191,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_quick_preset_reaches_85_percent(tmp_path):
-    code, out = run_cli(["train", "--preset", "quick", "--out", str(tmp_path), "--name", "quick"])
-    assert code == 0, out
+    res = cli("train", "--preset", "quick", "--out", tmp_path, "--name", "quick")
+    assert res.exit_code == 0, res.output
     final = json.loads((tmp_path / "quick" / "final.json").read_text())
     print(f"quick preset: test acc {final['test_acc']:.4f}, {final['train_seconds']:.0f} s, {final['params']} params")
     assert final["test_acc"] >= 0.85
@@ -227,9 +205,8 @@ def test_init_from_keeps_factored_layers_trains_and_never_ends_worse(data_dir, t
     base = train(tiny_cfg(data_dir, tmp_path, epochs=2, name="base"), progress=False)
     cut = reduce_run(base, ["blocks.0.ffn.*=2"], ReduceSettings(method="svd", store="factored", data_dir=data_dir),
                      out=tmp_path / "cut")
-    res = CliRunner().invoke(main, ["train", "--init-from", str(cut), "--out", str(tmp_path), "--name", "healed",
-                                    "--epochs", "1", "--lr", "3e-4", "--warmup-epochs", "0", "--batch-size", "50",
-                                    "--no-augment", "--device", "cpu", "--data-dir", str(data_dir)])
+    res = cli("train", "--init-from", cut, "--out", tmp_path, "--name", "healed", "--epochs", "1", "--lr", "3e-4",
+              "--warmup-epochs", "0", "--batch-size", "50", "--no-augment", "--device", "cpu", "--data-dir", data_dir)
     assert res.exit_code == 0, res.output
     healed = tmp_path / "healed"
     cfg, final = (json.loads((healed / f).read_text()) for f in ("config.json", "final.json"))
@@ -254,7 +231,7 @@ def test_init_from_refuses_another_split_and_model_options(data_dir, tmp_path):
     base = train(tiny_cfg(data_dir, tmp_path, epochs=1, name="base"), progress=False)
     with pytest.raises(UserError, match="data split differs from the source's .*seed 1 vs 0"):
         train(tiny_cfg(data_dir, tmp_path, init_from=str(base), seed=1, name="other"), progress=False)
-    res = CliRunner().invoke(main, ["train", "--init-from", str(base), "--dim", "64", "--out", str(tmp_path)])
+    res = cli("train", "--init-from", base, "--dim", "64", "--out", tmp_path)
     assert res.exit_code == 2 and res.output.strip() == (f"error: --init-from takes the model from {base}; "
                                                          f"drop --dim")
     assert not (tmp_path / "other").exists()
@@ -291,3 +268,29 @@ def test_compiled_cpu_run_resumes_exactly_and_trains_as_eager_does(data_dir, tmp
         torch.testing.assert_close(c[k], e[k], rtol=1e-3, atol=1e-4)
     loss = lambda r: json.loads((r / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
     assert loss(compiled) == pytest.approx(loss(eager), rel=1e-4)
+
+
+# ------------------------------------------------------------------ recipe-neutral settings (vocab.RECIPE_NEUTRAL)
+
+def test_recipe_neutral_settings_neither_split_a_compare_row_nor_block_a_resume(data_dir, tmp_path):
+    """Two seeds of one recipe, one trained with --tensorboard, are one row of n = 2 in `compare`; and a
+    finished run is found again (not refused) when only recipe-neutral settings differ."""
+    pytest.importorskip("torch.utils.tensorboard")
+    common = ["train", "--arch", "vit-tiny", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16",
+              "--mlp-dim", "64", "--patch-size", "7", "--dataset", "mnist", "--data-dir", str(data_dir),
+              "--val-size", "200", "--epochs", "1", "--batch-size", "100", "--no-augment", "--device", "cpu",
+              "--out", str(tmp_path / "runs")]
+    assert cli(*common, "--seed", "0", "--name", "s0").exit_code == 0
+    assert cli(*common, "--seed", "1", "--name", "s1", "--tensorboard").exit_code == 0
+    assert (tmp_path / "runs" / "s1" / "tb").is_dir() and not (tmp_path / "runs" / "s0" / "tb").exists()
+    res = cli("compare", tmp_path / "runs", "--format", "json", "--no-speed")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [(r["label"], r["n"], sorted(r["seeds"])) for r in rows] == [("baseline", 2, [0, 1])]
+    from trainers.train import settle_run_dir
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "runs" / "s0" / "config.json").read_text())["train"])
+    neutral = replace(saved, tensorboard=True, eval_batch_size=7, compile=True, download=True, device="auto",
+                      matched_to={"base_epochs": 1, "heal_epochs": 1}, lr_grid={"base_lr": 1e-3, "mult": 1})
+    assert settle_run_dir(tmp_path / "runs" / "s0", neutral, resume=False, overwrite=False) is neutral
+    with pytest.raises(UserError, match=r"different settings \(lr\)"):
+        settle_run_dir(tmp_path / "runs" / "s0", replace(neutral, lr=0.5), resume=False, overwrite=False)

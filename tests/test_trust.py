@@ -20,8 +20,8 @@ from laser_tool.launch.base import Launch
 from laser_tool.signals import Interrupted
 from laser_tool.study import frontier
 from laser_tool import study
-from robust import cli, one_line_error, refused, snapshot
-from test_study import TINY_PRESET, write_fashion
+from conftest import TINY_PRESET, cli, one_line_error, write_fashion
+from robust import refused, snapshot
 from trainers import presets
 from trainers import train as loop
 
@@ -94,7 +94,7 @@ STUDY_SCRIPT = textwrap.dedent("""
     from laser_tool.data import files as data
     from laser_tool.launch.base import Launch
     from laser_tool.study import StudyRequest, frontier, run_study
-    from test_study import TINY_PRESET
+    from conftest import TINY_PRESET
     from test_trust import TWO
     from trainers import presets
     if __name__ == "__main__":

@@ -52,10 +52,10 @@ from laser_tool.runs.checkpoint import save_model
 from laser_tool.posthoc.methods import calibrated, cut_methods
 from laser_tool.runs.schema import write_config
 from laser_tool.runs.state import read_state
+from laser_tool.vocab import CALIB_BATCHES
 
 from .optim import make_optimizer
 
-CALIB_BATCHES = 8  # `laser-tool reduce`'s default --calib-batches, so a whiten cut equals its output
 OPTIMIZER_POLICY = ("AdamW rebuilt at each cut: parameters the cut did not replace keep their moments and "
                     "step count; new factors start with fresh moments; the learning rate stays a function "
                     "of the global step")
@@ -356,7 +356,7 @@ class Progressive:
         calib = {}
         if calibrated(method) and plan:
             was_training = model.training
-            batches = calibration_batches(self.splits, CALIB_BATCHES, self.cfg.seed)
+            batches = calibration_batches(self.splits, CALIB_BATCHES, self.cfg.seed)  # as reduce: the same cut
             calib = collect_calibration(model, [q[0] for q in plan], batches, method, self.device)
             model.train(was_training)
         layers, overrides = [], {}

@@ -40,6 +40,7 @@ from laser_tool.runs.safety import finished, guarded, remove_run
 from laser_tool.runs.schema import config_path, model_path, read_config, write_config, write_metrics
 from laser_tool.runs.state import state_path
 from laser_tool.signals import Interrupted, StopFlag, signal_name
+from laser_tool.vocab import RECIPE_NEUTRAL
 
 from . import distributed as dist_
 from . import init_from as init_
@@ -49,10 +50,6 @@ from .optim import lr_at, make_optimizer, set_lr
 from .records import end_of_epoch, finish, run_config
 from .state import load_state, save_state
 from .tblog import TBLog
-
-# Settings that do not change what is trained: a run may be continued with these changed.
-VOLATILE = {"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download", "tensorboard",
-            "matched_to", "lr_grid"}
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -81,7 +78,7 @@ def settings(d: dict) -> dict:
     """The part of a config.json that identifies what is trained. Settings added to TrainConfig after
     the file was written take their defaults, so an older run still matches the command that made it."""
     full = TrainConfig.from_dict(d.get("train", d)).to_dict()
-    return {k: v for k, v in full.items() if k not in VOLATILE}
+    return {k: v for k, v in full.items() if k not in RECIPE_NEUTRAL}
 
 
 def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> TrainConfig:
@@ -105,10 +102,10 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
         return cfg
     diff = sorted(k for k in set(new) | set(settings(old)) if new.get(k) != settings(old).get(k))
     if resume:
-        # --resume continues the run as it was configured; only volatile settings come from the command.
+        # --resume continues the run as it was configured; only recipe-neutral settings come from the command.
         print(f"note: --resume continues {run_dir} with its saved settings; ignoring this command's "
               + ", ".join(f"{k}={new.get(k)!r} (saved {settings(old).get(k)!r})" for k in diff), file=sys.stderr)
-        return replace(kept, **{k: getattr(cfg, k) for k in VOLATILE})
+        return replace(kept, **{k: getattr(cfg, k) for k in RECIPE_NEUTRAL})
     raise UserError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
                     f"use --resume to continue it, --overwrite to replace it, or --name for a new run")
 

@@ -25,6 +25,7 @@ records, else the rows' `keep` clustered (families reach a budget only to their 
 import math
 
 from .bootstrap import effect, verdict
+from .describe import POSTHOC_FAMILIES
 from .paired import versus
 from .stats import holm
 
@@ -65,7 +66,7 @@ def budgets(rows) -> list:
 
 
 def _is_posthoc(r) -> bool:
-    return r["family"] in ("post-hoc", "healed")
+    return r["family"] in POSTHOC_FAMILIES
 
 
 def _is_seed_lowrank(r) -> bool:

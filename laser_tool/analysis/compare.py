@@ -22,15 +22,14 @@ from ..models import ARCH_DEFAULTS
 from ..runs.reader import Run, find_run_dirs, read_run
 from ..vocab import METRICS
 from .costs import layer_table
-from .describe import describe, family, label, section_title
+from .describe import POSTHOC_FAMILIES, describe, family, label, section_title
 from .lrgrid import choose_lr
 from .paired import predictions, versus
-from .rows import Group, make_row
+from .rows import VERSUS, Group, make_row
 from .speed import measure_images_per_s
 from .stats import holm
 
 PAIR_TOLERANCE = 0.02  # post-hoc and train-time rows "match" within 2% of the variant's parameters
-POSTHOC_FAMILIES = ("post-hoc", "healed")
 
 
 @dataclass
@@ -193,7 +192,7 @@ def _holm(rows: list, confirmatory=None) -> None:
             for t in tests[k]:
                 t["p_holm"], t["p_family"] = confirmatory[(section, frozenset(k))], "confirmatory"
     for r in rows:
-        for name in ("baseline", "paired"):
+        for name in VERSUS:
             if r[f"vs_{name}"] is not None:
                 r[f"p_vs_{name}_holm"] = r[f"vs_{name}"][r["metric"]].get("p_holm")
                 r[f"p_vs_{name}_family"] = r[f"vs_{name}"][r["metric"]].get("p_family")
@@ -277,7 +276,7 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
 def unpaired_notes(rows: list, metric: str) -> list:
     """One line for all one-seed comparisons that fell back to an unpaired test (typically runs made
     before predictions were stored)."""
-    fell_back = [r for r in rows for n in ("baseline", "paired") if r[f"vs_{n}"] is not None
+    fell_back = [r for r in rows for n in VERSUS if r[f"vs_{n}"] is not None
                  and "no predictions.safetensors" in (r[f"vs_{n}"][metric]["note"] or "")]
     if not fell_back:
         return []

@@ -6,15 +6,17 @@ import re
 
 from ..models import ModelSpec
 from ..models.families import FAMILIES, flag_fields
-from ..vocab import TARGETS
+from ..vocab import RECIPE_NEUTRAL, STUDY_LABELS, TARGETS
 
 # Recipe of configs written before config.json had a "train" entry (flattened keys only).
 RECIPE_KEYS = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_epochs", "grad_clip",
                "train_subset", "val_size", "label_smoothing", "augment")
-# TrainConfig fields that do not change what is trained (or are per seed / per run): every other
-# field, including ones added later, is part of the recipe.
-NOT_RECIPE = {"model", "seed", "device", "out", "name", "eval_batch_size", "compile", "data_dir", "download",
-              "dataset", "init_from", "resume", "overwrite"}
+# TrainConfig fields left out of a run's recipe: every other field, including ones added later, is part
+# of it. The recipe-neutral settings, except the study labels (_study_labels reads them from the recipe),
+# plus what differs per seed or is keyed elsewhere: model (the spec), dataset (the section), init_from
+# (init_source), and the command switches resume and overwrite, should a config record them.
+PER_RUN = {"model", "seed", "dataset", "init_from", "resume", "overwrite"}
+NOT_RECIPE = (RECIPE_NEUTRAL - set(STUDY_LABELS)) | PER_RUN
 # ModelSpec fields that say how a row is slimmed, besides each structured family's own flags (families/).
 # Every other field (dropout, attn_dropout, ...) is recipe: a row is only tested against a baseline that
 # agrees on it.
@@ -22,8 +24,8 @@ VARIANT_FIELDS = ("variant", "targets", "blocks", "mlp_dim", "dim_head", "layers
 # Training settings that slim the model while it trains (progressive reduction): part of a row's
 # group key, but not of the recipe its baseline must share.
 VARIANT_TRAIN_KEYS = ("reduce_at", "reduce_to", "reduce_layers", "reduce_method", "reduce_tolerance", "reduce_window")
-# Config labels that name a run's place in a study (study/steps.LABELS), not how it trains.
-LABELS = ("matched_to", "lr_grid")
+# Row families of runs cut after training (healed: cut, then fine-tuned).
+POSTHOC_FAMILIES = ("post-hoc", "healed")
 # Parts of a recorded reduction step that differ between the seeds of one request.
 STEP_PER_RUN = ("parent", "parent_checkpoint", "ranks", "calib", "layers")
 # Runs are only tested against a baseline of the same dataset and base architecture.
@@ -117,12 +119,12 @@ def _json(x) -> str:
 
 
 def _study_labels(spec, recipe, requested, heal_key, own):
-    """(iso, grid, base recipe, grid key) from the labels a study puts in a config (study/steps.LABELS).
+    """(iso, grid, base recipe, grid key) from the labels a study puts in a config (vocab.STUDY_LABELS).
     A compute-matched twin (`matched_to`) is tested against the baseline of its recipe at the epochs that
     baseline trained; a point of a learning-rate grid (`lr_grid`) against the baseline of the grid's base
     lr, and `grid key` is what the points of one grid share (compare keeps the best on validation)."""
     iso = recipe.get("matched_to") if isinstance(recipe.get("matched_to"), dict) else None
-    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS + LABELS}
+    base_recipe = {k: v for k, v in recipe.items() if k not in VARIANT_TRAIN_KEYS + STUDY_LABELS}
     if iso:
         base_recipe["epochs"] = iso.get("base_epochs")
     grid = (own or recipe).get("lr_grid")
@@ -256,7 +258,7 @@ def curve(d: dict, family: str) -> str:
 
 
 def _curve(d: dict, family: str) -> str:
-    if family in ("post-hoc", "healed"):
+    if family in POSTHOC_FAMILIES:
         return f"{family} {d['reductions'][-1][0]} {roles_text(r for _, r in d['reduced_layers'])}"
     if family == "train-time":
         s = d["spec"]

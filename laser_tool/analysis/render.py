@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+from .rows import VERSUS
 from .stats import P_KINDS
 
 CSV_COLUMNS = ("section", "label", "family", "curve", "baseline", "paired_with", "n", "seeds", "params", "keep",
@@ -146,9 +147,9 @@ def footnotes(rows, metric="test") -> list:
         out.append("onnx ms b1 / b64: median onnxruntime CPU milliseconds per batch of 1 and of 64 images of the "
                    "row's exported ONNX model (`laser-tool export --format onnx --measure-latency`, its "
                    "RUN/export/latency.json records the processor and threads), shown where it was measured.")
-    kinds = {r.get(f"p_vs_{n}_kind") for r in rows for n in ("baseline", "paired")}
+    kinds = {r.get(f"p_vs_{n}_kind") for r in rows for n in VERSUS}
     out += [f"{mark} {P_KINDS[k]}." for k, mark in P_MARK.items() if k in kinds]
-    cis = {r.get(f"diff_vs_{n}_ci_kind") for r in rows for n in ("baseline", "paired")} | {r["ci_kind"] for r in rows}
+    cis = {r.get(f"diff_vs_{n}_ci_kind") for r in rows for n in VERSUS} | {r["ci_kind"] for r in rows}
     if "test-set" in cis:
         out.append("† one seed, unpaired: the interval covers only the test set's sampling noise (binomial, normal "
                    "approximation), not seed-to-seed variation, which is usually larger.")

@@ -11,6 +11,10 @@ from . import costs
 from .describe import curve, layer_role, roles_text
 from .stats import summarize
 
+# What a row is tested against (its vs_NAME entries): its baseline, and for a post-hoc row the train-time
+# row of matching parameters it is paired with.
+VERSUS = ("baseline", "paired")
+
 
 @dataclass(eq=False)  # compared and hashed by identity
 class Group:

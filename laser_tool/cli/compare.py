@@ -1,6 +1,7 @@
 """`laser-tool compare`: a thin Click wrapper over analysis/compare.py."""
 import click
 
+from ..vocab import METRICS
 from .options import device_option
 
 
@@ -12,7 +13,7 @@ from .options import device_option
                                 "(default: the dense, unreduced group).")
 @device_option("cpu", help="Device the inference images/s are measured on.")
 @click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
-@click.option("--metric", type=click.Choice(["test", "val"]), default="test", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="test", show_default=True,
               help="Accuracy the differences and p-values use (both are in the table and in json).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out or --plot file.")

@@ -3,10 +3,12 @@ from pathlib import Path
 
 import click
 
+from ..vocab import EXPORT_FORMATS
+
 
 @click.command("export")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["dense", "onnx"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
               help="dense: a state dict for the original model class, reduced layers multiplied out; "
                    "onnx: the model as it is (factored layers as two matmuls), checked with onnxruntime.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,

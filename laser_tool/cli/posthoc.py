@@ -10,7 +10,7 @@ import click
 from ..errors import UserError
 from ..lists import comma_list
 from ..runs.schema import read_reduce_report
-from ..vocab import CALIBRATIONS
+from ..vocab import CALIB_BATCHES, CALIBRATIONS, SEARCH_CRITERIA, STORES
 from .options import RegistryChoice, device_option, reduce_methods
 
 RUN_ARG = click.argument("run", type=click.Path(path_type=Path))
@@ -19,7 +19,7 @@ BATCH = click.option("--batch-size", type=int, default=500, show_default=True, h
 DATA = [click.option("--data-dir", help="Where the run's dataset lives (default: the run's own data_dir)."),
         click.option("--dataset", help="Dataset name, for checkpoints whose config names none, or folder:PATH "
                                         "for a run's image folder that has moved.")]
-CALIB = click.option("--calib-batches", type=int, default=8, show_default=True,
+CALIB = click.option("--calib-batches", type=int, default=CALIB_BATCHES, show_default=True,
                      help="Training-split batches (128 images each) for whiten/asvd/fisher.")
 
 
@@ -36,7 +36,7 @@ def data_options(f):
 @click.option("--rank", "-r", metavar="SPEC", help="Rank for selectors without their own =SPEC.")
 @click.option("--method", type=RegistryChoice(reduce_methods), default="svd", show_default=True,
               help="Truncation method (see above).")
-@click.option("--store", type=click.Choice(["dense", "factored"]), default="dense", show_default=True,
+@click.option("--store", type=click.Choice(STORES), default="dense", show_default=True,
               help="dense: write the truncated matrix back (LASER's way); factored: rank-r U,V layers.")
 @click.option("--out", type=click.Path(path_type=Path), help="New run directory (default RUN-reduced-...).")
 @CALIB
@@ -111,7 +111,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 @click.option("--no-compose", is_flag=True, help="Skip the greedy compose pass after the allocation.")
 @click.option("--val-images", type=int, metavar="N",
               help="Search on the first N validation images only (cheaper; default: the whole split).")
-@click.option("--criterion", type=click.Choice(["acc", "loss"]), default="acc", show_default=True,
+@click.option("--criterion", type=click.Choice(SEARCH_CRITERIA), default="acc", show_default=True,
               help="What the allocation's threshold bounds: each layer's validation accuracy drop or loss rise "
                    "(loss ranks layers where a small split shows no accuracy drop).")
 @click.option("--apply", is_flag=True, help="Also write the reduced run (factored layers).")

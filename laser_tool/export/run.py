@@ -26,11 +26,10 @@ from ..models import ModelSpec
 from ..runs.checkpoint import load_run, read_header, save_tensors
 from ..runs.latency import latency_path, write_latency
 from ..runs.reader import finished_run, read_run
+from ..vocab import EXPORT_FORMATS as FORMATS
 from .dense import dense_model
 from .latency import measure
 from .onnx import TOLERANCE, example_images, import_onnx, onnx_bytes, written_by_laser_tool
-
-FORMATS = ("dense", "onnx")
 
 
 def dense_written_by_laser_tool(path) -> bool:

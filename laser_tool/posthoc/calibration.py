@@ -17,7 +17,6 @@ from .decompose import Calib
 from .methods import METHODS, calibrated, method as method_named
 
 CALIB_BATCH_SIZE = 128
-CALIB_BATCHES = 8  # training-split batches an activation-aware method calibrates on, by default
 
 
 def calibration_batches(splits, n_batches: int, seed: int, batch_size: int = CALIB_BATCH_SIZE):

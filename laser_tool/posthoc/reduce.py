@@ -32,8 +32,8 @@ from ..runs.predictions import predictions_bytes
 from ..runs.reader import check_input_run, finished_run
 from ..runs.schema import CONFIG, FINAL, PREDICTIONS, REDUCE, ReducedFinal
 from ..runs.writer import check_out, default_out, write_run
-from ..vocab import STORES
-from .calibration import (CALIB_BATCH_SIZE, CALIB_BATCHES, calibrate_sequentially, calibration_batches, check_calibrate,
+from ..vocab import CALIB_BATCHES, STORES
+from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
                           collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
 from .methods import calibrated

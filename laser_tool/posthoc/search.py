@@ -44,7 +44,8 @@ from ..runs.checkpoint import load_run
 from ..runs.reader import check_input_run
 from ..runs.schema import SEARCH, read_reduce_report
 from ..runs.writer import check_out, run_root
-from .calibration import CALIB_BATCHES, calibration_batches, collect_calibration
+from ..vocab import CALIB_BATCHES, SEARCH_CRITERIA as CRITERIA
+from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
 from .methods import calibrated
 from .ranks import RankSpec, parse_spec, resolve_rank
@@ -163,9 +164,6 @@ def budget_params(budget, model, names, layer_params) -> float:
         r = resolve_rank(RankSpec("params", frac, f"params:{frac}"), m.out_features, m.in_features, layer=n)
         total += factored_params(m.out_features, m.in_features, r, m.bias is not None)
     return total
-
-
-CRITERIA = ("acc", "loss")
 
 
 def allocate(table, base_acc, layer_params, budget_params, criterion="acc", base_loss=None):

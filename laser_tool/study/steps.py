@@ -9,8 +9,9 @@ from pathlib import Path
 from trainers.config import build_config
 from ..errors import flag_name
 
+from ..vocab import STUDY_LABELS
+
 HEAL_LR_FACTOR = 0.1  # healing fine-tunes already-trained weights: a tenth of the training lr
-LABELS = ("matched_to", "lr_grid")  # config labels that name a run's place in the study, not settings
 
 
 @dataclass
@@ -66,7 +67,7 @@ def train_step(preset: str, opts: dict, name: str, extra: dict) -> Step:
     """A train step: the preset with `opts` and the seed's settings (`extra`) over it."""
     opts = dict(opts, name=name, **extra)
     cmd = f"laser-tool train --preset {preset} " + " ".join(flag(k, v) for k, v in opts.items()
-                                                            if k not in LABELS)
+                                                            if k not in STUDY_LABELS)
     return Step("train", name, cmd, cfg=train_config(preset, opts), seed=extra["seed"])
 
 
