@@ -92,7 +92,8 @@ def received(world, tmp_path, arch, arch_args, name="theirs") -> Path:
 def test_compare_never_calls_a_factory_a_received_run_names(world, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's notes\n")
-    received(world, tmp_path, "python:logging:basicConfig", {"filename": str(victim), "filemode": "w"})
+    attack = {"filename": str(victim), "filemode": "w", "force": True}  # force: even with handlers set up
+    received(world, tmp_path, "python:logging:basicConfig", attack)
     r = cli("compare", tmp_path / "in", "--no-speed")
     assert victim.read_text() == "the user's notes\n"  # before: truncated to 0 bytes, exit 0
     assert "Traceback" not in r.output and "--trust-code" in r.output, r.output
@@ -103,7 +104,7 @@ def test_spectrum_never_runs_a_received_runs_hubconf(world, tmp_path):
     hub_args = {"repo_or_dir": str(run), "source": "local", "model": "m"}
     received(world, tmp_path, "python:torch.hub:load", hub_args)
     marker = tmp_path / "hub-ran"
-    (run / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef m(**k):\n    raise SystemExit\n")
+    (run / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef m(**k):\n    raise RuntimeError\n")
     line = one_line_error(cli("spectrum", run / "model.safetensors"), "python:torch.hub:load", "--trust-code")
     assert not marker.exists(), line  # before: the run's hubconf.py was executed
 
@@ -114,7 +115,7 @@ def test_study_status_never_calls_the_factory_its_plan_names(world, tmp_path, mo
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's notes\n")
     request = request_of("quick", train_opts={"arch": "python:logging:basicConfig",
-                                                      "arch_args": {"filename": str(victim), "filemode": "w"}})
+                                                      "arch_args": {"filename": str(victim), "filemode": "w", "force": True}})
     st = tmp_path / "st"
     st.mkdir()
     (st / "plan.json").write_text(json.dumps({"written_by": "laser-tool", "requests": [request], "steps": {}}))
@@ -125,14 +126,15 @@ def test_study_status_never_calls_the_factory_its_plan_names(world, tmp_path, mo
 
 
 def test_the_working_directory_is_never_searched_for_a_factory(world, tmp_path, monkeypatch):
-    """`laser-tool --trust-code compare .` beside a received run and the evil_factory.py shipped with it:
-    even trusted, the factory's module is looked up where the user's Python looks, never in the cwd."""
+    """`compare .` beside a received run and the evil_factory.py shipped with it: even for a factory of
+    that name the user once named, the module is looked up where their Python looks, never in the cwd."""
+    trust.trust_factory("python:evil_factory_p27:small")  # remembered in this user's settings
     received(world, tmp_path, "python:evil_factory_p27:small", {})
     marker = tmp_path / "imported"
     (tmp_path / "in" / "evil_factory_p27.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n" + FACTORY)
     monkeypatch.chdir(tmp_path / "in")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path / "in"))])
-    r = cli("--trust-code", "compare", ".", "--no-speed")
+    r = cli("compare", ".", "--no-speed")
     assert not marker.exists(), r.output  # before: the cwd was put on sys.path and the file imported
     assert "evil_factory_p27" not in sys.modules
     assert "cannot import evil_factory_p27" in r.output and "PYTHONPATH" in r.output, r.output
