@@ -71,5 +71,5 @@ def check(arch: str) -> None:
     if _trust_all or arch in _named or arch in remembered():
         return
     raise UntrustedCode(f"{arch} is code named by a file, not by you, and laser-tool never runs code on a file's "
-                        f"word; if you trust where it came from, name it yourself (--arch {arch} on a train, "
+                        f"word; if you trust where it came from, name it yourself (--arch {arch} on a train, study, "
                         f"import or info command line) or run `laser-tool --trust-code ...`")
