@@ -228,10 +228,11 @@ def check_writable_dir(folder: Path, what: str) -> None:
         raise UserError(f"{what}: cannot write in {p} ({e.strerror or e}); pick a writable place") from None
 
 
-def check_output_file(path, inputs=(), what="--out", replace=True) -> Path:
+def check_output_file(path, inputs=(), what="--out", replace=False, ours=None) -> Path:
     """Refuse an output file path before any work: inside an input run, an existing non-regular
-    file (device, directory, symlink), too long, or in a place we cannot write; with replace=False also
-    an existing file (laser-tool cannot tell whose it is: --overwrite says it may go)."""
+    file (device, directory, symlink), too long, or in a place we cannot write; and an existing file
+    unless `replace` (the command's --overwrite) or `ours(path)` says laser-tool wrote it (a command
+    without --overwrite gives `ours`: what it wrote before, it may write again)."""
     path = Path(path)
     check_path_length(path, what)
     hit = inside(path, inputs)
@@ -241,7 +242,10 @@ def check_output_file(path, inputs=(), what="--out", replace=True) -> Path:
         kind = "a directory" if path.is_dir() and not path.is_symlink() else \
             "a symbolic link" if path.is_symlink() else "not a regular file"
         raise UserError(f"{what} {path} is {kind}; give the path of a regular file to write")
-    if not replace and path.exists():
+    if not replace and path.exists() and not (ours is not None and ours(path)):
+        if ours is not None:
+            raise UserError(f"{what} {path} exists and was not written by laser-tool; it is never overwritten: "
+                            f"pick another path or remove it yourself")
         raise UserError(f"{what} {path} already exists and may not be laser-tool's; pass --overwrite to replace "
                         f"it, or pick another path")
     check_writable_dir(path.parent, what)

@@ -14,7 +14,6 @@ from laser_tool.data import files as data
 from laser_tool.runs.checkpoint import load_run, save_model
 from laser_tool.errors import UserError
 from laser_tool.models.budget import fraction_rank
-
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
 from laser_tool.posthoc.ranks import select
 from laser_tool.posthoc.decompose import Calib, Decomposition, relative_error, singular_values, truncate

@@ -235,10 +235,16 @@ def not_a_module(num_classes, image_size, channels):
 '''
 
 
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path, monkeypatch):
+    """A factory named with --arch is remembered in the user's settings (models/trust.py): a temp dir here."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture
 def factory(tmp_path, monkeypatch):
     (tmp_path / "my_models_t.py").write_text(textwrap.dedent(FACTORY))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))  # PYTHONPATH=DIR: the working directory is never searched
     return "python:my_models_t"
 
 

@@ -33,8 +33,12 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="laser-tool")
-def main():
+@click.option("--trust-code", is_flag=True, help="Call the python:MODULE:FUNCTION factories the inputs name even "
+              "if you never named them with --arch (docs/safety.md: only for runs from people you trust).")
+def main(trust_code):
     """Train small or cut after? Train ViTs with structured layers, reduce them post hoc, compare."""
+    from ..models.trust import begin_invocation
+    begin_invocation(trust_code)
 
 
 for _command in (info, train, import_cmd, compare, study, reduce_cmd, search_cmd, spectrum_cmd, export_cmd):

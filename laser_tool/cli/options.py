@@ -18,6 +18,11 @@ class Arch(click.ParamType):
     name = "|".join(ARCHS) + "|timm:NAME|python:MODULE:FUNCTION"
 
     def convert(self, value, param, ctx):
+        if str(value).startswith("python:"):  # named by you on this command line: it may be called (trust.py)
+            from ..models.trust import settings_file, trust_factory
+            if not trust_factory(value):
+                click.echo(f"note: could not remember {value} in {settings_file()}; name it again with --arch "
+                           f"next time", err=True)
         if value in ARCHS or str(value).startswith(EXTERNAL_ARCHS):
             return value
         self.fail(f"{value!r}: choose {', '.join(ARCHS)}, timm:NAME (e.g. timm:vit_tiny_patch16_224) or "

@@ -60,14 +60,17 @@ def check_request(run, fmt: str, out, measure_latency: bool, keep_bias: bool = F
                         f"training or reduction completed")
     if out is None:
         raise UserError("export needs --out FILE: where to write the exported model")
-    out = check_output_file(out, inputs=[run], what="--out")
-    check_ours(out)
+    out = check_output_file(out, inputs=[run], what="--out", ours=exported_by_laser_tool)
     return run, out
+
+
+def exported_by_laser_tool(path) -> bool:
+    return dense_written_by_laser_tool(path) or written_by_laser_tool(path)
 
 
 def check_ours(out: Path) -> None:
     """An existing --out is replaced only if this command wrote it (a dense or an ONNX export)."""
-    if out.exists() and not (dense_written_by_laser_tool(out) or written_by_laser_tool(out)):
+    if out.exists() and not exported_by_laser_tool(out):
         raise UserError(f"--out {out} exists and was not written by laser-tool export; it is never overwritten: "
                         f"pick another path or remove it yourself")
 

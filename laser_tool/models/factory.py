@@ -1,13 +1,17 @@
 """Your own model: `--arch python:MODULE:FUNCTION` calls FUNCTION(num_classes=, image_size=, channels=,
-**arch_args) from MODULE (importable, or a MODULE.py in the working directory) and uses the nn.Module
-it returns. Its Linear layers are found by the same rules as every model's (surgery.slots)."""
+**arch_args) from MODULE and uses the nn.Module it returns. Its Linear layers are found by the same
+rules as every model's (surgery.slots).
+
+MODULE must be importable as it stands (installed, or on PYTHONPATH: `PYTHONPATH=. laser-tool ...` for a
+my_models.py beside you). The working directory is never searched on its own: a .py shipped beside
+received runs would otherwise be imported by `compare .`. And a factory is called only if you named it
+(trust.py): never because a run's config.json or a study's plan.json says so."""
 import importlib
-import os
-import sys
 
 import torch.nn as nn
 
 from ..errors import UserError
+from . import trust
 
 
 def factory_parts(arch: str):
@@ -19,23 +23,16 @@ def factory_parts(arch: str):
     return module, function
 
 
-def _import(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module.split(".")[0] or os.getcwd() in sys.path:
-            raise
-    sys.path.insert(0, os.getcwd())  # the user's file beside the command, as `python -m` would see it
-    return importlib.import_module(module)
-
-
 def load_factory(arch: str):
+    """The one place a factory is loaded: refused unless the user named it (trust.check), before any import."""
     module, function = factory_parts(arch)
+    trust.check(arch)
     try:
-        mod = _import(module)
+        mod = importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - whatever the user's module raises, one line naming it
         raise UserError(f"--arch {arch}: cannot import {module} ({type(e).__name__}: {str(e)[:120]}); "
-                        f"make it importable (or run from the folder holding {module.replace('.', '/')}.py)") from None
+                        f"make it importable, e.g. PYTHONPATH=DIR for DIR/{module.replace('.', '/')}.py (the "
+                        f"working directory is not searched)") from None
     fn = getattr(mod, function, None)
     if not callable(fn):
         raise UserError(f"--arch {arch}: {module} has no function {function!r}")

@@ -269,7 +269,7 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
         raise UserError(f"--val-images {val_images!r} must be an integer >= 1 (or left out: the whole split)")
     for k in budgets:  # checked before the work: never an input, a device or a directory
         if write_reports and reports.get(k) is not None:
-            check_output_file(reports[k], inputs=[run_root(run) or run], what="--report")
+            check_output_file(reports[k], inputs=[run_root(run) or run], what="--report", ours=is_search_report)
         if apply and outs.get(k) is not None:
             check_out(outs[k], run)
     dev = resolve_device(settings.device)
@@ -341,6 +341,15 @@ def _default_report(run, budget, shared) -> Path:
     base = run_root(run) or run.with_suffix("")
     h = hashlib.sha1(json.dumps([str(budget), shared["layers"], shared["grid"], shared["method"]]).encode()).hexdigest()[:8]
     return base.parent / f"{base.name}-search-{shared['method']}-{h}.json"
+
+
+def is_search_report(path) -> bool:
+    """A JSON file search wrote (recognised by its shape: reports carry no writer mark)."""
+    try:
+        rep = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(rep, dict) and {"run", "method", "grid", "budget", "allocation", "chosen"} <= set(rep)
 
 
 def search_request(rep: dict, layers, do_compose: bool) -> dict:

@@ -96,16 +96,17 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(out)
 
 
-def settle(out: Path, request: dict, steps: list, extend: bool) -> list:
-    """The requests the study is made of, after this invocation's: the recorded ones when this one plans
-    the same steps; refused when it plans others, unless `extend` (then it is added, and recorded)."""
+def settle(out: Path, request: dict, steps: list, extend: bool) -> tuple:
+    """(requests, plan): the requests the study is made of, after this invocation's: the recorded ones
+    when this one plans the same steps; refused when it plans others, unless `extend` (then it is added).
+    `plan` is what plan.json must hold from now on (None: unchanged); nothing is written here, so an
+    invocation refused by a later check (its data) leaves no plan behind: `write_plan` once all pass."""
     requests, recorded = read(out)
     mine = {st.name: fingerprint(st) for st in steps}
     if not requests:
-        atomic_write_json(out / FILE, dict(written_by=WRITER, requests=[request], steps=mine))
-        return [request]
+        return [request], dict(written_by=WRITER, requests=[request], steps=mine)
     if mine == recorded or (request in requests and all(recorded.get(k) == v for k, v in mine.items())):
-        return requests
+        return requests, None
     changed = sorted(k for k in mine if k in recorded and recorded[k] != mine[k])
     if not extend:
         what = _differences(requests[0], request) or (f"its steps differ: {len(set(mine) - set(recorded))} new, "
@@ -116,5 +117,9 @@ def settle(out: Path, request: dict, steps: list, extend: bool) -> list:
         raise UserError(f"--extend adds rows to {out}, but this invocation would change {changed[0]} (same name, "
                         f"other settings); use another --out for these settings")
     requests = requests + [request]
-    atomic_write_json(out / FILE, dict(written_by=WRITER, requests=requests, steps={**recorded, **mine}))
-    return requests
+    return requests, dict(written_by=WRITER, requests=requests, steps={**recorded, **mine})
+
+
+def write_plan(out: Path, plan) -> None:
+    if plan is not None:
+        atomic_write_json(out / FILE, plan)

@@ -124,7 +124,7 @@ def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.
     runs = out / "runs"
     with study_lock(out):
         check_same_settings(runs, steps)  # a run of this name made with other settings: named exactly
-        requests = record.settle(out, request, steps, study.extend)
+        requests, plan = record.settle(out, request, steps, study.extend)
         if len(requests) > 1:
             steps, notes = union(requests, out, device, data_dir)
         if study.tensorboard:  # watching changes nothing trained (a volatile setting)
@@ -137,6 +137,7 @@ def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.
             c = todo[0].cfg
             load_dataset(c.dataset, c.data_dir, c.download, c.val_size, c.seed, c.train_subset,
                          c.model.image_size, c.model.channels, c.skip_bad_images)
+        record.write_plan(out, plan)  # only now: a study refused by a check above is not half made
         me = journal.start(out, request)  # logged before any work, so a killed invocation still counts
         launch.on_done = lambda name: journal.step_done(out, me)
         res = execute(steps, out, launch, device, data_dir, lambda s: (log(s), journal.update(out, me)))
