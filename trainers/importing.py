@@ -25,6 +25,7 @@ from laser_tool.runs.weights import mismatch, read_weights
 from laser_tool.runs.writer import write_run
 from laser_tool.fileio import check_output_dir
 
+from .config import TrainConfig
 from .provenance import device_name, git_commit, versions
 
 
@@ -58,10 +59,19 @@ def load_into(model, tensors: dict, weights, new_head: bool) -> list:
     return sorted(skip)
 
 
+def check_split_settings(val_size, seed, train_subset, batch_size) -> None:
+    """The split and evaluation settings, by train's rules (one place: TrainConfig.validate)."""
+    if val_size == 0:  # its validation accuracy would read 0.00, and search and heal choose on validation
+        raise UserError("--val-size 0 leaves no validation images, which search, heal and compare's --metric val "
+                        "need; hold out at least 1 image (default 5000)")
+    TrainConfig(val_size=val_size, seed=seed, train_subset=train_subset, eval_batch_size=batch_size).validate()
+
+
 def import_run(spec, weights, dataset: str, out, data_dir=None, val_size=None, seed: int = 0,
                train_subset=None, new_head: bool = False, device="cpu", batch_size: int = 1000) -> Path:
     """Write run directory `out` from `weights` for `spec` on `dataset`; returns its path."""
     weights, out = Path(weights), Path(out)
+    check_split_settings(val_size, seed, train_subset, batch_size)
     check_output_dir(out, inputs=[weights])
     tensors, fmt = read_weights(weights)
     splits = load_dataset(dataset, data_dir, False, val_size, seed, train_subset)

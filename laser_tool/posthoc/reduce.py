@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import load_dataset
+from ..data import canonical_name, load_dataset
 from ..device import resolve_device
 from ..errors import UserError
 from ..fileio import remove_debris
@@ -28,7 +28,7 @@ from ..models.layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from ..models.surgery import slots
 from ..runs.checkpoint import check_checkpoint, checkpoint_path, load_run
 from ..runs.predictions import FILE as PRED_FILE, predictions_bytes
-from ..runs.reader import check_input_run, finished_run
+from ..runs.reader import check_input_run, check_rescored, finished_run
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import REDUCE_METHODS, STORES
 from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
@@ -78,6 +78,7 @@ def n_params(module: nn.Module) -> int:
 
 def run_data(config: dict, data_dir=None, dataset=None):
     """The run's own train/val/test split (same seed, val size and subset as training)."""
+    check_own_dataset(config, dataset)
     name = dataset or config.get("dataset")
     if not name:
         raise UserError("the run's config names no dataset; pass --dataset (and --data-dir)")
@@ -85,6 +86,15 @@ def run_data(config: dict, data_dir=None, dataset=None):
     return load_dataset(name, data_dir or config.get("data_dir"), False, config.get("val_size"),
                         config.get("seed", 0), config.get("train_subset"), model.get("image_size"),
                         model.get("channels"), bool(config.get("skip_bad_images")))
+
+
+def check_own_dataset(config: dict, dataset) -> None:
+    """--dataset names the data of a checkpoint whose config names none; a run is scored only on its own
+    (a folder: the same folder), or its new run would record the parent's data beside another's scores."""
+    own = config.get("dataset")
+    if dataset and own and canonical_name(dataset) != canonical_name(own):
+        raise UserError(f"--dataset {dataset} is not the data this run was trained on ({own}); drop --dataset "
+                        f"(it is for checkpoints whose config names no dataset)")
 
 
 def reduce_run(run, selectors, rank=None, method="svd", store="dense", out=None, calib_batches=8,
@@ -168,6 +178,7 @@ def _reduce(run, src, jobs, rank, method, store, calib_batches, dev, data_dir, d
     before = dict(val=evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp),
                   test=evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp),
                   params=count_params(model), seconds=time.time() - t0)
+    check_rescored(run, before["test"][1], len(splits.test_y), "reduce:")  # a legacy parent's claim, re-scored
     written = {}
     for budget, (_, args, out) in jobs.items():
         t1 = time.time()
