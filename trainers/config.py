@@ -4,9 +4,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
+import torch
+
 from laser_tool.data import canonical_name, fit_model, folder_defaults, is_folder
 from laser_tool.errors import UserError
-from laser_tool.models import ModelSpec
+from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.external import is_external
 
 from .presets import PRESETS
@@ -174,3 +176,18 @@ def check_given_sizes(cfg: TrainConfig, model_given: dict) -> None:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{flag} {value} conflicts with {cfg.dataset}'s {getattr(fitted, key)}; drop {flag} "
                             f"(the model takes the dataset's)")
+
+
+def check_model_builds(cfg: TrainConfig) -> None:
+    """A variant's sizes (DYAD's n_dyad, Monarch's blocks, BTT's rank) fail here, before any data is read:
+    the model is built on the meta device (no memory, no init drawn from the RNG, which is restored anyway)."""
+    if cfg.init_from or not cfg.model.variant:
+        return
+    spec = fit_model(cfg.model, cfg.dataset)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        try:
+            build_model(spec)
+        except UserError:
+            raise
+        except Exception:  # noqa: BLE001 - code that cannot run on the meta device is built for real later
+            pass

@@ -140,7 +140,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
     the first N validation images only).
     """
     from ..posthoc.search import search_run
-    grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
+    grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks is not None else None
     rep = search_run(run, budget, list(layers) or ["*"], method, grid, apply, out, report, calib_batches,
                      device, batch_size, not no_compose, data_dir, dataset, val_images, criterion)
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
