@@ -193,13 +193,21 @@ def remove_debris(folder, names=None) -> list:
 # Vetting output paths before the work
 
 
+def _resolved(path: Path) -> Path:
+    """path.resolve(), with a symbolic link loop (RuntimeError before Python 3.13, OSError after) one line."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{path} cannot be resolved ({e}); fix the symbolic links on its way or pick another path") from None
+
+
 def inside(path: Path, inputs) -> Path:
     """The input `path` lies in (or is), or None."""
-    rp = path.resolve()
+    rp = _resolved(path)
     for i in inputs:
         if i is None:
             continue
-        ri = Path(i).resolve()
+        ri = _resolved(Path(i))
         if rp == ri or (ri.is_dir() and ri in rp.parents):
             return Path(i)
     return None

@@ -13,6 +13,7 @@ Exit codes follow the shell's 128 + signal number: 130 for Ctrl-C, 143 for SIGTE
 `StopFlag` is the one signal guard: the trainer's loop polls `.set`; a study (launch/) passes
 `on_stop` to tell its running steps, and the signals it owns.
 """
+import contextlib
 import signal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -89,3 +90,21 @@ class StopFlag:
             for g in StopFlag._active:
                 if not g.set:
                     g.set, g.signum = True, self.signum
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While active, SIGTERM raises Interrupted(SIGTERM) where the program is, so a verb with no resume
+    point (reduce, export, ...) ends in one line and exit 143 instead of dying silently; its outputs are
+    written whole or not at all (atomic writes, debris cleared next time). Off the main thread: no-op."""
+    def stop(signum, frame):
+        raise Interrupted(signum)
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -189,6 +189,23 @@ TINY_FRONTIER = frontier.Frontier("quick", (0.5, 0.25), "all",
 SMALL_FRONTIER = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "lowrank", "svd", "whiten"))
 
 
+# Two families at one budget (baseline, narrower, svd cut: 3 runs), for the study-trust tests.
+TWO = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd"))
+
+
+def patch_two_family_study(mp):
+    """Point the quick preset and frontier at the tiny two-family study, and the data search at nothing."""
+    mp.setattr(data, "DEFAULT_ROOTS", [])
+    mp.setattr(data, "SYSTEM_DIRS", {})
+    mp.setitem(presets.PRESETS, "quick", TINY_PRESET)
+    mp.setitem(frontier.FRONTIERS, "quick", TWO)
+
+
+def study_args(out, tmp, *more):
+    """`study` on the tiny quick preset, CPU, data under tmp/data."""
+    return ["study", "--preset", "quick", "--out", out, "--device", "cpu", "--data-dir", tmp / "data", *more]
+
+
 @pytest.fixture
 def tiny_study(tmp_path, monkeypatch, isolated):
     """The quick frontier on a tiny model and tiny data; counts the calls that do the work."""

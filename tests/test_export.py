@@ -195,14 +195,15 @@ def test_an_out_the_tool_did_not_write_is_never_overwritten(runs, exported, tmp_
         foreign.write_bytes(b"someone's file")
         one_line_error(cli("export", run, "--format", fmt, "--out", foreign), "not written by laser-tool")
         assert foreign.read_bytes() == b"someone's file"
-    # One the tool wrote is replaced (exporting again), whatever format it was.
-    ours = shutil.copy(exported(run), tmp_path / "ours.onnx")
+    # One the tool wrote is replaced (exporting again), whatever format it was (a name of neither format's
+    # suffix: a dense export named .onnx is refused, test_probe_checks.py).
+    ours = shutil.copy(exported(run), tmp_path / "ours")
     assert cli("export", run, "--format", "dense", "--out", ours).exit_code == 0
     assert cli("export", run, "--format", "dense", "--out", ours).exit_code == 0
     one_line_error(cli("export", run, "--format", "dense", "--out", run / "x.safetensors"), "inside the input")
     one_line_error(cli("export", run, "--format", "dense", "--out", tmp_path / "y", "--measure-latency"),
                    "--format onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.safetensors", "ours.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.safetensors", "ours"]
 
 
 def test_a_failed_check_writes_nothing(runs, tmp_path, monkeypatch):

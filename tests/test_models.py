@@ -1,5 +1,4 @@
 """The seed's two models to the parameter, and layer surgery that changes exactly the intended layers."""
-import math
 from dataclasses import replace
 
 import pytest

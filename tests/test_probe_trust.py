@@ -9,7 +9,6 @@ E. A study whose data check fails writes no plan.json, so the corrected command 
 (Causes C, D, F, G: tests/test_probe_*.py of the other half of the issue.)"""
 import hashlib
 import json
-import os
 import shutil
 import sys
 import textwrap
@@ -22,9 +21,7 @@ from laser_tool.models import trust
 from laser_tool.runs.checkpoint import META_KEY
 from laser_tool.runs.reader import file_digest
 from robust import cli, one_line_error, refused, snapshot, world  # noqa: F401 - world is a fixture
-from test_trust import patch as patch_study, study_args
-from test_study import write_fashion
-from synthetic import write_tiny_mnist
+from conftest import patch_two_family_study as patch_study, study_args, write_fashion
 
 # A model factory of the user's own (module name unique to these tests: nothing else imports it).
 FACTORY = '''

@@ -16,8 +16,6 @@ from laser_tool.models.layers import FactoredLinear
 from laser_tool.models.budget import fraction_rank
 from laser_tool.models import build_model, count_params
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run
-from laser_tool.posthoc.ranks import select
-from laser_tool.posthoc.ranks import resolve_rank
 from laser_tool.models.surgery import slots
 from conftest import TINY, cli, one_line_error
 from synthetic import write_tiny_mnist

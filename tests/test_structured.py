@@ -10,7 +10,6 @@ import torch.nn as nn
 from laser_tool.models.budget import KEEP_SLACK, candidates, choose as choose_for, dense_params
 from laser_tool.models.families import family, names as family_names
 from laser_tool.models.families.btt import btt_params, even_split, prime_split
-from laser_tool.cli import main
 from laser_tool.errors import UserError
 from laser_tool.models.families.lowrank import LowRankLinear
 from laser_tool.models.layers import layer_kind

@@ -15,18 +15,14 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from laser_tool.data import files as data
 from laser_tool.launch.base import Launch
 from laser_tool.signals import Interrupted
-from laser_tool.study import frontier
 from laser_tool import study
-from conftest import TINY_PRESET, cli, one_line_error, write_fashion
+from conftest import cli, one_line_error, patch_two_family_study as patch, study_args, write_fashion
 from robust import refused, snapshot
-from trainers import presets
 from trainers import train as loop
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO = frontier.Frontier("quick", (0.5,), "ffn", ("narrower", "svd"))  # baseline, narrower, svd cut: 3 runs
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +37,9 @@ def made(tmp_path_factory):
         yield tmp
 
 
-def patch(mp):
-    mp.setattr(data, "DEFAULT_ROOTS", [])
-    mp.setattr(data, "SYSTEM_DIRS", {})
-    mp.setitem(presets.PRESETS, "quick", TINY_PRESET)
-    mp.setitem(frontier.FRONTIERS, "quick", TWO)
-
-
 @pytest.fixture
 def patched(monkeypatch):
     patch(monkeypatch)
-
-
-def study_args(out, tmp, *more):
-    return ["study", "--preset", "quick", "--out", out, "--device", "cpu", "--data-dir", tmp / "data", *more]
 
 
 def copy_study(made, tmp_path) -> Path:
@@ -94,8 +79,7 @@ STUDY_SCRIPT = textwrap.dedent("""
     from laser_tool.data import files as data
     from laser_tool.launch.base import Launch
     from laser_tool.study import StudyRequest, frontier, run_study
-    from conftest import TINY_PRESET
-    from test_trust import TWO
+    from conftest import TINY_PRESET, TWO
     from trainers import presets
     if __name__ == "__main__":
         data.DEFAULT_ROOTS, data.SYSTEM_DIRS = [], {}

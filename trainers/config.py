@@ -4,9 +4,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
-from laser_tool.data import canonical_name, folder_defaults, is_folder
+import torch
+
+from laser_tool.data import canonical_name, fit_model, folder_defaults, is_folder
 from laser_tool.errors import UserError, flag_name
-from laser_tool.models import ModelSpec
+from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.external import is_external
 
 from .presets import PRESETS
@@ -139,6 +141,7 @@ def build_config(preset=None, given=None) -> TrainConfig:
     cfg = replace(cfg, model=replace(cfg.model, **model), **{k: v for k, v in given.items() if k in train_keys})
     if is_folder(cfg.dataset):
         cfg = fit_folder(cfg, set(model) | set(PRESETS.get(preset, {}).get("model", {})))
+    check_given_sizes(cfg, model)
     return replace(cfg, grad_clip=None) if cfg.grad_clip == "off" else cfg
 
 
@@ -159,3 +162,32 @@ def fit_folder(cfg: TrainConfig, set_keys: set) -> TrainConfig:
                                      cfg.model.channels if "channels" in set_keys else None)
     return replace(cfg, dataset=canonical_name(cfg.dataset),
                    model=replace(cfg.model, image_size=size, channels=channels))
+
+
+def check_given_sizes(cfg: TrainConfig, model_given: dict) -> None:
+    """An explicit --num-classes, --channels or --image-size the dataset would replace by its own is a
+    conflict (a folder keeps the given size and channels: it is decoded to them; its classes are its own)."""
+    given = {k: model_given[k] for k in ("num_classes", "channels", "image_size") if k in model_given}
+    if not given:
+        return
+    fitted = fit_model(cfg.model, cfg.dataset)
+    for key, value in given.items():
+        if getattr(fitted, key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {value} conflicts with {cfg.dataset}'s {getattr(fitted, key)}; drop {flag} "
+                            f"(the model takes the dataset's)")
+
+
+def check_model_builds(cfg: TrainConfig) -> None:
+    """A variant's sizes (DYAD's n_dyad, Monarch's blocks, BTT's rank) fail here, before any data is read:
+    the model is built on the meta device (no memory, no init drawn from the RNG, which is restored anyway)."""
+    if cfg.init_from or not cfg.model.variant:
+        return
+    spec = fit_model(cfg.model, cfg.dataset)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        try:
+            build_model(spec)
+        except UserError:
+            raise
+        except Exception:  # noqa: BLE001 - code that cannot run on the meta device is built for real later
+            pass

@@ -27,6 +27,7 @@ from laser_tool.runs.weights import mismatch, read_weights
 from laser_tool.runs.writer import write_run
 from laser_tool.fileio import check_output_dir
 
+from .config import TrainConfig
 from .provenance import device_name, git_commit, versions
 
 
@@ -60,6 +61,14 @@ def load_into(model, tensors: dict, weights, new_head: bool) -> list:
     return sorted(skip)
 
 
+def check_split_settings(val_size, seed, train_subset, batch_size) -> None:
+    """The split and evaluation settings, by train's rules (one place: TrainConfig.validate)."""
+    if val_size == 0:  # its validation accuracy would read 0.00, and search and heal choose on validation
+        raise UserError("--val-size 0 leaves no validation images, which search, heal and compare's --metric val "
+                        "need; hold out at least 1 image (default 5000)")
+    TrainConfig(val_size=val_size, seed=seed, train_subset=train_subset, eval_batch_size=batch_size).validate()
+
+
 @dataclass(frozen=True)
 class ImportRequest:
     """What `laser-tool import` is asked: the weights, the run directory to write, the data the model is
@@ -83,6 +92,7 @@ def import_run(spec, request: ImportRequest) -> Path:
     path. For folder:PATH, a spec's image_size or channels of None is the folder's own (data/folder.py)."""
     r = request
     weights, out, dataset, seed, val_size = Path(r.weights), Path(r.out), r.dataset, r.seed, r.val_size
+    check_split_settings(val_size, seed, r.train_subset, r.batch_size)
     check_output_dir(out, inputs=[weights])
     tensors, fmt = read_weights(weights)
     if is_folder(dataset):  # PATH made absolute, so a reduction or a heal re-opens it from anywhere

@@ -45,7 +45,7 @@ from laser_tool.vocab import RECIPE_NEUTRAL
 from . import distributed as dist_
 from . import init_from as init_
 from . import progressive
-from .config import TrainConfig, passes, total_steps
+from .config import TrainConfig, check_model_builds, passes, total_steps
 from .optim import lr_at, make_optimizer, set_lr
 from .records import end_of_epoch, finish, run_config
 from .state import load_state, save_state
@@ -112,9 +112,11 @@ def settle_run_dir(run_dir: Path, cfg: TrainConfig, resume, overwrite: bool) -> 
 
 def check_finite(loss_sum, run_dir, epoch, step):
     if not math.isfinite(loss_sum.item()):
-        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; the last good checkpoint "
-                        f"is kept in {run_dir} (state.safetensors, last.safetensors): lower --lr or raise "
-                        f"--warmup-epochs")
+        kept = [p.name for p in (state_path(run_dir), model_path(run_dir, last=True)) if p.is_file()]
+        where = (f"the last good checkpoint is kept in {run_dir} ({', '.join(kept)})" if kept else
+                 f"no checkpoint was saved before it")  # name only files that are there
+        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, step {step}; {where}: lower --lr or "
+                        f"raise --warmup-epochs")
 
 
 def interrupted(d, where, signum=signal.SIGINT):
@@ -156,6 +158,7 @@ class Job:
 def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interrupt_at_step=None) -> Path:
     """Train (or continue) the run `cfg` describes; returns its directory. A finished run returns at once."""
     progressive.check(cfg)  # bad --reduce-* settings fail before anything is read or written
+    check_model_builds(cfg)  # and a variant's sizes
     device = resolve_device(cfg.device)
     d = dist_.setup(device.type)
     if d.enabled and device.type == "cuda":

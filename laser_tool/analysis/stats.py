@@ -45,7 +45,8 @@ def summarize(accs, test_size=None) -> dict:
         out.update(ci_kind="test-set")
     else:
         return out
-    out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    # An accuracy lies in [0, 1]: a symmetric interval (few seeds far apart, or near 0 or 1) is cut there.
+    out.update(ci_low=max(0.0, out["mean"] - half), ci_high=min(1.0, out["mean"] + half))
     return out
 
 

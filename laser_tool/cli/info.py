@@ -2,7 +2,9 @@
 import json
 
 import click
+import torch
 
+from ..errors import UserError
 from .options import model_options, spec_from_options
 
 
@@ -14,7 +16,13 @@ def info(as_json, **opts):
     from ..models import build_model, count_params
     from ..models.surgery import named_linears
     spec = spec_from_options(opts)
-    model = build_model(spec)
+    try:
+        with torch.device("meta"):  # shapes and counts only: no memory, no init or SVD, for any size
+            model = build_model(spec)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - code that cannot run on the meta device (an external arch): build it
+        model = build_model(spec)
     rows, total = named_linears(model), count_params(model)
     if as_json:
         click.echo(json.dumps({"arch": spec.arch, "spec": spec.resolved().to_dict(), "params": total,

@@ -5,6 +5,7 @@ import sys
 import click
 
 from ..errors import UserError
+from ..signals import Interrupted, signal_name, sigterm_raises
 from .compare import compare
 from .export import export_cmd
 from .importing import import_cmd
@@ -14,13 +15,24 @@ from .study import study
 from .train import train
 
 
+OWN_SIGNALS = ("train", "study")  # they stop at a step and save a resume point (signals.StopFlag)
+
+
 class Group(click.Group):
     """Turns a UserError (or a bad option value) anywhere below into one line on stderr and exit code 2,
     no traceback."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            verb = next(iter(getattr(ctx, "_protected_args", None) or ctx.args), None)  # Click 9: ctx.args
+            if verb in OWN_SIGNALS:
+                return super().invoke(ctx)
+            with sigterm_raises():
+                return super().invoke(ctx)
+        except Interrupted as e:  # nothing half-written: every output is written whole or not at all
+            click.echo(f"error: interrupted by {signal_name(e.signum)}; nothing unfinished was written, run the "
+                       f"same command again", err=True)
+            sys.exit(e.exit_code)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)

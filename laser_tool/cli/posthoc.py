@@ -143,7 +143,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
     the first N validation images only).
     """
     from ..posthoc.search import SearchSettings, search_run
-    grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks else None
+    grid = comma_list(ranks, "--ranks", example="params:0.1,params:0.5") if ranks is not None else None
     settings = SearchSettings(layers=list(layers) or ["*"], method=method, ranks=grid, compose=not no_compose,
                               val_images=val_images, criterion=criterion, calib_batches=calib_batches,
                               device=device, batch_size=batch_size, data_dir=data_dir, dataset=dataset)

@@ -31,6 +31,8 @@ from .dense import dense_model
 from .latency import measure
 from .onnx import TOLERANCE, example_images, import_onnx, onnx_bytes, written_by_laser_tool
 
+SUFFIXES = {"dense": ".safetensors", "onnx": ".onnx"}  # a file named for the other format is refused
+
 
 def dense_written_by_laser_tool(path) -> bool:
     """True when `path` is a dense export of this command (a laser-tool checkpoint with an export record)."""
@@ -60,12 +62,21 @@ def check_request(run, fmt: str, out, measure_latency: bool, keep_bias: bool = F
                         f"training or reduction completed")
     if out is None:
         raise UserError("export needs --out FILE: where to write the exported model")
+    check_suffix(Path(out), fmt)
     out = check_output_file(out, inputs=[run], what="--out", ours=exported_by_laser_tool)
     return run, out
 
 
 def exported_by_laser_tool(path) -> bool:
     return dense_written_by_laser_tool(path) or written_by_laser_tool(path)
+
+
+def check_suffix(out: Path, fmt: str) -> None:
+    """--out named for the other format (model.onnx holding a state dict) is refused; other names are the user's."""
+    other = next(f for f in FORMATS if f != fmt)
+    if out.suffix.lower() == SUFFIXES[other]:
+        raise UserError(f"--out {out} ends in {SUFFIXES[other]}, the suffix of --format {other}, but --format is {fmt}; name it "
+                        f"{out.with_suffix(SUFFIXES[fmt]).name} or pass --format {other}")
 
 
 def check_ours(out: Path) -> None:

@@ -73,6 +73,18 @@ def resolve_rank(spec, d_out: int, d_in: int, s: torch.Tensor = None, layer: str
     return r
 
 
+def candidate_rank(spec, d_out: int, d_in: int, s: torch.Tensor = None, layer: str = "layer"):
+    """A grid's rank for one layer (spectrum's and search's candidates): None where a fraction leaves
+    this layer under one singular value (e.g. rho:0.05 of a 10-wide head: no candidate there); a rank
+    above the full rank is refused as reduce refuses it, one rule for one input."""
+    try:
+        return resolve_rank(spec, d_out, d_in, s, layer)
+    except UserError:
+        if parse_spec(spec).kind == "int" and int(parse_spec(spec).value) > min(d_out, d_in):
+            raise
+        return None
+
+
 def energy_rank(s: torch.Tensor, f: float) -> int:
     """Smallest r with sum(s[:r]^2) >= f * sum(s^2)."""
     e = s.double() ** 2

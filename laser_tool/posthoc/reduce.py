@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import load_dataset
+from ..data import canonical_name, load_dataset
 from ..device import resolve_device
 from ..errors import UserError, is_positive_int
 from ..fileio import remove_debris
@@ -29,7 +29,7 @@ from ..models.layers import FactoredLinear, SNLinear, dense_weight, layer_kind
 from ..models.surgery import slots
 from ..runs.checkpoint import check_checkpoint, checkpoint_path, load_run
 from ..runs.predictions import predictions_bytes
-from ..runs.reader import check_input_run, finished_run
+from ..runs.reader import check_input_run, check_rescored, finished_run
 from ..runs.schema import CONFIG, FINAL, PREDICTIONS, REDUCE, ReducedFinal
 from ..runs.writer import check_out, default_out, write_run
 from ..vocab import CALIB_BATCHES, STORES
@@ -81,6 +81,7 @@ def n_params(module: nn.Module) -> int:
 
 def run_data(config: dict, data_dir=None, dataset=None):
     """The run's own train/val/test split (same seed, val size and subset as training)."""
+    check_own_dataset(config, dataset)
     name = dataset or config.get("dataset")
     if not name:
         raise UserError("the run's config names no dataset; pass --dataset (and --data-dir)")
@@ -88,6 +89,15 @@ def run_data(config: dict, data_dir=None, dataset=None):
     return load_dataset(name, data_dir or config.get("data_dir"), False, config.get("val_size"),
                         config.get("seed", 0), config.get("train_subset"), model.get("image_size"),
                         model.get("channels"), bool(config.get("skip_bad_images")))
+
+
+def check_own_dataset(config: dict, dataset) -> None:
+    """--dataset names the data of a checkpoint whose config names none; a run is scored only on its own
+    (a folder: the same folder), or its new run would record the parent's data beside another's scores."""
+    own = config.get("dataset")
+    if dataset and own and canonical_name(dataset) != canonical_name(own):
+        raise UserError(f"--dataset {dataset} is not the data this run was trained on ({own}); drop --dataset "
+                        f"(it is for checkpoints whose config names no dataset)")
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dic
     before = dict(val=evaluate(model, splits.val_x, splits.val_y, batch_size, dev, amp),
                   test=evaluate(model, splits.test_x, splits.test_y, batch_size, dev, amp),
                   params=count_params(model), seconds=time.time() - t0)
+    check_rescored(run, before["test"][1], len(splits.test_y), "reduce:")  # a legacy parent's claim, re-scored
     written = {}
     for budget, (_, args, out) in jobs.items():
         t1 = time.time()

@@ -48,7 +48,7 @@ from ..vocab import CALIB_BATCHES, SEARCH_CRITERIA as CRITERIA
 from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
 from .methods import calibrated
-from .ranks import RankSpec, parse_spec, resolve_rank
+from .ranks import RankSpec, candidate_rank, parse_spec, resolve_rank
 from .reduce import ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
 from .staged import staged
 
@@ -67,15 +67,10 @@ def _batches(images, batch_size, device):
 
 
 def layer_grid(slot, specs, s) -> list:
-    """Distinct ranks the grid SPECs give this layer, largest first; SPECs that fall outside 1..max skip."""
+    """Distinct ranks the grid SPECs give this layer, largest first (ranks.candidate_rank's rule)."""
     m = slot.module
-    out = set()
-    for spec in specs:
-        try:
-            out.add(resolve_rank(spec, m.out_features, m.in_features, s, slot.name))
-        except UserError:
-            pass
-    return sorted(out, reverse=True)
+    ranks = {candidate_rank(spec, m.out_features, m.in_features, s, slot.name) for spec in specs}
+    return sorted(ranks - {None}, reverse=True)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from ..errors import UserError
 from ..runs.schema import config_path, read_config, read_metrics
 from .decompose import energy_kept, numerical_rank, singular_values
-from .ranks import resolve_rank
+from .ranks import candidate_rank
 
 
 def stable_rank(s: torch.Tensor) -> float:
@@ -58,11 +58,9 @@ def spectrum_row(name: str, W: torch.Tensor, kind: str, specs=()) -> dict:
     thr = mp_threshold(s, W.shape)
     energy = {}
     for spec in specs:
-        try:
-            r = resolve_rank(spec, d_out, d_in, s, name)
-        except UserError:
-            continue                          # e.g. rho:0.05 of a 10-wide head is rank 0: no column
-        energy[str(spec)] = {"rank": r, "energy": energy_kept(s, r)}
+        r = candidate_rank(spec, d_out, d_in, s, name)
+        if r is not None:                     # None: e.g. rho:0.05 of a 10-wide head is rank 0, no column
+            energy[str(spec)] = {"rank": r, "energy": energy_kept(s, r)}
     return dict(layer=name, d_out=d_out, d_in=d_in, kind=kind, max_rank=min(d_out, d_in),
                 numerical_rank=numerical_rank(s, W.shape), stable_rank=stable_rank(s),
                 effective_rank=effective_rank(s), mp_threshold=thr, mp_count=int((s > thr).sum()),

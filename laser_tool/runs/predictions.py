@@ -75,7 +75,21 @@ def load_predictions(run_dir):
         return None, f"predictions.safetensors unreadable ({type(e).__name__})"
     if "test" not in tensors or "test_labels" not in tensors:
         return None, "predictions.safetensors holds no test predictions"
+    why = _inconsistent(tensors)
+    if why:
+        return None, f"predictions.safetensors is inconsistent ({why})"
     return Predictions(path, meta, tensors), None
+
+
+def _inconsistent(tensors: dict):
+    """Why the splits' predictions and labels cannot be compared image by image, or None."""
+    for split in ("test", "val"):
+        pred, labels = tensors.get(split), tensors.get(f"{split}_labels")
+        if (pred is None) != (labels is None):
+            return f"{split} predictions without their labels, or the reverse"
+        if pred is not None and (pred.dim() != 1 or pred.shape != labels.shape):
+            return f"{split}: {tuple(pred.shape)} predictions but {tuple(labels.shape)} labels"
+    return None
 
 
 def mismatch(a: Predictions, b: Predictions, split: str):

@@ -119,6 +119,22 @@ def check_input_run(path, what: str) -> None:
         raise UserError(f"{what} {root}: {run.reason}")
 
 
+def check_rescored(path, test_acc: float, test_size: int, what: str) -> None:
+    """Refuse (one line) a run from before digests whose checkpoint, scored again now, does not give the
+    test accuracy its final.json claims: nothing else vouches that the checkpoint is the run's."""
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    if not final_path(root).is_file():
+        return
+    run = read_run(root)
+    if run.final is None or run.status != "complete" or vouched(run.final):
+        return
+    if abs(test_acc - run.acc) >= 0.5 / max(test_size, 1):
+        raise UserError(f"{what} {root}: final.json (no digests: a run from before they were written) says "
+                        f"test_acc {run.acc:.4f} but its checkpoint scores {test_acc:.4f} on the test set now; "
+                        f"the checkpoint is not the one that scored it: move the run away and redo it")
+
+
+
 def _vouches(path: Path, final: dict):
     """Why final.json does not vouch for the files beside it, or None: each recorded digest must match,
     and the test accuracy must be the one its per-image predictions give."""
@@ -129,15 +145,43 @@ def _vouches(path: Path, final: dict):
             if name in DIGESTED and (not f.is_file() or file_digest(f) != want):
                 return (f"{name} is not the file final.json summarises (its digest differs: another run's file, "
                         f"or edited); move the run away and redo it")
-    preds, _ = load_predictions(path) if (path / PREDICTIONS).is_file() else (None, None)
-    if preds is not None:
-        correct = preds.correct("test")
+    if not (path / PREDICTIONS).is_file():
+        return None
+    preds, why = load_predictions(path)
+    if preds is None:
+        return f"{why}; move the run away and redo it"
+    for split in ("test", "val"):
+        correct, claimed = preds.correct(split), final.get(f"{split}_acc")
+        if correct is None or claimed is None:
+            continue
         n = max(len(correct), 1)
         got = int(correct.sum()) / n
-        if abs(got - final["test_acc"]) >= 0.5 / n:  # not the count of images its predictions get right
-            return (f"final.json says test_acc {final['test_acc']:.4f} but its predictions score {got:.4f}; the "
+        if abs(got - claimed) >= 0.5 / n:  # not the count of images its predictions get right
+            return (f"final.json says {split}_acc {claimed:.4f} but its predictions score {got:.4f}; the "
                     f"files do not belong together: move the run away and redo it")
     return None
+
+
+def _bad_accuracy(final: dict):
+    """Why final.json's accuracies are not accuracies (test_acc required, val_acc where recorded), or None."""
+    for key in ("test_acc", "val_acc"):
+        acc = final.get(key)
+        if key == "val_acc" and acc is None:
+            continue
+        if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:  # NaN fails too
+            return f"final.json {key} {acc!r} is not an accuracy in [0, 1]"
+    return None
+
+
+# A run from before final.json recorded digests: nothing vouches that its checkpoint is the one that
+# scored its accuracy, so it is shown with this warning and a reduction re-scores it before cutting it.
+UNVOUCHED = ("final.json records no file digests (a run from before they were written): its files and "
+             "accuracy are unverified")
+
+
+def vouched(final: dict) -> bool:
+    """Whether final.json records the digests of the files it summarises."""
+    return isinstance(final.get("digests"), dict)
 
 
 def _read(path: Path) -> Run:
@@ -161,9 +205,9 @@ def _read(path: Path) -> Run:
     if final.get("status", "complete") != "complete":
         detail = final.get("error") or final.get("reason") or ""
         return Run(path, "failed", f"status {final.get('status')!r}" + (f": {detail}" if detail else ""), config, final)
-    acc = final.get("test_acc")
-    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:
-        return Run(path, "corrupt", f"final.json test_acc {acc!r} is not an accuracy in [0, 1]", config, final)
+    why = _bad_accuracy(final)
+    if why:
+        return Run(path, "corrupt", why, config, final)
     why = _vouches(path, final)
     if why:
         return Run(path, "mismatch", why, config, final)
@@ -176,4 +220,6 @@ def _read(path: Path) -> Run:
     run = Run(path, "complete", config=config, final=final)
     if metrics_problem:
         run.warnings.append(f"{metrics_problem}; accuracy taken from final.json")
+    if not vouched(final):
+        run.warnings.append(UNVOUCHED)
     return run

@@ -1,6 +1,7 @@
 """The run directory's safety rules: what `--name`, `--overwrite` and `--resume` may do.
 
-- `--name` is one plain path component: no '/', no '.', '..', no absolute path, at most 255 bytes.
+- `--name` is one plain path component: no '/', no '.', '..', no absolute path, no control characters,
+  at most 255 bytes.
 - `--overwrite` deletes only a directory laser-tool wrote: a real directory (never a symlink) whose
   config.json is a laser-tool run config. The directory is first renamed to a hidden `.NAME.old-*`
   and then removed, so a kill halfway leaves debris the next run clears, never a half-deleted run.
@@ -35,6 +36,9 @@ def check_name(name: str) -> str:
     if bad:
         raise UserError(f"--name {name!r} is not a plain directory name (no '/', '.', '..', absolute paths "
                         f"or leading '-'); use --out for the parent folder and --name for the run")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a newline or escape in a name garbles every listing
+        raise UserError(f"--name {name!r} holds a control character (newline, tab, escape); use printable "
+                        f"characters only")
     if len(os.fsencode(name)) > 255:
         raise UserError(f"--name is {len(os.fsencode(name))} bytes long; a directory name holds at most 255")
     return name
