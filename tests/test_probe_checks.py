@@ -202,7 +202,7 @@ def test_g_info_of_a_huge_model_builds_nothing():
 
 
 @pytest.mark.parametrize("variant,words", [(("--variant", "dyad", "--n-dyad", "3"), ["n_dyad=3"]),
-                                           (("--variant", "monarch", "--monarch-blocks", "0"), ["0 blocks"]),
+                                           (("--variant", "monarch", "--monarch-blocks", "100000"), ["100000 blocks"]),
                                            (("--variant", "btt", "--btt-rank", "0"), ["rank 0"])])
 def test_g_variant_sizes_fail_before_the_data(world, tmp_path, variant, words):
     args = train_args(world, tmp_path, "v", *variant, "--target", "ffn")
