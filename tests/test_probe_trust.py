@@ -172,6 +172,44 @@ def test_a_settings_file_that_cannot_be_read_trusts_nothing(own_settings):
     assert trust.trust_factory("python:a:b") and trust.remembered() == {"python:a:b"}
 
 
+def in_a_fresh_process(cases, queue):
+    """What a study's spawned worker does first (launch/base.child): take the study's trust, then load;
+    one fresh invocation per (granted, arch) case."""
+    out = []
+    for granted, arch in cases:
+        trust.begin_invocation()
+        trust.grant(granted)
+        try:
+            trust.check(arch)
+            out.append("allowed")
+        except trust.UntrustedCode:
+            out.append("refused")
+    queue.put(out)
+
+
+@pytest.mark.parametrize("trust_code", [False, True])
+def test_a_studys_workers_hold_its_command_lines_trust_and_no_more(own_settings, trust_code):
+    """`laser-tool --trust-code study --jobs 2 ...` (or a factory named only on that command line): the
+    workers it spawns and the submitit jobs it submits hold the same trust, not the user's file alone;
+    a worker of a fresh invocation inherits nothing."""
+    import multiprocessing
+    from laser_tool.launch.base import StepJob
+    trust.begin_invocation(trust_code=trust_code)
+    trust.trust_factory("python:named:here", remember=False)
+    job = StepJob(None, own_settings.parent, "cpu", None, 1)
+    study, fresh = trust.granted(), ((), False)
+    cases = [(study, "python:named:here"), (job.trust, "python:named:here"),
+             (study, "python:never:named"), (job.trust, "python:never:named"), (fresh, "python:named:here")]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=in_a_fresh_process, args=(cases, queue))
+    p.start()
+    got = queue.get(timeout=120)
+    p.join(60)
+    other = "allowed" if trust_code else "refused"
+    assert got == ["allowed", "allowed", other, other, "refused"]
+
+
 # ------------------------------------------------------------------ B. files the tool did not write
 
 

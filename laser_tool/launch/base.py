@@ -34,6 +34,7 @@ from trainers import train as trainer
 from ..errors import UserError
 from ..fileio import remove_debris
 from ..posthoc import reduce as reducer, search as searcher
+from ..models import trust
 from ..runs.reader import finished_run
 from ..runs.safety import remove_run
 from ..signals import Interrupted, exit_code
@@ -154,8 +155,10 @@ class StepJob:
 
     def __init__(self, step, runs, device, data_dir, threads):
         self.step, self.runs, self.device, self.data_dir, self.threads = step, Path(runs), device, data_dir, threads
+        self.trust = trust.granted()   # made in the study's process: its command line's trust goes with the job
 
     def __call__(self):
+        trust.grant(self.trust)
         set_threads(self.threads)
         try:
             run_step(self.step, self.runs, self.device, self.data_dir)
@@ -171,8 +174,9 @@ class StepJob:
 
     def checkpoint(self, *args, **kwargs):
         import submitit
-        return submitit.helpers.DelayedSubmission(StepJob(self.step, self.runs, self.device, self.data_dir,
-                                                          self.threads))
+        job = StepJob(self.step, self.runs, self.device, self.data_dir, self.threads)
+        job.trust = self.trust
+        return submitit.helpers.DelayedSubmission(job)
 
 
 def die_with(parent: int) -> None:
@@ -186,10 +190,12 @@ def die_with(parent: int) -> None:
         os._exit(128 + signal.SIGKILL)
 
 
-def child(step, runs, device, data_dir, threads, cuda, log_path, parent=None):
-    """A spawned worker: its output goes to the step's log; exit 0 done, 2 failed, 128+n interrupted."""
+def child(step, runs, device, data_dir, threads, cuda, log_path, parent=None, granted=((), False)):
+    """A spawned worker: its output goes to the step's log; exit 0 done, 2 failed, 128+n interrupted.
+    `granted` is the study's trust (models/trust.py): the factories its command line named."""
     if parent is not None:
         die_with(parent)
+    trust.grant(granted)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

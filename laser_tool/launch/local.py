@@ -12,6 +12,7 @@ from multiprocessing.connection import wait
 import torch
 
 from ..errors import UserError
+from ..models import trust
 from ..runs.reader import finished_run
 from ..signals import Interrupted, StopFlag
 from .base import STUDY_SIGNALS, Outcome, StepJob, child, gpus_for_slot, last_error, run_step, set_threads
@@ -68,7 +69,7 @@ class Processes:
         cuda = gpus_for_slot(slot, self.launch) if self.device != "cpu" else None
         p = self.ctx.Process(target=child, name=st.name, args=(st, self.out / "runs", self.device, self.data_dir,
                                                                 self.launch.threads, cuda, logs / f"{st.name}.log",
-                                                                os.getpid()))
+                                                                os.getpid(), trust.granted()))
         p.start()
         return p
 

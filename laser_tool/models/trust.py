@@ -66,6 +66,20 @@ def trust_factory(arch: str, remember: bool = True) -> bool:
     return True
 
 
+def granted() -> tuple:
+    """This invocation's trust, to hand to the workers it spawns (a study's --jobs N processes, submitit
+    jobs): they run steps of the same command line, so what it named or opted into holds for them too."""
+    return tuple(sorted(_named)), _trust_all
+
+
+def grant(trust: tuple) -> None:
+    """In a spawned worker: take over the trust of the invocation that started it (`granted()`)."""
+    global _trust_all
+    named, trust_all = trust
+    _named.update(named)
+    _trust_all = _trust_all or bool(trust_all)
+
+
 def check(arch: str) -> None:
     """Refuse (one line) a factory the user never named; call before importing anything of it."""
     if _trust_all or arch in _named or arch in remembered():
