@@ -45,9 +45,8 @@ def _digests():
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS.glob("*.json"))}
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
-def test_bench_script_runs_tiny(script, fashion, tmp_path):
-    extra, keys, tiny_at = CASES[script]
+def _run_tiny(script, extra, fashion, tmp_path) -> dict:
+    """Run `bench/SCRIPT.py --tiny` into tmp_path; its JSON. bench/results must be left as it was."""
     out = tmp_path / f"{script}.json"
     args = [str(fashion) if a is DATA else a for a in extra]
     before = _digests()
@@ -56,10 +55,34 @@ def test_bench_script_runs_tiny(script, fashion, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--tiny", "--out", str(out), *args],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"bench/{script}.py failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    doc = json.loads(out.read_text())
+    assert _digests() == before, "bench/results was written"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_bench_script_runs_tiny(script, fashion, tmp_path):
+    extra, keys, tiny_at = CASES[script]
+    doc = _run_tiny(script, extra, fashion, tmp_path)
     assert keys <= set(doc), f"missing top-level keys {keys - set(doc)}"
     entry = doc
     for k in tiny_at:
         entry = entry[k]
     assert entry["tiny"] is True
-    assert _digests() == before, "bench/results was written"
+
+
+def test_recipe_search_reads_the_test_set_once(fashion, tmp_path):
+    """bench/recipe.py: every point has a validation accuracy, only the chosen point a test accuracy, and
+    the chosen point is the best on validation. A rerun resumes: every point is read back, none retrained."""
+    doc = _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path)
+    assert doc["tiny"] is True and doc["complete"] and doc["missing"] == []
+    points = doc["points"]
+    assert points[0]["name"] == "base" and all(0 <= p["val_acc"] <= 1 and p["flops"] > 0 for p in points)
+    assert [p["name"] for p in points if "test_acc" in p] == [doc["chosen"]]
+    chosen = next(p for p in points if p["name"] == doc["chosen"])
+    assert chosen["val_acc"] == max(p["val_acc"] for p in points)
+    assert points[0]["val_vs_base"] is None and all(p["val_vs_base"]["mcnemar_p"] <= 1 for p in points[1:])
+    runs = tmp_path / "recipe-runs"
+    stamps = {d.name: (d / "final.json").stat().st_mtime_ns for d in runs.iterdir()}
+    assert set(stamps) == {p["name"] for p in points}
+    assert _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path)["points"] == points
+    assert {d.name: (d / "final.json").stat().st_mtime_ns for d in runs.iterdir()} == stamps
