@@ -94,8 +94,8 @@ class TrainConfig:
         num("seed", self.seed, 0, integer=True)
         if self.val_size is not None:
             if isinstance(self.val_size, int) and self.val_size == 0:
-                raise UserError("--val-size 0 leaves no validation images, but model.safetensors is the best "
-                                "epoch by validation accuracy; hold out at least 1 image (default 5000)")
+                raise UserError("--val-size 0 leaves no validation images, which the best epoch, search, heal and "
+                                "compare's --metric val choose on; hold out at least 1 image (default 5000)")
             num("val_size", self.val_size, 1, integer=True)
         if self.train_subset is not None:
             num("train_subset", self.train_subset, 1, integer=True)

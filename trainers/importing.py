@@ -63,9 +63,6 @@ def load_into(model, tensors: dict, weights, new_head: bool) -> list:
 
 def check_split_settings(val_size, seed, train_subset, batch_size) -> None:
     """The split and evaluation settings, by train's rules (one place: TrainConfig.validate)."""
-    if val_size == 0:  # its validation accuracy would read 0.00, and search and heal choose on validation
-        raise UserError("--val-size 0 leaves no validation images, which search, heal and compare's --metric val "
-                        "need; hold out at least 1 image (default 5000)")
     TrainConfig(val_size=val_size, seed=seed, train_subset=train_subset, eval_batch_size=batch_size).validate()
 
 
