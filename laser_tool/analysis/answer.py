@@ -24,6 +24,7 @@ records, else the rows' `keep` clustered (families reach a budget only to their 
 """
 import math
 
+from . import seeds
 from .bootstrap import effect, verdict
 from .describe import POSTHOC_FAMILIES
 from .paired import versus
@@ -128,17 +129,51 @@ def _test(name, a, b, margin, seed) -> dict:
 
 
 def _adjust(tests: list, margin: float) -> None:
-    """Holm over the distinct comparisons (the same pair of rows tested twice counts once), then verdicts."""
+    """Verdicts. Rows that share two or more seeds are judged over seeds (seeds.py: a paired t over the
+    per-seed differences, TOST, one Holm family with the equivalence claims; under 3 seeds: too few);
+    rows of one seed are judged as two trained models (McNemar on the test images, the bootstrap's TOST,
+    Holm over the distinct comparisons; the verdict says so). The same pair of rows tested twice counts once."""
+    by_seed = [t for t in tests if len(_shared_seeds(t)) >= 2]
+    _over_seeds(by_seed, margin)
+    models = [t for t in tests if len(_shared_seeds(t)) < 2]
     distinct = {}
-    for t in tests:
+    for t in models:
         distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
     keys = list(distinct)
     size = sum(distinct[k][0]["p"] is not None for k in keys)  # the comparisons Holm adjusts over
     for k, adj in zip(keys, holm([distinct[k][0]["p"] for k in keys])):
         for t in distinct[k]:
             t["p_holm"], t["family_size"] = adj, size
+    for t in models:
+        v = verdict(t["diff"], t.get("p_holm"), t["equivalent"], margin, ALPHA)
+        t["verdict"] = v if v == "inconclusive" else f"{v} (these trained models)"
+
+
+def _shared_seeds(t) -> dict:
+    """{seed: (a's test accuracy, b's)} over the seeds both rows hold once each."""
+    def by_seed(row):
+        seeds = row.get("seeds") or []
+        return {s: acc for s, acc in zip(seeds, row["accs"]) if seeds.count(s) == 1}
+    a, b = by_seed(t["a"]), by_seed(t["b"])
+    return {s: (a[s], b[s]) for s in sorted(set(a) & set(b))}
+
+
+def _over_seeds(tests: list, margin: float) -> None:
+    """seeds.decide over the distinct comparisons of rows that share seeds: its verdict, adjusted p and the
+    interval the verdict used replace the bootstrap's."""
+    distinct = {}
     for t in tests:
-        t["verdict"] = verdict(t["diff"], t.get("p_holm"), t["equivalent"], margin, ALPHA)
+        distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
+    if not distinct:
+        return
+    pairs = [_shared_seeds(ts[0]) for ts in distinct.values()]
+    results = seeds.decide([([a for a, _ in p.values()], [b for _, b in p.values()]) for p in pairs], margin, ALPHA)
+    for ts, r in zip(distinct.values(), results):
+        for t in ts:
+            ci = r["interval_equivalence"] if r["verdict"] == "equivalent" else r["interval"]
+            t.update(diff=r["estimate"], p=r["p"], p_kind="paired-t", p_holm=r["p_adjusted"], ci95=ci,
+                     family_size=r.get("family"), verdict=r["verdict"], seeds=r["n"],
+                     note=r.get("note") or t.get("note"))
 
 
 def confirmatory_pairs(items) -> dict:

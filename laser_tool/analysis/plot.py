@@ -139,3 +139,30 @@ def series_names(fig) -> list:
 def series_count(fig) -> int:
     """Number of family curves over the accuracy-vs-keep panels (one per family per section)."""
     return len(series_names(fig))
+
+
+def plot_decided(decided: list, margin: float, path) -> None:
+    """The decided answer's comparisons (decided.py), one line each: the per-seed test differences as dots,
+    the interval the verdict used as a bar, the estimate as a tick, the equivalence margin shaded."""
+    n = len(decided)
+    fig = Figure(figsize=(8, 0.45 * n + 1.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, c in enumerate(decided):
+        y, dots = n - 1 - i, [100 * d for d in c.get("per_seed") or []]
+        ax.plot(dots, [y] * len(dots), "o", ms=4, color="0.35", zorder=3)
+        if c.get("ci") and None not in c["ci"]:
+            ax.plot([100 * x for x in c["ci"]], [y, y], color="tab:blue", lw=4, alpha=0.6, zorder=2)
+        if c.get("estimate") is not None:
+            ax.plot([100 * c["estimate"]], [y], "|", color="tab:red", ms=14, mew=2, zorder=4)
+    ax.axvspan(-100 * margin, 100 * margin, color="0.9", zorder=0)
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([f"keep {c['budget']:g}: {c['a_label']} - {c['b_label']}: {c['verdict']}"
+                        for c in reversed(decided)], fontsize=7)
+    ax.set_xlabel("A - B, test accuracy per confirmation seed, pp (bar: the verdict's interval; grey band: "
+                  "the margin)", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())

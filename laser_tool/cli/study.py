@@ -55,6 +55,13 @@ from .options import (ARCH, ARCH_ARG, CHANNELS, IMAGE_SIZE, SIGMA_REPARAM, arch_
 @click.option("--status", "show_status", is_flag=True, help="Print the state of every step and exit.")
 @click.option("--margin", type=float, default=0.5, show_default=True,
               help="Equivalence margin of the answer's tests, in percentage points of accuracy.")
+@click.option("--confirm-seeds", type=int, metavar="N",
+              help="Choose the contenders on the study's seeds (validation), then confirm the answer's comparisons on "
+                   "N fresh seeds (test, a paired t over seeds); 0: none (default: the preset's).")
+@click.option("--until-decided", is_flag=True,
+              help="With confirmation: add seeds to the undecided comparisons' rows after each look, up to --max-seeds.")
+@click.option("--max-seeds", type=int, default=10, show_default=True,
+              help="With --until-decided: the most confirmation seeds a comparison gets.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
 def study(show_status, **options):
@@ -108,6 +115,7 @@ def request_of(options: dict):
     o = dict(options)
     own = {k: o.pop(k) for k in ("preset", "seeds", "out", "epochs", "heal_epochs", "device", "data_dir",
                                  "tensorboard", "extend", "margin")}
+    confirm = {k: o.pop(k) for k in ("confirm_seeds", "until_decided", "max_seeds")}
     frontier = {k: v for k in FRONTIER_OPTIONS if (v := o.pop(k)) is not None and v is not False}
     epochs, heal_epochs = own["epochs"], own["heal_epochs"]
     if (heal_epochs is not None and heal_epochs < 0) or (epochs is not None and epochs < 1):
@@ -118,4 +126,23 @@ def request_of(options: dict):
     if "arch_args" in train_opts:
         train_opts["arch_args"] = arch_args(train_opts["arch_args"])
     own["margin"] = own["margin"] / 100  # percentage points on the command line, a fraction of accuracy inside
-    return StudyRequest(**own, train_opts=train_opts, frontier_opts=frontier)
+    return StudyRequest(**own, train_opts=train_opts, frontier_opts=frontier, confirm=confirm_of(own["preset"], confirm))
+
+
+def confirm_of(preset: str, o: dict):
+    """The study's confirmation (study/decide.py's Confirm) from its options; None without one."""
+    from ..study.decide import Confirm
+    from ..study.frontier import FRONTIERS
+    seeds = o["confirm_seeds"]
+    if seeds is None:
+        seeds = FRONTIERS[preset].confirm_seeds if preset in FRONTIERS else 0
+    if seeds < 0 or o["max_seeds"] < 1:
+        raise UserError("--confirm-seeds must be at least 0 and --max-seeds at least 1")
+    if not seeds:
+        if o["until_decided"]:
+            raise UserError("--until-decided adds confirmation seeds; give --confirm-seeds N (N >= 3) with it")
+        return None
+    if preset not in FRONTIERS:
+        raise UserError(f"--confirm-seeds applies to the frontier presets ({', '.join(FRONTIERS)}), not to {preset}")
+    until = o["until_decided"]
+    return Confirm(seeds=seeds, until_decided=until, max_seeds=o["max_seeds"] if until else seeds)

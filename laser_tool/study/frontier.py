@@ -68,6 +68,7 @@ class Frontier:
     heal_epochs: int = 0     # > 0: every post-hoc cut is also healed this many epochs
     seeds: int = 1
     lr_grid: tuple = ()      # multiples of the learning rate each train-time row and heal is tried at
+    confirm_seeds: int = 0   # > 0: the answer is confirmed on this many fresh seeds (study/decide.py)
 
 
 FRONTIERS = {

@@ -1,5 +1,6 @@
 """A study's report: STUDY/report.md (the answer, the table, the plot, the commands), results.json,
 plot.png, and study.json (every invocation with its wall time and the runs it made)."""
+import json
 import os
 import time
 from pathlib import Path
@@ -9,20 +10,22 @@ import torch
 from ..analysis.answer import answer, confirmatory_pairs
 from ..analysis.answer import markdown as answer_markdown
 from ..analysis.compare import adopt_confirmatory, compare_runs
-from ..analysis.plot import plot
+from ..analysis import decided as decided_answer
+from ..analysis.plot import plot, plot_decided
 from ..analysis.render import markdown, to_json
 from ..device import cpu_name, resolve_device
-from ..fileio import atomic_write_text
-from . import journal
+from ..fileio import atomic_write_json, atomic_write_text
+from . import decide, journal
 from .record import describe_request
 
 
 def write_report(out: Path, study, steps: list, notes: list, t_start: float, work: int = 0, invocation: int = None,
-                 requests=()) -> Path:
+                 requests=(), decided=None) -> Path:
     """STUDY/report.md (+ plot.png, results.json) from the runs under STUDY/runs, for `study` (run.py's
     StudyRequest: its preset, device and margin); `invocation` is this invocation's index in the journal
     (study.json), which it marks ended; `requests`, what each invocation asked for (the seeds are the
-    most any asked; more than one request: the study was extended)."""
+    most any asked; more than one request: the study was extended); `decided`, the confirmation's
+    comparisons (run.py's confirm), which become the report's answer and results.json's `answer`."""
     preset, margin = study.preset, study.margin
     seeds = max((r["seeds"] for r in requests), default=study.seeds or 1)
     dev = str(resolve_device(study.device))
@@ -31,7 +34,12 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
     adopt_confirmatory(result, confirmatory_pairs(items))
     plot(result.rows, out / "plot.png", title=f"study {preset}", winners={i["best"]["label"] for i in items})
-    atomic_write_text(out / "results.json", to_json(result))
+    doc = json.loads(to_json(result))
+    decision = decide.read_decision(out) if decided else None
+    if decided:
+        doc["answer"] = decided_answer.answer_json(decision, decided)
+        plot_decided(decided, margin, out / "decided.png")
+    atomic_write_json(out / "results.json", doc)
     wall = time.time() - t_start  # this invocation, the report's own timing passes included
     if invocation is None:
         invocation = journal.start(out, {})
@@ -50,7 +58,11 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
         head += ["Extended: the study is the union of what each invocation asked (`--extend`):", ""]
         head += [f"- {describe_request(r)}" for r in requests] + [""]
     found = answer_markdown(result.rows, margin, items)
-    if found:
+    if decided:
+        head += ["## The decided answer: confirmed on fresh seeds", "",
+                 decided_answer.markdown(decision, decided, margin),
+                 "![per-seed differences, the verdicts' intervals and the margin](decided.png)", ""]
+    elif found:
         head += ["## The answer: which way of slimming loses least at each budget", "", found]
     head += ["![test accuracy against the baseline's, over parameters kept and training FLOPs](plot.png)", "",
              "## All rows (exploratory)", ""]

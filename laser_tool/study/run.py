@@ -10,7 +10,7 @@ invocation per study directory (STUDY/.study.lock).
 """
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from trainers.train import settings
@@ -20,10 +20,11 @@ from ..launch.base import Launch, check_launch
 from ..launch.execute import execute
 from ..launch.status import status_lines, study_lock_target
 from ..lock import output_lock
+from ..analysis import seeds as seed_stats
 from ..analysis.answer import MARGIN
 from ..runs.reader import check_input_run, finished_run
 from ..runs.schema import config_path, read_config
-from . import journal, record
+from . import decide, journal, record
 from .plan import plan_request, request_of
 from .report import write_report
 
@@ -93,6 +94,7 @@ class StudyRequest:
     tensorboard: bool = False
     extend: bool = False
     margin: float = MARGIN
+    confirm: decide.Confirm = None  # choose on the study's seeds, confirm on fresh ones (decide.py)
 
     @property
     def study_dir(self) -> Path:
@@ -100,8 +102,11 @@ class StudyRequest:
 
     def recorded(self) -> dict:
         """What the study's record keeps and replans (plan.request_of)."""
-        return request_of(self.preset, self.seeds, self.epochs, self.heal_epochs, self.train_opts,
-                          self.frontier_opts)
+        r = request_of(self.preset, self.seeds, self.epochs, self.heal_epochs, self.train_opts,
+                       self.frontier_opts)
+        if self.confirm is not None:  # absent without confirmation, so older studies replan alike
+            r["confirm"] = asdict(self.confirm)
+        return r
 
 
 def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.stderr, flush=True)):
@@ -114,6 +119,8 @@ def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.
     if not (isinstance(margin, (int, float)) and 0 < margin < 1):  # NaN fails this too
         raise UserError(f"--margin {100 * margin if isinstance(margin, (int, float)) else margin}: give the "
                         f"equivalence margin in percentage points, a number > 0 (default 0.5)")
+    if study.confirm is not None:
+        study.confirm.validate()
     request = study.recorded()
     steps, notes = plan_request(request, out, device, data_dir)
     for st in steps:  # every setting in range before any data is read or any run starts
@@ -146,8 +153,15 @@ def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.
                 f"run the same command again once they end to write the report")
             journal.end(out, me, time.time() - t_start, res.work)
             return None
-        failed = res.failed
-        report = write_report(out, study, steps, notes, t_start, res.work, me, requests) if runs.exists() else None
+        failed, decided = res.failed, None
+        if study.confirm is not None and not failed:
+            decided, failed, work = confirm(study, request, out, launch, log)
+            if decided is None:
+                journal.end(out, me, time.time() - t_start, res.work + work)
+                return None
+            res.work += work
+        report = write_report(out, study, steps, notes, t_start, res.work, me, requests, decided) \
+            if runs.exists() else None
         if report is None:
             journal.end(out, me, time.time() - t_start, res.work)
     if failed:
@@ -155,6 +169,45 @@ def run_study(study: StudyRequest, launch=None, log=lambda s: print(s, file=sys.
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:4])}{more}); "
                         f"the report lists them; run the same command again to retry")
     return report
+
+
+def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple:
+    """(comparisons decided, failed run names, runs made): the confirmation rounds after the exploration
+    seeds (decide.py). The contenders are chosen once, on the exploration runs' validation accuracy, and
+    kept in STUDY/decision.json; each look trains only the runs its undecided comparisons still need.
+    (None, [], n) while Slurm still holds steps."""
+    cf, runs, device, data_dir = study.confirm, out / "runs", study.device, study.data_dir
+    explore = list(range(request["seeds"]))
+    decision = decide.read_decision(out)
+    if decision is None or decision.get("chosen_on") != explore:
+        decision = dict(decide.choose(runs, range(request["seeds"]), study.margin), confirm=asdict(cf))
+        decide.write_decision(out, decision)
+    looks, first = cf.looks(), len(explore)
+    need = {c[x] for c in decision["comparisons"] for x in ("a", "b")}
+    failed, work, have, results, history = [], 0, 0, None, []
+    matched = {"match_compute": True} if any(c["a"].count("-iso") for c in decision["comparisons"]) else {}
+    for k, n in enumerate(looks):  # the FLOP-matched twins (decide.compute_matched) on these seeds only
+        all_steps, _ = plan_request(dict(request, seeds=first + n, **matched), out, device, data_dir)
+        steps = decide.needed_steps(all_steps, need, set(range(first + have, first + n)))
+        check_same_settings(runs, steps)
+        for st in steps:
+            check_input_run(runs / st.name, "study:")
+        log(f"confirmation, look {k + 1} of {len(looks)}: seeds {first}-{first + n - 1}, {len(steps)} step(s)")
+        res = execute(steps, out, launch, device, data_dir, log)
+        work, failed = work + res.work, failed + res.failed
+        if res.pending:
+            return None, [], work
+        have = n
+        results = decide.look(runs, decision, list(range(first, first + n)), study.margin, len(looks), results)
+        for r in results:
+            r.setdefault("look", k + 1)  # a settled comparison keeps the look that settled it
+        todo = seed_stats.undecided(results)
+        history.append(dict(look=k + 1, seeds=list(range(first, first + n)), undecided=todo))
+        if not todo or failed:
+            break
+        need = {decision["comparisons"][i][x] for i in todo for x in ("a", "b")}
+    decide.write_decision(out, dict(decision, looks=list(looks), history=history, result=results))
+    return results, failed, work
 
 
 def study_status(study: StudyRequest) -> list:

@@ -1,0 +1,209 @@
+"""Choose on exploration seeds, confirm on fresh seeds, until decided (`study --confirm-seeds N`).
+
+A study's own seeds (`--seeds`, 1 for quick) explore: every row is trained and the contenders of each
+budget are chosen on their VALIDATION accuracy (analysis/answer.py's choice: the best train-time row, the
+best post-hoc row, narrower, the seed's low-rank, the baseline), with the comparisons the answer makes
+between them. Both are written to STUDY/decision.json before any confirmation seed trains. Then:
+
+  confirm  fresh seeds (after the exploration ones) train only the runs the contenders need: their own
+           steps and the steps those start from (a heal's cut, a cut's baseline)
+  look     after each round the comparisons are decided over the confirmation seeds alone
+           (analysis/seeds.py: a paired t over per-seed test differences, TOST, one Holm family), at the
+           look's share of alpha
+  extend   with --until-decided, the undecided comparisons' rows get `step` more seeds, up to
+           --max-seeds, and the next look decides again; a decided comparison stays as decided.
+
+Everything is found again by run name (a run is STEM-sSEED), so a rerun resumes where it stopped and
+reaches the same choice from the same exploration runs.
+"""
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..analysis import seeds as seed_stats
+from ..analysis.answer import ALPHA, answer, budgets
+from ..analysis.describe import POSTHOC_FAMILIES
+from ..analysis.paired import versus
+from ..analysis.compare import compare_runs
+from ..errors import UserError
+from ..fileio import atomic_write_json
+from ..runs.reader import finished_run
+
+FILE = "decision.json"
+SEED_PART = re.compile(r"-s(\d+)$")
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """How a study confirms: `seeds` fresh seeds at the first look, then (`until_decided`) `step` more per
+    look for the undecided comparisons, at most `max_seeds` confirmation seeds in all."""
+    seeds: int
+    until_decided: bool = False
+    max_seeds: int = 10
+    step: int = 2
+
+    def validate(self) -> None:
+        if self.seeds < seed_stats.MIN_SEEDS:
+            raise UserError(f"--confirm-seeds {self.seeds}: the seed-level test needs at least "
+                            f"{seed_stats.MIN_SEEDS} seeds to decide anything; give --confirm-seeds "
+                            f"{seed_stats.MIN_SEEDS} or more")
+        if self.max_seeds < self.seeds:
+            raise UserError(f"--max-seeds {self.max_seeds} is below --confirm-seeds {self.seeds}; give a cap at "
+                            f"least as large")
+
+    def looks(self) -> tuple:
+        """The confirmation seeds at each planned look: (seeds, seeds + step, ..., max_seeds)."""
+        if not self.until_decided:
+            return (self.seeds,)
+        return seed_stats.looks_plan(self.seeds, self.max_seeds, self.step)
+
+
+def stem(run_name: str) -> str:
+    """A run's name without its seed: the row it is a seed of (`svd-k0.25-heal1-s3` -> `svd-k0.25-heal1`)."""
+    return SEED_PART.sub("", run_name)
+
+
+def seed_of(run_name: str) -> int:
+    m = SEED_PART.search(run_name)
+    return int(m.group(1)) if m else None
+
+
+def choose(runs: Path, explore: range, margin: float) -> dict:
+    """The contenders and the comparisons, chosen on the exploration seeds' validation accuracy."""
+    dirs = [d for d in sorted(runs.iterdir()) if d.is_dir() and seed_of(d.name) in explore]
+    result = compare_runs(dirs, speed=False)
+    comparisons = []
+    for item in answer(result.rows, margin):
+        for t in item["tests"]:
+            a, b = (_row_stem(t["a"]), _row_stem(t["b"]))
+            comparisons.append(dict(name=t["name"], section=item["section"], budget=item["budget"],
+                                    scope=item["scope"], length=item.get("length"), a=a, b=b,
+                                    a_label=t["a"]["label"], b_label=t["b"]["label"],
+                                    val_diff=_val_diff(t["a"], t["b"])))
+    comparisons += ties(result.rows, comparisons) + compute_matched(result.rows)
+    if not comparisons:
+        raise UserError(f"the exploration runs under {runs} give no comparison to confirm (no slimmed row with "
+                        f"a baseline); check that their trainings finished")
+    unique = {}
+    for c in comparisons:  # one pair of rows tested twice (two names) is one comparison
+        unique.setdefault(frozenset((c["a"], c["b"])), c)
+    return dict(chosen_on=list(explore), metric="validation accuracy", comparisons=list(unique.values()))
+
+
+TIE_P = 0.05  # a validation lead whose paired p (McNemar for one seed) is above this is within noise
+
+
+def ties(rows: list, comparisons: list) -> list:
+    """The runner-up of each budget's winner kind when its validation deficit is within noise: it goes to
+    confirmation too, against the same row of the other kind (a tie on validation is not a choice)."""
+    out = []
+    for c in [c for c in comparisons if c["name"].startswith("winner vs the best")]:
+        rs = [r for sec, b, rs in budgets(rows) if sec == c["section"] and b == c["budget"] for r in rs]
+        winner = next(r for r in rs if _row_stem(r) == c["a"])
+        kind = winner["family"] in POSTHOC_FAMILIES
+        rest = sorted((r for r in rs if r is not winner and r.get("val_acc_mean") is not None
+                       and (r["family"] in POSTHOC_FAMILIES) == kind), key=lambda r: -r["val_acc_mean"])
+        if rest and (versus(winner, rest[0], "val")["p"] or 0) > TIE_P:
+            out.append(dict(c, name=f"runner-up (a tie on validation with {winner['label']}) vs the same row",
+                            a=_row_stem(rest[0]), a_label=rest[0]["label"], val_diff=_val_diff(rest[0], winner)))
+    return [t for t in out if t["a"] != t["b"]]
+
+
+MATCHED = "at equal training FLOPs: the best train-time row trained to the heal's FLOPs vs the best healed row"
+
+
+def compute_matched(rows: list) -> list:
+    """Per budget, the comparison at equal parameters AND training FLOPs for the user who has no dense model
+    yet: the best train-time or narrower row (by validation) trained for the epochs that make its training
+    FLOPs equal the best healed row's (its `-iso` twin, study/compute.py), against that healed row. Only
+    these twins are trained, on the confirmation seeds alone."""
+    out = []
+    for sec, b, rs in budgets([r for r in rows if not r.get("iso_compute")]):
+        by_val = sorted((r for r in rs if r.get("val_acc_mean") is not None), key=lambda r: -r["val_acc_mean"])
+        train = next((r for r in by_val if r["family"] not in POSTHOC_FAMILIES), None)
+        healed = next((r for r in by_val if r["family"] == "healed"), None)
+        if train is None or healed is None:
+            continue
+        out.append(dict(name=MATCHED, section=sec, budget=b, scope="parameters + training FLOPs",
+                        length=train.get("length"), a=_iso_stem(_row_stem(train)), b=_row_stem(healed),
+                        a_label=f"{train['label']} (FLOP-matched)", b_label=healed["label"],
+                        val_diff=_val_diff(train, healed)))
+    return out
+
+
+def _iso_stem(row_stem: str) -> str:
+    """The compute-matched twin's name (frontier.iso_step): FAMILY-kKEEP-iso, before any length part."""
+    m = re.match(r"(.*?-k[0-9.e-]+?)((?:-lr[0-9.e-]+)?)((?:-e\d+)?)$", row_stem)
+    return f"{m.group(1)}-iso{m.group(3)}"
+
+
+def _row_stem(row: dict) -> str:
+    stems = {stem(Path(r).name) for r in row["runs"]}
+    if len(stems) != 1:
+        raise UserError(f"row {row['label']} holds runs of several names ({', '.join(sorted(stems))}); the "
+                        f"study's runs folder holds runs it did not plan")
+    return stems.pop()
+
+
+def _val_diff(a: dict, b: dict):
+    if a.get("val_acc_mean") is None or b.get("val_acc_mean") is None:
+        return None
+    return a["val_acc_mean"] - b["val_acc_mean"]
+
+
+def needed_steps(all_steps: list, stems: set, seeds: set) -> list:
+    """The steps of `seeds` whose runs are the rows `stems`, with every step they start from, in plan order."""
+    by_name = {st.name: st for st in all_steps}
+    want = {st.name for st in all_steps if st.seed in seeds and stem(st.name) in stems}
+    todo = list(want)
+    while todo:  # a heal needs its cut, a cut its baseline
+        parent = by_name[todo.pop()].parent
+        if parent is not None and parent in by_name and parent not in want:
+            want.add(parent)
+            todo.append(parent)
+    return [st for st in all_steps if st.name in want]
+
+
+def look(runs: Path, decision: dict, confirm_seeds: list, margin: float, looks: int, previous=None) -> list:
+    """Every comparison decided over the confirmation seeds both rows have finished, in one family, at this
+    look's share of alpha (`looks` planned); `previous`, the last look's answer (a settled one stays)."""
+    sides = []
+    for c in decision["comparisons"]:
+        a, b = _finished(runs, c["a"], confirm_seeds), _finished(runs, c["b"], confirm_seeds)
+        seeds = [s for s in confirm_seeds if s in a and s in b]
+        sides.append(dict(c, seeds=seeds, a_runs=[str(a[s].path) for s in seeds], b_runs=[str(b[s].path) for s in seeds],
+                          a_accs=[a[s].acc for s in seeds], b_accs=[b[s].acc for s in seeds]))
+    decided = seed_stats.decide([(s["a_accs"], s["b_accs"]) for s in sides], margin, ALPHA, looks, previous)
+    return [dict(s, **d, **_shown_interval(d)) for s, d in zip(sides, decided)]
+
+
+def _shown_interval(d: dict) -> dict:
+    """The interval the verdict used: TOST's for an equivalence, the difference's otherwise."""
+    if d["verdict"] == "equivalent":
+        return dict(ci=d.get("interval_equivalence"), ci_level=1 - 2 * d["level_equivalence"])
+    return dict(ci=d.get("interval"), ci_level=None if d.get("level") is None else 1 - d["level"])
+
+
+def _finished(runs: Path, row_stem: str, seeds: list) -> dict:
+    out = {}
+    for s in seeds:
+        r = finished_run(runs / f"{row_stem}-s{s}")
+        if r is not None:
+            out[s] = r
+    return out
+
+
+def read_decision(out: Path):
+    f = out / FILE
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{f} is unreadable; move it away to choose the contenders again from the exploration "
+                        f"runs") from None
+
+
+def write_decision(out: Path, decision: dict) -> None:
+    atomic_write_json(out / FILE, decision)
