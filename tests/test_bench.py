@@ -25,6 +25,7 @@ CASES = {
     "folder": ([], {"about", "tiny", "decode_into_cache", "cache_hit_s", "epoch"}, []),
     "layers": (["--device", "cpu", "--threads", "1"], {"description", "devices"}, ["devices", "cpu"]),
     "progressive": (["--data-dir", DATA, "--threads", "1"], {"about", "results"}, ["results", "cpu"]),
+    "seed_power": ([], {"about", "settings", "size", "power", "tiny", "seconds"}, []),
     "reduce": (["--data-dir", DATA, "--device", "cpu", "--threads", "1"], {"about", "results"},
                ["results", "cpu"]),
     "study": (["--data-dir", DATA], {"about", "goal", "device", "torch", "model", "run", "train_seconds",
