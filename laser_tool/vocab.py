@@ -51,6 +51,10 @@ STUDY_LABELS = ("matched_to", "lr_grid")
 RECIPE_NEUTRAL = frozenset({"device", "out", "name", "eval_batch_size", "compile", "data_dir", "download",
                             "tensorboard", *STUDY_LABELS})
 
+# The learning-rate schedule's shapes (`train --schedule`, trainers/optim.py): after a linear warmup, cosine
+# to 0, linear to 0, or warmup-stable-decay (constant, then linear to 0 over the last 20% of the steps).
+SCHEDULES = ("cosine", "linear", "wsd")
+
 METRICS = ("test", "val")   # the accuracy a comparison tests on
 # What a frontier study slims (`study --targets`): the FFN, the attention projections, or both.
 FRONTIER_TARGETS = ("ffn", "attn", "all")

@@ -50,17 +50,22 @@ def test_loss_falls_and_run_files(data_dir, tmp_path):
     assert (run / "final.json").stat().st_mtime_ns == mtime
 
 
-def test_resume_is_bitwise_identical(data_dir, tmp_path):
-    straight = train(tiny_cfg(data_dir, tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_is_bitwise_identical(data_dir, tmp_path, ema):
+    """With --ema too: the average (state's ema.*, saved as the run's models) resumes bitwise."""
+    straight = train(tiny_cfg(data_dir, tmp_path / "a", ema=ema), progress=False)
     with pytest.raises(KeyboardInterrupt):  # stop mid-epoch 2 (20 steps per epoch)
-        train(tiny_cfg(data_dir, tmp_path / "b"), progress=False, _interrupt_at_step=27)
+        train(tiny_cfg(data_dir, tmp_path / "b", ema=ema), progress=False, _interrupt_at_step=27)
     resumed_dir = tmp_path / "b" / "run"
     assert not (resumed_dir / "final.json").exists()
-    resumed = train(tiny_cfg(data_dir, tmp_path / "b"), progress=False)
+    resumed = train(tiny_cfg(data_dir, tmp_path / "b", ema=ema), progress=False)
     a, b = load_file(straight / "state.safetensors"), load_file(resumed / "state.safetensors")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) == (ema > 0)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    for name in ("model.safetensors", "last.safetensors"):
+        la, lb = load_file(straight / name), load_file(resumed / name)
+        assert all(torch.equal(la[k], lb[k]) for k in la), name
     ma = (straight / "metrics.jsonl").read_text().splitlines()
     mb = (resumed / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "images_per_s")}
@@ -111,12 +116,15 @@ def test_crash_between_writes_keeps_previous_checkpoint(data_dir, tmp_path, monk
     assert json.loads((run / "final.json").read_text())["status"] == "complete"
 
 
-def test_ddp_two_processes_match_single(data_dir, tmp_path):
-    """2-process gloo DDP vs one process on the same global batch: same losses within 1e-4."""
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_ddp_two_processes_match_single(data_dir, tmp_path, ema):
+    """2-process gloo DDP vs one process on the same global batch: same losses within 1e-4 (with --ema,
+    of the average, which every rank keeps of its unwrapped model and rank 0 scores and saves)."""
     common = ["train", "--arch", "vit-tiny", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16",
               "--mlp-dim", "64", "--patch-size", "7", "--dropout", "0", "--emb-dropout", "0",
               "--dataset", "mnist", "--data-dir", str(data_dir), "--val-size", "200", "--epochs", "1",
-              "--batch-size", "50", "--lr", "3e-3", "--device", "cpu", "--out", str(tmp_path), "--no-augment"]
+              "--batch-size", "50", "--lr", "3e-3", "--device", "cpu", "--out", str(tmp_path), "--no-augment",
+              "--ema", ema]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "laser_tool", *common, "--name", "one"],
                             capture_output=True, text=True, env=env, timeout=300)
@@ -131,6 +139,11 @@ def test_ddp_two_processes_match_single(data_dir, tmp_path):
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-4
     wa, wb = load_file(tmp_path / "one" / "last.safetensors"), load_file(tmp_path / "two" / "last.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    sb = load_file(tmp_path / "two" / "state.safetensors")
+    if ema != "0":
+        assert all(torch.equal(sb[f"ema.{k}"], wb[k]) for k in wb)
+    else:
+        assert not any(k.startswith("ema.") for k in sb)
 
 
 def test_refuses_a_different_run_in_the_same_directory(data_dir, tmp_path):

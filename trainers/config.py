@@ -10,6 +10,7 @@ from laser_tool.data import canonical_name, fit_model, folder_defaults, is_folde
 from laser_tool.errors import UserError, flag_name
 from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.external import is_external
+from laser_tool.vocab import SCHEDULES
 
 from .presets import PRESETS
 
@@ -31,6 +32,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    schedule: str = "cosine"              # the lr's shape after warmup: cosine | linear | wsd (trainers/optim.py)
+    ema: float = 0.0                      # decay per optimizer step of an EMA of the weights (trainers/ema.py);
+                                          # 0 = off. On: evaluation and the saved models use the average
     grad_clip: Optional[float] = 5.0      # max gradient norm; None = no clipping (`--grad-clip off`)
     label_smoothing: float = 0.0
     seed: int = 0
@@ -91,6 +95,11 @@ class TrainConfig:
         if self.grad_clip is not None:
             num("grad_clip", self.grad_clip, 0, lo_open=True)
         num("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise UserError(f"--ema {self.ema!r} is outside [0, 1): give the decay per optimizer step (e.g. 0.999), "
+                            f"or 0 for no average")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule!r}: choose {', '.join(SCHEDULES)}")
         num("seed", self.seed, 0, integer=True)
         if self.val_size is not None:
             if isinstance(self.val_size, int) and self.val_size == 0:

@@ -17,6 +17,8 @@ from laser_tool.runs.state import state_path
 
 from . import init_from as init_
 from .config import passes
+from .ema import WARMUP
+from .optim import SCHEDULE_KINDS
 from .provenance import device_name, git_commit, versions
 from .state import save_state
 
@@ -28,14 +30,15 @@ def run_config(cfg, spec, model, splits, augment, amp_dtype, schedule: dict, bat
     config = {
         "kind": "train", "written_by": WRITER, "train": cfg.to_dict(), "model": spec.to_dict(),
         "params": sum(p.numel() for p in model.parameters()),
-        "schedule": {"kind": "linear warmup then cosine to 0, stepped per optimizer step", **schedule},
+        "schedule": {"kind": f"{SCHEDULE_KINDS[cfg.schedule]}, stepped per optimizer step", **schedule},
         "batching": batching,
         "split": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x),
                   "val_indices": splits.val_indices, "source": splits.source},
         # What the requests (train.augment, train.amp, train.decay_all) resolved to.
         "resolved": {"augment": dataclasses.asdict(augment), "amp": precision_name(amp_dtype),
                      "eval_precision": precision_name(amp_dtype),
-                     "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)"},
+                     "weight_decay_on": "every parameter" if cfg.decay_all else "matrices (ndim >= 2)",
+                     **({"ema_decay": WARMUP, "evaluated_and_saved": "the EMA of the weights"} if cfg.ema else {})},
         "versions": versions(), "git_commit": git_commit(),
         "threads": torch.get_num_threads(),  # CPU results can depend on it (reduction order in matmuls)
     }
@@ -45,15 +48,17 @@ def run_config(cfg, spec, model, splits, augment, amp_dtype, schedule: dict, bat
         config["init_source"] = init_info  # "init_from" is the request (a path)
         config.update(init_.inherited(source, cfg))
     # The request's keys, flattened for readers who just want the usual keys (compare, reduce); no
-    # resolved value shares a name with them.
-    config.update({k: v for k, v in cfg.to_dict().items() if k != "model"})
+    # resolved value shares a name with them. The request `schedule` (the shape's name) is train.schedule
+    # only: the top-level "schedule" is the record above, which names the shape in its "kind".
+    config.update({k: v for k, v in cfg.to_dict().items() if k not in ("model", "schedule")})
     return config
 
 
 def end_of_epoch(job, epoch, train_loss, train_acc, images, seconds, extra=None):
     """Rank 0 after an epoch of `job` (train.py's Job, taken whole): score validation, keep the best
-    model, write the last one, the resume point and the metrics row."""
-    run_dir, model, optimizer, counters, config = job.run_dir, job.model, job.optimizer, job.counters, job.config
+    model, write the last one, the resume point and the metrics row. The model scored and written is
+    job.scored: the EMA of the weights with --ema (trainers/ema.py)."""
+    run_dir, model, optimizer, counters, config = job.run_dir, job.scored, job.optimizer, job.counters, job.config
     splits, cfg, device, amp_dtype = job.splits, job.cfg, job.device, job.amp_dtype
     val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size, device, amp_dtype)
     row = MetricsRow(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
@@ -66,7 +71,7 @@ def end_of_epoch(job, epoch, train_loss, train_acc, images, seconds, extra=None)
     save_model(model_path(run_dir, last=True), model, config)
     counters.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
     # The resume point is written last: everything before it is re-derivable if we crash in between.
-    save_state(state_path(run_dir), model, optimizer, job.scaler, counters, config)
+    save_state(state_path(run_dir), job.model, optimizer, job.scaler, counters, config, job.ema)
     write_metrics(run_dir, counters["history"])
     print(f"epoch {epoch + 1}/{passes(cfg, config['schedule']['steps_per_epoch'])}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
           f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s", file=sys.stderr)

@@ -6,8 +6,11 @@ from laser_tool.errors import UserError
 from laser_tool.runs.state import COUNTERS, ResumePoint, read_state, write_state
 
 
-def save_state(path, model, optimizer, scaler, counters: dict, config: dict) -> None:
+def save_state(path, model, optimizer, scaler, counters: dict, config: dict, ema=None) -> None:
+    """`ema` (trainers/ema.py, --ema): its tensors go in too, as `ema.<state_dict key>`."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update(ema.state_tensors())
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():
         for name, value in st.items():
@@ -19,12 +22,14 @@ def save_state(path, model, optimizer, scaler, counters: dict, config: dict) -> 
     write_state(path, ResumePoint(tensors, counters, opt["param_groups"], scaler_state, config))
 
 
-def load_state(path, model, optimizer, scaler, device) -> dict:
+def load_state(path, model, optimizer, scaler, device, ema=None) -> dict:
     """Restore everything saved by save_state; returns the counters."""
     point = read_state(path)
     tensors = point.tensors
     try:  # a resume point from another model or a hand-edited file: one line, not a traceback
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:  # strict: a resume point without the average is not this run's
+            ema.load_tensors(tensors)
         state = {}
         for k, v in tensors.items():
             if k.startswith("opt."):

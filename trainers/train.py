@@ -3,7 +3,8 @@
 train(cfg) makes or continues runs/NAME/:
   config.json        every setting (TrainConfig + schedule, split, versions, git commit)
   state.safetensors  the resume point: model, optimizer, scaler, RNG, counters, metric history
-  model.safetensors  the best checkpoint by VALIDATION accuracy (never chosen on the test set)
+  model.safetensors  the best checkpoint by VALIDATION accuracy (never chosen on the test set); with --ema,
+                     every checkpoint and evaluation is of the EMA of the weights (ema.py)
   last.safetensors   the latest epoch's model
   metrics.jsonl      one line per epoch
   predictions.safetensors  the best-by-val checkpoint's predicted class per test and validation image
@@ -46,6 +47,7 @@ from . import distributed as dist_
 from . import init_from as init_
 from . import progressive
 from .config import TrainConfig, check_model_builds, passes, total_steps
+from .ema import EMA
 from .optim import lr_at, make_optimizer, set_lr
 from .records import end_of_epoch, finish, run_config
 from .state import load_state, save_state
@@ -148,6 +150,12 @@ class Job:
     config: dict
     counters: dict
     wrapped: torch.nn.Module = None  # what the loop calls: compiled and/or DDP-wrapped
+    ema: EMA = None                  # --ema: the average of the raw model's weights
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """What is evaluated and saved: the EMA of the weights with --ema, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
     def steps_in(self, epoch: int) -> int:
         """Optimizer steps of pass `epoch`: a whole epoch's, or what is left of the run's in the last."""
@@ -182,7 +190,7 @@ def train(cfg: TrainConfig, resume=None, overwrite=False, progress=None, _interr
     job = prepare(cfg, d, device, run_dir, source)
     run_epochs(job, progress, _interrupt_at_step)
     if d.is_main:
-        finish(run_dir, job.model, job.config, job.counters, job.splits, cfg, job.spec, device, job.amp_dtype,
+        finish(run_dir, job.scored, job.config, job.counters, job.splits, cfg, job.spec, device, job.amp_dtype,
                count_params(job.model))
     dist_.barrier(d)
     dist_.cleanup(d)
@@ -229,7 +237,8 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
     schedule = dict(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, total_steps=all_steps)
     batching = {"micro_batch_per_rank": micro, "world_size": d.world_size, "grad_accum": cfg.grad_accum}
     config = run_config(cfg, spec, model, splits, augment, amp_dtype, schedule, batching, source, init_info)
-    counters = resume_point(state_file, model, optimizer, scaler, device, d, run_dir)
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    counters = resume_point(state_file, model, optimizer, scaler, device, d, run_dir, ema)
     if prog is not None:
         prog.start(model, counters, config)
     if d.is_main:
@@ -243,15 +252,15 @@ def prepare(cfg, d, device, run_dir: Path, source) -> Job:
         if d.is_main:
             save_model(model_path(run_dir), model, config)
     return Job(cfg, d, device, run_dir, splits, spec, loader, steps_per_epoch, all_steps, warmup_steps, prog,
-               model, optimizer, scaler, amp_dtype, config, counters)
+               model, optimizer, scaler, amp_dtype, config, counters, ema=ema)
 
 
-def resume_point(state_file: Path, model, optimizer, scaler, device, d, run_dir: Path) -> dict:
+def resume_point(state_file: Path, model, optimizer, scaler, device, d, run_dir: Path, ema=None) -> dict:
     """The counters (epoch, step, best so far, history) of a fresh run, or restored with everything else."""
     counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": -1,
-                "history": [], "partial": None}
+                "history": [], "partial": None, **({"ema_start": 0} if ema is not None else {})}
     if state_file.exists():
-        counters = load_state(state_file, model, optimizer, scaler, device)
+        counters = load_state(state_file, model, optimizer, scaler, device, ema)
         if d.is_main:
             print(f"{run_dir}: resuming at epoch {counters['epoch'] + 1}, step {counters['step_in_epoch']}",
                   file=sys.stderr)
@@ -277,7 +286,7 @@ def run_epochs(job: Job, progress, interrupt_at_step) -> None:
                                        "seen": seen, "seconds": seconds}
                 if d.is_main:
                     save_state(state_path(job.run_dir), job.model, job.optimizer, job.scaler, counters,
-                               job.config)
+                               job.config, job.ema)
                 interrupted(d, f"at epoch {epoch + 1}, step {counters['step_in_epoch']}", stop.signum)
             if d.enabled:  # metrics over the whole global batch, not rank 0's shard
                 loss_sum, correct, seen = dist_.sum_over_ranks(d, loss_sum, correct, seen)
@@ -320,7 +329,10 @@ def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
             if job.prog is not None and job.prog.due(counters):  # trainers/progressive.py: cut rank now
                 job.optimizer = job.prog.cut(job.model, job.optimizer, counters, job.config, job.run_dir, d.is_main)
                 job.wrapped = wrap_model(job.model, cfg, device, d)
-            set_lr(job.optimizer, lr_at(counters["global_step"], job.total_steps, job.warmup_steps, cfg.lr))
+                if job.ema is not None:  # new layers: the average starts again from the cut model
+                    job.ema.restart(job.model, counters)
+            set_lr(job.optimizer, lr_at(counters["global_step"], job.total_steps, job.warmup_steps, cfg.lr,
+                                        cfg.schedule))
         sync_ctx = job.wrapped.no_sync() if d.enabled and not last_micro else contextlib.nullcontext()
         with sync_ctx:
             with torch.autocast(device.type, dtype=job.amp_dtype or torch.bfloat16, enabled=job.amp_dtype is not None):
@@ -356,7 +368,7 @@ def train_epoch(job: Job, epoch: int, stop, bar, interrupt_at_step):
 
 
 def optimizer_step(job: Job) -> None:
-    """Unscale, clip, step, zero the gradients, count the step."""
+    """Unscale, clip, step, zero the gradients, count the step; then move the EMA (--ema) towards it."""
     job.scaler.unscale_(job.optimizer)
     if job.cfg.grad_clip is not None:  # None: --grad-clip off
         torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.grad_clip)
@@ -365,6 +377,8 @@ def optimizer_step(job: Job) -> None:
     job.optimizer.zero_grad(set_to_none=True)
     job.counters["global_step"] += 1
     job.counters["step_in_epoch"] += 1
+    if job.ema is not None:
+        job.ema.update(job.model, job.counters)
 
 
 def wrap_model(raw_model, cfg, device, d):

@@ -10,7 +10,7 @@ import click
 
 from ..errors import UserError, flag_name
 from ..lists import comma_list
-from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, TARGETS
+from ..vocab import ARCHS, DATASETS, DYAD_VARIANTS, EXTERNAL_ARCHS, INITS, PARAMS, SCHEDULES, TARGETS
 
 
 class Arch(click.ParamType):
@@ -229,7 +229,13 @@ def training_options(f):
         click.option("--lr", type=float, help="Peak learning rate."),
         click.option("--weight-decay", type=float),
         click.option("--warmup-epochs", type=float),
+        click.option("--schedule", type=click.Choice(SCHEDULES),
+                     help="The lr after the linear warmup: cosine to 0 (default), linear to 0, or wsd (held at the "
+                          "peak, then linear to 0 over the last 20% of steps)."),
         click.option("--label-smoothing", type=float),
+        click.option("--ema", type=float, metavar="DECAY",
+                     help="Evaluate and save an exponential moving average of the weights, DECAY per optimizer step "
+                          "in [0, 1) (e.g. 0.999; warmed up as min(DECAY, (1+n)/(10+n))); 0: off (default)."),
         click.option("--decay-all/--no-decay-all", default=None,
                      help="Weight decay on every parameter, as the seed (seed presets), or on matrices only "
                           "(default)."),

@@ -2,9 +2,11 @@
 ONE file, written atomically, so a crash can never leave a model from one step beside an optimizer from
 another. Tensors go in the tensor section, everything else in the JSON metadata; no pickles.
 
-Tensors: `model.<state_dict key>`, `opt.<param index>.<state name>`, `rng.cpu` and, on a GPU, `rng.cuda`.
+Tensors: `model.<state_dict key>`, `opt.<param index>.<state name>`, `rng.cpu` and, on a GPU, `rng.cuda`;
+with `train --ema`, the average of the weights as `ema.<state_dict key>` (trainers/ema.py).
 Metadata (each a JSON string): `counters` (epoch, step_in_epoch, global_step, best_val_acc, best_epoch,
-history: the metrics rows so far, partial: an interrupted epoch's totals, and a progressive run's plan),
+history: the metrics rows so far, partial: an interrupted epoch's totals, a progressive run's plan, and
+with --ema ema_start: the step the average last (re)started at),
 `param_groups` (the optimizer's), `scaler` (the AMP grad scaler's state, {} without one) and `config`
 (config.json as it was written). trainers/state.py maps a model and optimizer to and from it.
 """
