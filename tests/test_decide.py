@@ -94,7 +94,7 @@ def test_until_decided_adds_seeds_only_where_undecided(tiny_study, monkeypatch):
         needed = {comps[i][x] for i in first["undecided"] for x in ("a", "b")}
         assert extra - {"baseline"} == needed - {"baseline"}
     for r in decision["result"]:
-        assert len(r["seeds"]) in (3, 4) and r["looks"] == 2
+        assert len(r["seeds"]) in (3, 4) and r["look_alpha"] == pytest.approx(0.05 * len(r["seeds"]) / 7)
 
 
 @pytest.mark.parametrize("args, words", [

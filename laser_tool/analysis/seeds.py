@@ -198,6 +198,8 @@ def decide(comparisons, margin: float, alpha: float = 0.05, look_alpha: float = 
     no interval, the note in words."""
     if not margin > 0:
         raise ValueError("the equivalence margin must be > 0")
+    if not comparisons:
+        return []
     at_look = alpha if look_alpha is None else look_alpha
     out, p = [], np.full((len(comparisons), 2), np.nan)
     for i, (a, b) in enumerate(comparisons):

@@ -165,16 +165,17 @@ def needed_steps(all_steps: list, stems: set, seeds: set) -> list:
     return [st for st in all_steps if st.name in want]
 
 
-def look(runs: Path, decision: dict, confirm_seeds: list, margin: float, looks: int, previous=None) -> list:
+def look(runs: Path, decision: dict, confirm_seeds: list, margin: float, look_alpha: float, previous=None) -> list:
     """Every comparison decided over the confirmation seeds both rows have finished, in one family, at this
-    look's share of alpha (`looks` planned); `previous`, the last look's answer (a settled one stays)."""
+    look's share of alpha (seeds.look_alphas); `previous`, the last look's answer (a settled one stays)."""
     sides = []
     for c in decision["comparisons"]:
         a, b = _finished(runs, c["a"], confirm_seeds), _finished(runs, c["b"], confirm_seeds)
         seeds = [s for s in confirm_seeds if s in a and s in b]
         sides.append(dict(c, seeds=seeds, a_runs=[str(a[s].path) for s in seeds], b_runs=[str(b[s].path) for s in seeds],
                           a_accs=[a[s].acc for s in seeds], b_accs=[b[s].acc for s in seeds]))
-    decided = seed_stats.decide([(s["a_accs"], s["b_accs"]) for s in sides], margin, ALPHA, looks, previous)
+    decided = seed_stats.decide([(s["a_accs"], s["b_accs"]) for s in sides], margin, ALPHA, look_alpha,
+                                previous)
     return [dict(s, **d, **_shown_interval(d)) for s, d in zip(sides, decided)]
 
 

@@ -21,7 +21,7 @@ from ..launch.execute import execute
 from ..launch.status import status_lines, study_lock_target
 from ..lock import output_lock
 from ..analysis import seeds as seed_stats
-from ..analysis.answer import MARGIN
+from ..analysis.answer import ALPHA, MARGIN
 from ..runs.reader import check_input_run, finished_run
 from ..runs.schema import config_path, read_config
 from . import decide, journal, record
@@ -183,6 +183,7 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
         decision = dict(decide.choose(runs, range(request["seeds"]), study.margin), confirm=asdict(cf))
         decide.write_decision(out, decision)
     looks, first = cf.looks(), len(explore)
+    alphas = seed_stats.look_alphas(looks, ALPHA)  # alpha spent over the planned looks, by their seeds
     need = {c[x] for c in decision["comparisons"] for x in ("a", "b")}
     failed, work, have, results, history = [], 0, 0, None, []
     matched = {"match_compute": True} if any(c["a"].count("-iso") for c in decision["comparisons"]) else {}
@@ -198,7 +199,7 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
         if res.pending:
             return None, [], work
         have = n
-        results = decide.look(runs, decision, list(range(first, first + n)), study.margin, len(looks), results)
+        results = decide.look(runs, decision, list(range(first, first + n)), study.margin, alphas[k], results)
         for r in results:
             r.setdefault("look", k + 1)  # a settled comparison keeps the look that settled it
         todo = seed_stats.undecided(results)
