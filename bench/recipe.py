@@ -4,29 +4,33 @@
                                      [--data-dir DIR] [--out bench/results/recipe.json]
     .venv/bin/python bench/recipe.py --tiny --data-dir DIR --out FILE   # smoke test, seconds
 
-The model is the quick preset's (vit-tiny dim 128, depth 3, 7x7 patches) and every point trains it the
-preset's 2 epochs, so every point costs the same training FLOPs (analysis/costs.py counts them from each
-run's config; a point over BUDGET_FLOPS could not be chosen). The search:
+Rounds 1-2 keep the model (the quick preset's: vit-tiny dim 128, depth 3, 7x7 patches) and its 2 epochs,
+so every point costs the same training FLOPs (analysis/costs.py counts them from each run's config; a
+point over BUDGET_FLOPS could not be chosen):
   1. one factor at a time around today's recipe (the preset): each value of FACTORS with every other
      setting the preset's; the baseline itself is a point;
   2. one combined round: every factor at its best value on validation, the same with the lr halved and
      doubled (lr interacts with everything), and only the factors that beat the baseline by MARGIN.
-One seed (0) per point and the default split (5,000 validation images). The chosen point is the best on
-validation of every point trained; only then, and only for it, is the test set's figure read. Each run's
-final.json holds a test accuracy (the trainer scores every run), so the runs go into --runs, a scratch
-folder outside the repo, and this script reads nothing of a search point's but its validation accuracy,
-its training seconds and its config (for the FLOPs).
+One seed (0) per point and the default split (5,000 validation images); the chosen point of rounds 1-2 is
+the best on validation, and only its test figure was read. Once the results file (--out) holds rounds
+1-2 complete, they are history: read from it, never retrained (their runs may be gone).
+  3. what a FLOP buys (recipe_points.py): model shapes at the baseline's training FLOPs (more epochs for
+     a cheaper model), the best two at lr x2 and x0.5; then the baseline and the 3 best points of rounds
+     1-3 at seeds 0, 1, 2, the choice the best mean validation accuracy, and only then the test figures
+     of the chosen point and of the baseline at the same seeds.
+Each run's final.json holds a test accuracy (the trainer scores every run), so the runs go into --runs, a
+scratch folder outside the repo, and this script reads nothing of a search point's but its validation
+accuracy, seconds, params and config (for the FLOPs); the trainer's "test acc" line is kept out of the log.
 
 Rerunning resumes: a finished point is read, not retrained (train() returns at once), an interrupted one
-continues. --stop-after starts no point after that many minutes; the results then say what is missing,
-and no test figure is read until the plan is complete (or --finish says to choose among what is done).
+continues. --stop-after starts no run after that many minutes; the results then say what is missing, and
+no test figure is read until the plan is complete (--finish: rounds 1-2 choose among what is done; round
+3 and the seeds train nothing more and choose only when complete).
 """
 import argparse
-import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,23 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny  # noqa: E402
+from recipe_points import (BASE, BUDGET_FLOPS, FINALISTS, QUICK, SEEDS, SHAPES, Round3, Runs,  # noqa: E402
+                           name_of, paired_on_val, tables, test_figure, train_settings)
 
-from laser_tool.analysis.costs import trained_flops  # noqa: E402
-from laser_tool.analysis.stats import mcnemar_exact, paired_counts, paired_diff_interval  # noqa: E402
 from laser_tool.device import cpu_name  # noqa: E402
 from laser_tool.fileio import atomic_write_json  # noqa: E402
-from laser_tool.runs.predictions import load_predictions  # noqa: E402
-from laser_tool.runs.safety import finished  # noqa: E402
-from laser_tool.runs.schema import read_config, read_final  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.presets import PRESETS  # noqa: E402
 
-QUICK = PRESETS["quick"]
-BUDGET_FLOPS = 4.9e12  # issue 28: today's 2-epoch quick baseline trains 4.88e12 FLOPs
-# The preset's recipe, as the settings the search moves (label smoothing: TrainConfig's default).
-BASE = dict(lr=QUICK["lr"], batch_size=QUICK["batch_size"], warmup_epochs=QUICK["warmup_epochs"],
-            weight_decay=QUICK["weight_decay"], label_smoothing=TrainConfig.label_smoothing,
-            augment=QUICK["augment"], dropout=QUICK["model"]["dropout"])
 # The values tried besides the baseline's. `lr` is the peak lr at batch 128; another batch size scales
 # it by sqrt(batch / 128), the square-root rule for Adam (Malladi et al. 2022), so the batch points
 # measure the batch size and not an lr moved with it. augment: the dataset's default (Fashion-MNIST:
@@ -69,78 +62,17 @@ FACTORS = {
 # A factor whose best value beats the baseline on validation by at least this much (about the binomial
 # standard error of one point at 5,000 images) makes the "clear gains only" combination.
 MARGIN = 0.005
-SHORT = dict(lr="lr", batch_size="bs", warmup_epochs="wu", weight_decay="wd", label_smoothing="ls",
-             augment="aug", dropout="do")
-# --tiny: a few hundred images, two factors (the combined round still runs), into a folder beside --out
-TINY = dict(train_subset=256, val_size=100, factors="lr,label_smoothing", epochs=2)
-
-
-def name_of(recipe: dict) -> str:
-    """A run name from what differs from the baseline: the same recipe always lands in the same run."""
-    diff = [f"{SHORT[k]}{'' if isinstance(v, bool) else f'{v:g}'}" for k, v in recipe.items() if v != BASE[k]]
-    return "-".join(diff) or "base"
-
-
-def train_settings(recipe: dict, a) -> dict:
-    """build_config's settings for a recipe: the quick preset, the recipe, lr scaled to the batch."""
-    lr = recipe["lr"] * (recipe["batch_size"] / BASE["batch_size"]) ** 0.5
-    return dict(recipe, lr=lr, epochs=a.epochs, seed=0, device="cpu", data_dir=a.data_dir, val_size=a.val_size,
-                train_subset=a.train_subset, out=a.runs, name=name_of(recipe))
-
-
-def search_view(run_dir: Path) -> dict:
-    """What the search may know of a finished point: validation accuracy, seconds, FLOPs; never its test."""
-    final, why = read_final(run_dir)
-    config, why_config = read_config(run_dir)
-    if why or why_config:
-        raise RuntimeError(f"{run_dir}: {why or why_config}")
-    return dict(val_acc=final["val_acc"], seconds=round(final["train_seconds"], 1),
-                flops=trained_flops(config), lr_used=config["lr"])
-
-
-def paired_on_val(run_dir: Path, base_dir: Path) -> dict:
-    """A point minus the baseline on the same validation images (their predictions.safetensors' `val`
-    part alone): the difference in pp, its 95% half-width and the exact McNemar p."""
-    (mine, _), (base, _) = load_predictions(run_dir), load_predictions(base_dir)
-    n, b, c = paired_counts(mine.correct("val"), base.correct("val"))
-    diff, half = paired_diff_interval(n, b, c)
-    return dict(diff_pp=round(100 * diff, 2), half_width_pp=round(100 * half, 2),
-                mcnemar_p=float(f"{mcnemar_exact(b, c):.3g}"))
-
-
-def test_figure(run_dir: Path) -> dict:
-    """The chosen point's test accuracy (best-by-validation checkpoint): the only test figure read."""
-    final, _ = read_final(run_dir)
-    return dict(test_acc=final["test_acc"])
-
-
-class HideTestFigures:
-    """stderr without the trainer's closing line ("RUN: test acc ..."): the search's log shows the people
-    running it no test figure of a search point either."""
-
-    def __init__(self, stream):
-        self.stream, self.dropped = stream, False
-
-    def write(self, s: str) -> int:
-        if "test acc" in s or (self.dropped and s == "\n"):  # print() writes its newline apart
-            self.dropped = "test acc" in s
-        else:
-            self.stream.write(s)
-        return len(s)
-
-    def flush(self):
-        self.stream.flush()
-
-    def isatty(self) -> bool:  # no progress bars in a log
-        return False
+# --tiny: a few hundred images, two factors (the combined round still runs), two shapes, two finalists at
+# two seeds, into a folder beside --out
+TINY = dict(train_subset=256, val_size=100, factors="lr,label_smoothing", epochs=2, shapes="p7-dim64,p4-dim48",
+            finalists=2, seeds="0,1")
 
 
 class Search:
     """The points trained so far, in order, and whether more may start."""
 
-    def __init__(self, a):
-        self.a, self.points, self.missing, self.combos = a, [], [], {}
-        self.deadline = time.time() + 60 * a.stop_after if a.stop_after else None
+    def __init__(self, runs: Runs):
+        self.a, self.runs, self.points, self.missing, self.combos = runs.a, runs, [], runs.missing, {}
 
     def point(self, recipe: dict, round_: str, factor=None):
         """Train (or read) one point; None when it may not start (past --stop-after, or --finish)."""
@@ -148,19 +80,10 @@ class Search:
         known = next((p for p in self.points if p["name"] == name), None)
         if known:
             return known
-        run_dir = Path(self.a.runs) / name
-        if not finished(run_dir):
-            late = self.deadline is not None and time.time() > self.deadline
-            if self.a.finish or late:
-                self.missing.append(name)
-                return None
-            from trainers.train import train  # the trainer, as `laser-tool train` calls it
-            from trainers.config import build_config
-            t = time.time()
-            with contextlib.redirect_stderr(HideTestFigures(sys.stderr)):
-                train(build_config("quick", train_settings(recipe, self.a)))
-            print(f"{name}: trained in {time.time() - t:.0f} s", file=sys.stderr)
-        p = dict(name=name, round=round_, factor=factor, recipe=recipe, **search_view(run_dir))
+        run_dir, view = Path(self.a.runs) / name, self.runs.get(train_settings(recipe, self.a))
+        if view is None:
+            return None
+        p = dict(name=name, round=round_, factor=factor, recipe=recipe, **view)
         p["within_budget"] = self.a.tiny or p["flops"] <= BUDGET_FLOPS
         p["val_vs_base"] = paired_on_val(run_dir, Path(self.a.runs) / "base") if name != "base" else None
         self.points.append(p)
@@ -239,10 +162,13 @@ def main(argv=None):
     ap.add_argument("--runs", help="scratch folder for the points' runs, outside the repo (--tiny: beside --out)")
     ap.add_argument("--data-dir")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training (1)")
-    ap.add_argument("--stop-after", type=float, help="start no point after this many minutes")
+    ap.add_argument("--stop-after", type=float, help="start no run after this many minutes")
     ap.add_argument("--finish", action="store_true",
                     help="train nothing more: choose among the finished points and read the chosen one's test")
     ap.add_argument("--factors", default=",".join(FACTORS), help="the factors searched (all)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="round 3's shapes (all)")
+    ap.add_argument("--finalists", type=int, default=FINALISTS, help="points besides the baseline given seeds (3)")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="the finalists' seeds (0,1,2)")
     ap.add_argument("--epochs", type=float, default=QUICK["epochs"], help=argparse.SUPPRESS)
     ap.add_argument("--train-subset", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--val-size", type=int, help=argparse.SUPPRESS)
@@ -254,15 +180,37 @@ def main(argv=None):
             ap.error("--runs DIR is needed: a scratch folder outside the repo (its runs hold test figures)")
         a.runs = str(Path(a.out).parent / "recipe-runs")
     torch.set_num_threads(a.threads)  # one training at a time, on this many threads
-    search = Search(a)
-    search.combined(search.one_factor(a.factors.split(",")))
-    if search.missing and not a.finish:
-        print(f"stopped before {len(search.missing)} point(s): {', '.join(search.missing)}; no test figure "
-              f"read (rerun to go on, or --finish to choose among the finished points)", file=sys.stderr)
-        search.write()
-        return
-    search.write(chosen=choose(search))
-    print(table(json.loads(Path(a.out).read_text())))
+    runs = Runs(a)
+    doc = history(a)
+    if doc is None:
+        search = Search(runs)
+        search.combined(search.one_factor(a.factors.split(",")))
+        if search.missing and not a.finish:
+            print(f"stopped before {len(search.missing)} point(s): {', '.join(search.missing)}; no test figure "
+                  f"read (rerun to go on, or --finish to choose among the finished points)", file=sys.stderr)
+            search.write()
+            return
+        search.write(chosen=choose(search))
+        doc = json.loads(Path(a.out).read_text())
+        print(table(doc))
+    else:
+        print(f"rounds 1-2: read from {a.out} (history; chosen there: {doc['chosen']})", file=sys.stderr)
+    r3 = Round3(runs, doc, a.shapes.split(","))
+    r3.search()
+    r3.seeds([int(s) for s in a.seeds.split(",")], a.finalists)
+    if runs.missing:
+        print(f"stopped before {len(runs.missing)} run(s): {', '.join(runs.missing)}; no test figure read "
+              f"(rerun to go on)", file=sys.stderr)
+    print(tables(json.loads(Path(a.out).read_text())))
+
+
+def history(a):
+    """The results file's rounds 1-2 when complete there (with --tiny: a tiny file's only), else None."""
+    try:
+        doc = json.loads(Path(a.out).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if doc.get("complete") and doc.get("chosen") and bool(doc.get("tiny")) == a.tiny else None
 
 
 if __name__ == "__main__":

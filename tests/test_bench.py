@@ -73,7 +73,11 @@ def test_bench_script_runs_tiny(script, fashion, tmp_path):
 
 def test_recipe_search_reads_the_test_set_once(fashion, tmp_path):
     """bench/recipe.py: every point has a validation accuracy, only the chosen point a test accuracy, and
-    the chosen point is the best on validation. A rerun resumes: every point is read back, none retrained."""
+    the chosen point is the best on validation. Round 3 trains every shape at the baseline's FLOPs (less
+    by under one of its steps), the best two at lr x2 and x0.5; the finalists (the baseline and the best
+    points of rounds 1-3 on one seed) at every seed, the choice the best mean validation accuracy, and
+    test figures for the chosen point's and the baseline's seeds alone. A rerun resumes: every point is
+    read back, none retrained, the rounds 1-2 from the results file."""
     doc = _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path)
     assert doc["tiny"] is True and doc["complete"] and doc["missing"] == []
     points = doc["points"]
@@ -82,8 +86,36 @@ def test_recipe_search_reads_the_test_set_once(fashion, tmp_path):
     chosen = next(p for p in points if p["name"] == doc["chosen"])
     assert chosen["val_acc"] == max(p["val_acc"] for p in points)
     assert points[0]["val_vs_base"] is None and all(p["val_vs_base"]["mcnemar_p"] <= 1 for p in points[1:])
+
+    r3 = doc["round3"]
+    shapes = r3["points"]
+    assert r3["complete"] and shapes[0]["name"] == "base" and shapes[0]["val_acc"] == points[0]["val_acc"]
+    assert [p["shape"] for p in shapes[1:3]] == ["p7-dim64", "p4-dim48"] and len(shapes) == 3 + 2 * 2
+    best = sorted(shapes[1:3], key=lambda p: -p["val_acc"])
+    assert [(p["shape"], p["lr_used"]) for p in shapes[3:]] == [
+        (p["shape"], lr) for p in best for lr in (2 * 3e-3, 0.5 * 3e-3)]
+    for p in shapes[1:]:
+        steps = round(p["epochs"] * r3["steps_per_epoch"])
+        assert p["epochs"] > 2 and r3["target_flops"] - p["flops"] < p["flops"] / steps <= p["flops"]
+        assert p["flops"] <= r3["target_flops"] and "test_acc" not in p and p["val_vs_base"]["mcnemar_p"] <= 1
+
+    seeds = doc["seeds"]
+    finalists = seeds["finalists"]
+    assert seeds["seeds"] == [0, 1] and seeds["missing"] == [] and finalists[0]["name"] == "base"
+    one_seed = sorted([p for p in points + shapes if p["name"] != "base"], key=lambda p: -p["val_acc"])
+    assert [f["name"] for f in finalists[1:]] == [p["name"] for p in one_seed[:2]]
+    assert all([r["seed"] for r in f["runs"]] == [0, 1] for f in finalists)
+    assert all(f["runs"][0]["val_acc"] == f["one_seed_val"] for f in finalists)  # seed 0: the same run
+    best = max(finalists, key=lambda f: f["val_mean"])
+    assert seeds["chosen"] == best["name"] and best["val_mean"] == max(f["val_mean"] for f in finalists)
+    for f in finalists[1:]:
+        assert f["minus_base"]["mean_pp"] == round(100 * (f["val_mean"] - finalists[0]["val_mean"]), 3)
+    tested = {f["name"] for f in finalists if any("test_acc" in r for r in f["runs"])}
+    assert tested == {"base", seeds["chosen"]} and all("test_acc" in r for f in finalists if f["name"] in tested
+                                                      for r in f["runs"])
+
     runs = tmp_path / "recipe-runs"
     stamps = {d.name: (d / "final.json").stat().st_mtime_ns for d in runs.iterdir()}
-    assert set(stamps) == {p["name"] for p in points}
-    assert _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path)["points"] == points
+    assert set(stamps) == {p["name"] for p in points + shapes} | {r["name"] for f in finalists for r in f["runs"]}
+    assert _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path) == doc
     assert {d.name: (d / "final.json").stat().st_mtime_ns for d in runs.iterdir()} == stamps
