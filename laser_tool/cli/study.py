@@ -30,7 +30,7 @@ from .options import (ARCH, ARCH_ARG, CHANNELS, IMAGE_SIZE, SIGMA_REPARAM, arch_
               help="Frontier presets: also train every train-time and narrower row for the epochs that make its "
                    "training FLOPs equal the healed rows', and answer at equal compute too.")
 @click.option("--epochs-grid", metavar="E,E,...", help="Frontier presets: the whole frontier at each of these training "
-              "lengths (whole epochs), each length with its own baseline; the answer and the plot per length.")
+              "lengths (epochs; fractional ones as --epochs), each length with its own baseline; the answer and the plot per length.")
 @device_option("auto", indexed=False)
 @dataset_options()
 @training_options

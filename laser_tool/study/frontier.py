@@ -77,6 +77,10 @@ FRONTIERS = {
     "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
                       ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten", "svd-alloc",
                        "whiten-alloc"), heal_epochs=1),
+    # The candidate quick recipe (trainers/presets.py: quick-narrow), for its plateau and heal grid
+    # (docs/recipe.md): `--families svd --epochs-grid ... --lr-grid ...` (exploratory, one seed).
+    "quick-narrow": Frontier("quick-narrow", (0.25, 0.1), "all",
+                             ("narrower", "lowrank", "progressive", "svd", "whiten"), heal_epochs=1),
     # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
     "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1, lr_grid=(0.5, 1, 2)),
     # The seed's ViT-tiny on CIFAR-10 (a GPU job).
@@ -107,18 +111,20 @@ def parse_lr_grid(text) -> tuple:
 
 
 def parse_epochs_grid(text) -> tuple:
-    """'2,6,18' -> (2, 6, 18): training lengths in whole epochs, each >= 1, each once."""
-    def whole(item):
-        if not re.fullmatch(r"\+?\d+", item):
+    """'2,6,18' -> (2, 6, 18): training lengths in epochs, each > 0, each once; a fractional length trains
+    round(E x steps per epoch) optimizer steps, as --epochs does (the quick recipe's 7.2867 and its 3x, 9x)."""
+    def number(item):
+        v = float(item)
+        if not math.isfinite(v):
             raise ValueError(item)
-        return int(item)
-    out = comma_list(text, "--epochs-grid", whole, example="2,6,18 (training lengths in epochs)",
-                     what="a whole number of epochs")
+        return int(v) if v.is_integer() else v
+    out = comma_list(text, "--epochs-grid", number, example="2,6,18 (training lengths in epochs)",
+                     what="a number of epochs")
     for i, e in enumerate(out):
-        if e < 1:
-            raise UserError(f"--epochs-grid {text!r}: {e} epochs trains nothing; give lengths of at least 1 epoch")
+        if e <= 0:
+            raise UserError(f"--epochs-grid {text!r}: {e:g} epochs trains nothing; give lengths above 0 epochs")
         if e in out[:i]:
-            raise UserError(f"--epochs-grid {text!r}: {e} is given twice; list each length once")
+            raise UserError(f"--epochs-grid {text!r}: {e:g} is given twice; list each length once")
     return tuple(sorted(out))
 
 
@@ -221,7 +227,7 @@ def plan_frontier(name: str, seeds: int, out: Path, epochs=None, heal_epochs=Non
         if epochs is not None:
             raise UserError("--epochs and --epochs-grid both given; give the lengths in --epochs-grid alone")
         plain = train_config(fr.trainer_preset, train_opts or {}).epochs
-        lengths = [(e, "" if e == plain else f"-e{e}") for e in parse_epochs_grid(epochs_grid)]
+        lengths = [(e, "" if e == plain else f"-e{e:g}") for e in parse_epochs_grid(epochs_grid)]
     plan = _Plan(fr, out / "runs", budgets, targets, families, heal_epochs, points, match_compute)
     for length, part in lengths:
         for seed in range(seeds):
