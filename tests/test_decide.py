@@ -93,6 +93,11 @@ def test_until_decided_adds_seeds_only_where_undecided(tiny_study, monkeypatch):
         comps = decision["comparisons"]
         needed = {comps[i][x] for i in first["undecided"] for x in ("a", "b")}
         assert extra - {"baseline"} == needed - {"baseline"}
+    status = cli(*study_args(out, tmp, "--confirm-seeds", 3, "--until-decided", "--max-seeds", 4, "--status")).output
+    for name in _runs(out):   # every run the confirmation made is listed, and nothing it did not ask for
+        assert name in status
+    total = len(_runs(out))
+    assert f"waiting 0  failed 0  done {total}" in status   # all listed as done, none waiting
     for r in decision["result"]:
         assert len(r["seeds"]) in (3, 4) and r["look_alpha"] == pytest.approx(0.05 * len(r["seeds"]) / 7)
 

@@ -221,4 +221,25 @@ def study_status(study: StudyRequest) -> list:
     if not requests:
         requests = [study.recorded()]
     steps, _ = union(requests, out, study.device, study.data_dir)
-    return status_lines(steps, out)
+    return status_lines(steps + confirmation_steps(out, requests[-1], study.device, study.data_dir), out)
+
+
+def confirmation_steps(out: Path, request: dict, device, data_dir) -> list:
+    """The steps a study's confirmation has asked for so far (for --status): the contenders' runs at the
+    first look's seeds, and at each later look's new seeds those of the comparisons then undecided."""
+    decision = decide.read_decision(out)
+    if decision is None or "confirm" not in request:
+        return []
+    comps, first = decision["comparisons"], request["seeds"]
+    looks = decision.get("looks") or list(decide.Confirm(**request["confirm"]).looks())
+    history = decision.get("history") or []
+    matched = {"match_compute": True} if any(c["a"].count("-iso") for c in comps) else {}
+    all_steps, _ = plan_request(dict(request, seeds=first + looks[min(len(history), len(looks) - 1)], **matched),
+                                out, device, data_dir)
+    steps, have, need = [], 0, {c[x] for c in comps for x in ("a", "b")}
+    for k, n in enumerate(looks[:max(1, len(history) + 1)]):
+        steps += decide.needed_steps(all_steps, need, set(range(first + have, first + n)))
+        if k < len(history):
+            need = {comps[i][x] for i in history[k]["undecided"] for x in ("a", "b")}
+        have = n
+    return steps
