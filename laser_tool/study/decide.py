@@ -71,7 +71,7 @@ def seed_of(run_name: str) -> int:
 
 def choose(runs: Path, explore: range, margin: float) -> dict:
     """The contenders and the comparisons, chosen on the exploration seeds' validation accuracy."""
-    dirs = [d for d in sorted(runs.iterdir()) if d.is_dir() and seed_of(d.name) in explore]
+    dirs = [runs / name for name in explored(runs, explore)]
     result = compare_runs(dirs, speed=False)
     comparisons = []
     for item in answer(result.rows, margin):
@@ -88,7 +88,13 @@ def choose(runs: Path, explore: range, margin: float) -> dict:
     unique = {}
     for c in comparisons:  # one pair of rows tested twice (two names) is one comparison
         unique.setdefault(frozenset((c["a"], c["b"])), c)
-    return dict(chosen_on=list(explore), metric="validation accuracy", comparisons=list(unique.values()))
+    return dict(chosen_on=list(explore), explored=[d.name for d in dirs], metric="validation accuracy",
+                comparisons=list(unique.values()))
+
+
+def explored(runs: Path, explore: range) -> list:
+    """The exploration runs a choice is made from (decision.json records them: more rows, a new choice)."""
+    return [d.name for d in sorted(runs.iterdir()) if d.is_dir() and seed_of(d.name) in explore]
 
 
 TIE_P = 0.05  # a validation lead whose paired p (McNemar for one seed) is above this is within noise

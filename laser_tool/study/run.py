@@ -179,7 +179,7 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
     cf, runs, device, data_dir = study.confirm, out / "runs", study.device, study.data_dir
     explore = list(range(request["seeds"]))
     decision = decide.read_decision(out)
-    if decision is None or decision.get("chosen_on") != explore:
+    if decision is None or decision.get("explored") != decide.explored(runs, range(request["seeds"])):
         decision = dict(decide.choose(runs, range(request["seeds"]), study.margin), confirm=asdict(cf))
         decide.write_decision(out, decision)
     looks, first = cf.looks(), len(explore)
