@@ -139,7 +139,7 @@ def test_the_working_directory_is_never_searched_for_a_factory(world, tmp_path, 
 
 def test_a_factory_named_on_the_command_line_is_remembered_by_the_user_not_the_run(world, tmp_path, monkeypatch,
                                                                                   own_settings):
-    """The README's own-model flow: named once with --arch, the user's own later `reduce RUN` needs no
+    """The own-model flow (docs/own-model.md): named once with --arch, the user's own later `reduce RUN` needs no
     repetition; the same run on a machine where nobody named it is refused until --trust-code."""
     mine = tmp_path / "code"
     mine.mkdir()
