@@ -119,3 +119,25 @@ def test_recipe_search_reads_the_test_set_once(fashion, tmp_path):
     assert set(stamps) == {p["name"] for p in points + shapes} | {r["name"] for f in finalists for r in f["runs"]}
     assert _run_tiny("recipe", ["--data-dir", DATA], fashion, tmp_path) == doc
     assert {d.name: (d / "final.json").stat().st_mtime_ns for d in runs.iterdir()} == stamps
+
+
+def test_heal_grid_chooses_on_validation_per_length_and_keep(tmp_path):
+    """bench/heal_grid.py: per length and keep the heal with the best validation accuracy, whatever its
+    test accuracy; the plateau is every length's baseline."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import heal_grid
+    from conftest import written_run
+    runs = tmp_path / "st" / "runs"
+    written_run(runs, "baseline-s0", 0.89, val_acc=0.90, epochs=12.2261)
+    written_run(runs, "baseline-e36.6783-s0", 0.90, val_acc=0.91, epochs=36.6783)
+    written_run(runs, "baseline-plus1-s0", 0.891, val_acc=0.901)
+    # at 12.2261 epochs, keep 0.25: the best on validation (heal 3, lr x0.5) is not the best on test
+    for name, val, test in (("svd-k0.25-heal1-s0", 0.85, 0.86), ("svd-k0.25-heal1-lr2-s0", 0.86, 0.90),
+                            ("svd-k0.25-heal3-lr0.5-s0", 0.87, 0.84), ("svd-k0.1-heal1-e36.6783-s0", 0.70, 0.71)):
+        written_run(runs, name, test, val_acc=val)
+    doc = heal_grid.read_study(tmp_path / "st", 12.2261)
+    assert doc[12.2261]["baseline"]["epochs"] == 12.2261 and doc[36.6783]["baseline"]["test_acc"] == 0.90
+    assert doc[12.2261]["control"] == {1: dict(val_acc=0.901, test_acc=0.891)}
+    chosen = {(c["length"], c["keep"]): c["chosen"] for c in heal_grid.choose(doc, tmp_path / "st")}
+    assert chosen[12.2261, 0.25] == dict(heal=3, mult=0.5, val_acc=0.87, test_acc=0.84)
+    assert chosen[36.6783, 0.1] == dict(heal=1, mult=1.0, val_acc=0.70, test_acc=0.71)
