@@ -24,6 +24,8 @@ CASES = {
     "export": ([], {"about", "machine", "settings", "models", "tiny"}, []),
     "folder": ([], {"about", "tiny", "decode_into_cache", "cache_hit_s", "epoch"}, []),
     "layers": (["--device", "cpu", "--threads", "1"], {"description", "devices"}, ["devices", "cpu"]),
+    "multiseed": ([], {"about", "machine", "settings", "equality_check", "threads_1", "best_k", "threads_2",
+                       "tiny"}, []),
     "progressive": (["--data-dir", DATA, "--threads", "1"], {"about", "results"}, ["results", "cpu"]),
     "seed_power": ([], {"about", "settings", "size", "power", "tiny", "seconds"}, []),
     "reduce": (["--data-dir", DATA, "--device", "cpu", "--threads", "1"], {"about", "results"},
