@@ -143,3 +143,26 @@ def test_heal_grid_chooses_on_validation_per_length_and_keep(tmp_path):
     chosen = {(c["length"], c["keep"]): c["chosen"] for c in heal_grid.choose(doc, tmp_path / "st")}
     assert chosen[12.2261, 0.25] == dict(heal=3, mult=0.5, val_acc=0.87, test_acc=0.84)
     assert chosen[36.6783, 0.1] == dict(heal=1, mult=1.0, val_acc=0.70, test_acc=0.71)
+
+
+def test_recipe_levers_points_train_quicks_flops():
+    """bench/recipe_levers.py (a one-off driver, no --tiny): every point it trains costs quick's training
+    FLOPs, within 1% and under issue 28's 4.9e12, counted as the project counts them."""
+    import argparse
+    import math
+    sys.path.insert(0, str(ROOT / "bench"))
+    import recipe_levers
+    from laser_tool.data import fit_model
+    from laser_tool.study.compute import per_step
+    from trainers.config import build_config
+
+    def flops(settings):
+        cfg = build_config("quick", settings)
+        steps = round(cfg.epochs * math.floor(55_000 / cfg.batch_size))
+        return steps * per_step(fit_model(cfg.model, cfg.dataset), cfg.batch_size)
+    a = argparse.Namespace(data_dir=None, runs="/nonexistent")
+    quick = flops({})
+    for name, change in recipe_levers.LEVERS.items():
+        got = flops({k: v for k, v in recipe_levers.settings(name, change, 0, a).items()
+                     if k not in ("data_dir", "out", "device")})
+        assert 0.99 * quick <= got <= min(quick, 4.9e12), name
