@@ -176,8 +176,8 @@ def test_matched_ranks_give_the_variants_parameter_count():
 
 def test_cli_errors_are_one_line(tmp_path, isolated):
     line = one_line_error(cli("study", "--preset", "nope", "--out", tmp_path / "s"))
-    assert line == ("error: unknown preset 'nope'; choose one of quick, frontier, frontier-seed-vit-tiny, seed-xt, "
-                    "seed-vit-tiny")
+    assert line == ("error: unknown preset 'nope'; choose one of quick, frontier, frontier-seed-vit-tiny, quick-narrow, "
+                    "seed-xt, seed-vit-tiny")
     (tmp_path / "empty").mkdir()
     one_line_error(cli("study", "--preset", "quick", "--out", tmp_path / "s", "--data-dir", tmp_path / "empty",
                        "--device", "cpu"), "fashion-mnist not found")

@@ -77,15 +77,15 @@ FRONTIERS = {
     "quick": Frontier("quick", (0.5, 0.25, 0.1), "all",
                       ("narrower", "lowrank", "lowrank-structured", "progressive", "svd", "whiten", "svd-alloc",
                        "whiten-alloc"), heal_epochs=1),
-    # The candidate quick recipe (trainers/presets.py: quick-narrow), for its plateau and heal grid
-    # (docs/recipe.md): `--families svd --epochs-grid ... --lr-grid ...` (exploratory, one seed).
-    "quick-narrow": Frontier("quick-narrow", (0.25, 0.1), "all",
-                             ("narrower", "lowrank", "progressive", "svd", "whiten"), heal_epochs=1),
     # Every family on the quick model: 35 trainings (a CPU needs the better part of an hour; not timed here).
     "frontier": Frontier("quick", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=1, lr_grid=(0.5, 1, 2)),
     # The seed's ViT-tiny on CIFAR-10 (a GPU job).
     "frontier-seed-vit-tiny": Frontier("seed-vit-tiny", (0.5, 0.25, 0.1), "all", FAMILIES, heal_epochs=10,
                                        seeds=3),
+    # The candidate quick recipe (trainers/presets.py: quick-narrow), for its plateau and heal grid
+    # (docs/recipe.md): `--families svd --epochs-grid ... --lr-grid ...` (exploratory, one seed).
+    "quick-narrow": Frontier("quick-narrow", (0.25, 0.1), "all",
+                             ("narrower", "lowrank", "progressive", "svd", "whiten"), heal_epochs=1),
 }
 
 
