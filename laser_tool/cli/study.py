@@ -11,7 +11,8 @@ from .options import (ARCH, ARCH_ARG, CHANNELS, IMAGE_SIZE, SIGMA_REPARAM, arch_
 
 
 @click.command()
-@click.option("--preset", required=True, metavar="NAME", help="Frontiers: quick (CPU, minutes), frontier, frontier-seed-vit-tiny, quick-narrow (the candidate recipe, docs/recipe.md); the seed's grids: seed-xt, "
+@click.option("--preset", required=True, metavar="NAME", help="Frontiers: quick (CPU, minutes), frontier, frontier-seed-vit-tiny, "
+                   "quick-narrow (the candidate recipe, docs/recipe.md); the seed's grids: seed-xt, "
                    "seed-vit-tiny.")
 @click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick and frontier, 3 for frontier-seed-vit-tiny, 4 for the "
                    "seed grids).")
