@@ -6,12 +6,13 @@ CPU part (always), measured in one process with every loop interleaved (the mach
   naive     the same step fed by a torchvision DataLoader with per-image PIL transforms
   fused     bare with the fused AdamW step (one kernel over all parameters)
   compiled  bare with the model under torch.compile (inductor's CPU backend) and the optimizer `train` uses
-            on the CPU (foreach AdamW, as bare)
+            on the CPU (single-tensor AdamW, torch's CPU default, as bare)
   gemm      fp32 matrix products: 2048x2048 squares, and exactly the products a training step of the quick
             model makes (each Linear's forward, input gradient and weight gradient at batch --batch)
   attention the model's attention kernel alone (SDPA forward and backward, once per block, at its shapes),
             and the same as two batched matrix products around a softmax
-  optimizer the step's gradient clipping and AdamW update alone, foreach (train's on the CPU) and fused
+  optimizer the step's gradient clipping and AdamW update alone, single-tensor (train's on the CPU; foreach
+            is bitwise equal and measured no faster, docs/recipe.md) and fused
 Goals: full / bare >= 0.9 (the pipeline costs at most 10%); a training step's FLOP rate (torch's counted
 FLOPs per image x images/s) >= 0.8 of the GEMM rate at the model's own shapes (issue 18). The ceiling is
 that ratio for a step that spent time only on its matrix products, its attention and its optimizer step
