@@ -35,6 +35,17 @@ def test_stems_and_the_steps_a_row_needs(tmp_path):
                                                                                   "narrower-k0.1-s2"]
 
 
+def test_each_rows_twin_name_is_the_planners(tmp_path):
+    """decide's name of a row's FLOP-matched twin is the one frontier.py plans, for every train-time row,
+    with an lr grid and an epochs grid of whole and fractional lengths."""
+    steps, _ = plan("quick", 1, tmp_path, device="cpu",
+                    frontier_opts=dict(epochs_grid="2,7.2867", match_compute=True, lr_grid="0.5,1"))
+    twins = {stem(s.name) for s in steps if "-iso" in s.name}
+    rows = {stem(s.name) for s in steps if s.kind == "train" and "-iso" not in s.name and "baseline" not in s.name}
+    assert len(rows) == 2 * len(twins) and any("-e7.2867" in r for r in rows)
+    assert {decide._iso_stem(r) for r in rows} == twins
+
+
 def test_looks_plan_alpha_over_the_planned_looks():
     assert Confirm(5).looks() == (5,)
     assert Confirm(3, until_decided=True, max_seeds=7, step=2).looks() == (3, 5, 7)

@@ -138,10 +138,17 @@ def compute_matched(rows: list) -> list:
     return out
 
 
+# A row's name as frontier.py writes it: FAMILY-kKEEP, then -lrM (a point of an lr grid), then -eE (a length
+# of an epochs grid, fractional allowed); every number in `:g` form (1e-05 too).
+NUMBER = r"[0-9.]+(?:e[-+]?\d+)?"
+ROW_NAME = re.compile(rf"(?P<head>.+?-k{NUMBER})(?:-lr{NUMBER})?(?P<length>-e{NUMBER})?")
+
+
 def _iso_stem(row_stem: str) -> str:
-    """The compute-matched twin's name (frontier.iso_step): FAMILY-kKEEP-iso, before any length part."""
-    m = re.match(r"(.*?-k[0-9.e-]+?)((?:-lr[0-9.e-]+)?)((?:-e\d+)?)$", row_stem)
-    return f"{m.group(1)}-iso{m.group(3)}"
+    """The compute-matched twin's name (frontier.iso_step): FAMILY-kKEEP-iso, then the row's length part;
+    the twin trains at the preset's lr, so an lr grid's part is dropped."""
+    m = ROW_NAME.fullmatch(row_stem)
+    return f"{m['head']}-iso{m['length'] or ''}"
 
 
 def _row_stem(row: dict) -> str:
