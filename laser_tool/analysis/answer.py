@@ -133,12 +133,10 @@ def _adjust(tests: list, margin: float) -> None:
     per-seed differences, TOST, one Holm family with the equivalence claims; under 3 seeds: too few);
     rows of one seed are judged as two trained models (McNemar on the test images, the bootstrap's TOST,
     Holm over the distinct comparisons; the verdict says so). The same pair of rows tested twice counts once."""
-    by_seed = [t for t in tests if len(_shared_seeds(t)) >= 2]
-    _over_seeds(by_seed, margin)
-    models = [t for t in tests if len(_shared_seeds(t)) < 2]
-    distinct = {}
-    for t in models:
-        distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
+    shared = {id(t): _shared_seeds(t) for t in tests}
+    _over_seeds([t for t in tests if len(shared[id(t)]) >= 2], margin)
+    models = [t for t in tests if len(shared[id(t)]) < 2]
+    distinct = _distinct(models)
     keys = list(distinct)
     size = sum(distinct[k][0]["p"] is not None for k in keys)  # the comparisons Holm adjusts over
     for k, adj in zip(keys, holm([distinct[k][0]["p"] for k in keys])):
@@ -147,6 +145,14 @@ def _adjust(tests: list, margin: float) -> None:
     for t in models:
         v = verdict(t["diff"], t.get("p_holm"), t["equivalent"], margin, ALPHA)
         t["verdict"] = v if v == "inconclusive" else f"{v} (these trained models)"
+
+
+def _distinct(tests: list) -> dict:
+    """{(section, {label a, label b}): [tests]}: one comparison however many names test it."""
+    out = {}
+    for t in tests:
+        out.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
+    return out
 
 
 def _shared_seeds(t) -> dict:
@@ -161,16 +167,14 @@ def _shared_seeds(t) -> dict:
 def _over_seeds(tests: list, margin: float) -> None:
     """seeds.decide over the distinct comparisons of rows that share seeds: its verdict, adjusted p and the
     interval the verdict used replace the bootstrap's."""
-    distinct = {}
-    for t in tests:
-        distinct.setdefault((t["section"], frozenset((t["a"]["label"], t["b"]["label"]))), []).append(t)
+    distinct = _distinct(tests)
     if not distinct:
         return
     pairs = [_shared_seeds(ts[0]) for ts in distinct.values()]
     results = seeds.decide([([a for a, _ in p.values()], [b for _, b in p.values()]) for p in pairs], margin, ALPHA)
     for ts, r in zip(distinct.values(), results):
         for t in ts:
-            ci = r["interval_equivalence"] if r["verdict"] == "equivalent" else r["interval"]
+            ci, _ = seeds.shown_interval(r)
             t.update(diff=r["estimate"], p=r["p"], p_kind="paired-t", p_holm=r["p_adjusted"], ci95=ci,
                      family_size=r.get("family"), verdict=r["verdict"], seeds=r["n"],
                      note=r.get("note") or t.get("note"))

@@ -6,6 +6,8 @@ on the confirmation seeds alone, the seed as the unit: one test-accuracy differe
 over them, TOST against the margin, one Holm family over every comparison's two hypotheses, at the share
 of alpha of the look that decided it (seeds.py). The interval shown is the one the verdict used.
 """
+from .seeds import SETTLED
+
 # The test behind every verdict here (seeds.py), as the answer names it.
 TEST_NAME = ("paired t over the per-seed test-accuracy differences (n - 1 df) and TOST against the margin, in one "
              "Holm step-down family")
@@ -26,8 +28,8 @@ def answer_json(decision: dict, decided: list) -> list:
     return out
 
 
-def _pp(x, sign=True):
-    return "n/a" if x is None else (f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}")
+def _pp(x):
+    return "n/a" if x is None else f"{100 * x:+.2f}"
 
 
 def markdown(decision: dict, decided: list, margin: float) -> str:
@@ -50,6 +52,6 @@ def markdown(decision: dict, decided: list, margin: float) -> str:
         lines.append(f"| {c['scope']} | {c['budget']:g} | {c['name']} | {c['a_label']} | {c['b_label']} | "
                      f"{len(c['seeds'])} | {_pp(c.get('estimate'))} | {ci_text}{level} | {p_text} | "
                      f"**{c['verdict']}** |")
-    undecided = sum(not c["verdict"].split()[0] in ("better", "worse", "equivalent") for c in decided)
-    lines += ["", f"{len(decided) - undecided} of {len(decided)} comparisons decided."]
+    settled = sum(c["verdict"] in SETTLED for c in decided)
+    lines += ["", f"{settled} of {len(decided)} comparisons decided."]
     return "\n".join(lines) + "\n"

@@ -173,8 +173,10 @@ def to_csv(comparison) -> str:
     return buf.getvalue()
 
 
-def to_json(comparison) -> str:
-    return json.dumps(dict(rows=comparison.rows, problems=comparison.problems, notes=comparison.notes), indent=2) + "\n"
+def to_json(comparison, **extra) -> str:
+    """results.json: the rows, problems and notes, and `extra` top-level entries (a study's `answer`)."""
+    return json.dumps(dict(rows=comparison.rows, problems=comparison.problems, notes=comparison.notes, **extra),
+                      indent=2) + "\n"
 
 
 def render(comparison, fmt: str) -> str:

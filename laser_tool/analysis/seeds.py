@@ -227,6 +227,14 @@ def decide(comparisons, margin: float, alpha: float = 0.05, look_alpha: float = 
     return out
 
 
+def shown_interval(r: dict) -> tuple:
+    """(interval, its level) that decide()'s verdict used: TOST's (1 - 2 level) one for an equivalence, the
+    difference's (1 - level) one otherwise; (None, None) where there is none."""
+    if r["verdict"] == "equivalent":
+        return r.get("interval_equivalence"), 1 - 2 * r["level_equivalence"]
+    return r.get("interval"), None if r.get("level") is None else 1 - r["level"]
+
+
 def undecided(results) -> list:
     """Indices of the comparisons a next round of seeds is for: not settled (inconclusive, too few seeds)."""
     return [i for i, r in enumerate(results) if r["verdict"] not in SETTLED]

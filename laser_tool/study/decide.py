@@ -165,6 +165,19 @@ def _val_diff(a: dict, b: dict):
     return a["val_acc_mean"] - b["val_acc_mean"]
 
 
+def stems(comparisons: list, which=None) -> set:
+    """The rows (run names without the seed) of the comparisons, or of those at the indices `which`."""
+    picked = comparisons if which is None else [comparisons[i] for i in which]
+    return {c[side] for c in picked for side in ("a", "b")}
+
+
+def confirm_request(request: dict, decision: dict, seeds: int) -> dict:
+    """The study's request planned for `seeds` seeds, with the FLOP-matched twins (compute_matched) when the
+    decision compares one: the plan the confirmation's steps are picked from."""
+    matched = {"match_compute": True} if any("-iso" in c["a"] for c in decision["comparisons"]) else {}
+    return dict(request, seeds=seeds, **matched)
+
+
 def needed_steps(all_steps: list, stems: set, seeds: set) -> list:
     """The steps of `seeds` whose runs are the rows `stems`, with every step they start from, in plan order."""
     by_name = {st.name: st for st in all_steps}
@@ -185,18 +198,13 @@ def look(runs: Path, decision: dict, confirm_seeds: list, margin: float, look_al
     for c in decision["comparisons"]:
         a, b = _finished(runs, c["a"], confirm_seeds), _finished(runs, c["b"], confirm_seeds)
         seeds = [s for s in confirm_seeds if s in a and s in b]
-        sides.append(dict(c, seeds=seeds, a_runs=[str(a[s].path) for s in seeds], b_runs=[str(b[s].path) for s in seeds],
-                          a_accs=[a[s].acc for s in seeds], b_accs=[b[s].acc for s in seeds]))
+        sides.append(dict(c, seeds=seeds, a_runs=[str(a[s].path) for s in seeds],
+                          b_runs=[str(b[s].path) for s in seeds], a_accs=[a[s].acc for s in seeds],
+                          b_accs=[b[s].acc for s in seeds]))
     decided = seed_stats.decide([(s["a_accs"], s["b_accs"]) for s in sides], margin, ALPHA, look_alpha,
                                 previous)
-    return [dict(s, **d, **_shown_interval(d)) for s, d in zip(sides, decided)]
-
-
-def _shown_interval(d: dict) -> dict:
-    """The interval the verdict used: TOST's for an equivalence, the difference's otherwise."""
-    if d["verdict"] == "equivalent":
-        return dict(ci=d.get("interval_equivalence"), ci_level=1 - 2 * d["level_equivalence"])
-    return dict(ci=d.get("interval"), ci_level=None if d.get("level") is None else 1 - d["level"])
+    shown = [dict(zip(("ci", "ci_level"), seed_stats.shown_interval(d))) for d in decided]
+    return [dict(s, **d, **c) for s, d, c in zip(sides, decided, shown)]
 
 
 def _finished(runs: Path, row_stem: str, seeds: list) -> dict:

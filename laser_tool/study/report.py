@@ -1,6 +1,5 @@
 """A study's report: STUDY/report.md (the answer, the table, the plot, the commands), results.json,
 plot.png, and study.json (every invocation with its wall time and the runs it made)."""
-import json
 import os
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from ..analysis import decided as decided_answer
 from ..analysis.plot import plot, plot_decided
 from ..analysis.render import markdown, to_json
 from ..device import cpu_name, resolve_device
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_text
 from . import decide, journal
 from .record import describe_request
 
@@ -34,12 +33,11 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
     adopt_confirmatory(result, confirmatory_pairs(items))
     plot(result.rows, out / "plot.png", title=f"study {preset}", winners={i["best"]["label"] for i in items})
-    doc = json.loads(to_json(result))
     decision = decide.read_decision(out) if decided else None
+    extra = dict(answer=decided_answer.answer_json(decision, decided)) if decided else {}
     if decided:
-        doc["answer"] = decided_answer.answer_json(decision, decided)
         plot_decided(decided, margin, out / "decided.png")
-    atomic_write_json(out / "results.json", doc)
+    atomic_write_text(out / "results.json", to_json(result, **extra))
     wall = time.time() - t_start  # this invocation, the report's own timing passes included
     if invocation is None:
         invocation = journal.start(out, {})

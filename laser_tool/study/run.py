@@ -184,11 +184,10 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
         decide.write_decision(out, decision)
     looks, first = cf.looks(), len(explore)
     alphas = seed_stats.look_alphas(looks, ALPHA)  # alpha spent over the planned looks, by their seeds
-    need = {c[x] for c in decision["comparisons"] for x in ("a", "b")}
+    need = decide.stems(decision["comparisons"])
     failed, work, have, results, history = [], 0, 0, None, []
-    matched = {"match_compute": True} if any(c["a"].count("-iso") for c in decision["comparisons"]) else {}
-    for k, n in enumerate(looks):  # the FLOP-matched twins (decide.compute_matched) on these seeds only
-        all_steps, _ = plan_request(dict(request, seeds=first + n, **matched), out, device, data_dir)
+    for k, n in enumerate(looks):
+        all_steps, _ = plan_request(decide.confirm_request(request, decision, first + n), out, device, data_dir)
         steps = decide.needed_steps(all_steps, need, set(range(first + have, first + n)))
         check_same_settings(runs, steps)
         for st in steps:
@@ -206,7 +205,7 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
         history.append(dict(look=k + 1, seeds=list(range(first, first + n)), undecided=todo))
         if not todo or failed:
             break
-        need = {decision["comparisons"][i][x] for i in todo for x in ("a", "b")}
+        need = decide.stems(decision["comparisons"], todo)
     decide.write_decision(out, dict(decision, looks=list(looks), history=history, result=results))
     return results, failed, work
 
@@ -233,13 +232,12 @@ def confirmation_steps(out: Path, request: dict, device, data_dir) -> list:
     comps, first = decision["comparisons"], request["seeds"]
     looks = decision.get("looks") or list(decide.Confirm(**request["confirm"]).looks())
     history = decision.get("history") or []
-    matched = {"match_compute": True} if any(c["a"].count("-iso") for c in comps) else {}
-    all_steps, _ = plan_request(dict(request, seeds=first + looks[min(len(history), len(looks) - 1)], **matched),
-                                out, device, data_dir)
-    steps, have, need = [], 0, {c[x] for c in comps for x in ("a", "b")}
+    seeds = first + looks[min(len(history), len(looks) - 1)]
+    all_steps, _ = plan_request(decide.confirm_request(request, decision, seeds), out, device, data_dir)
+    steps, have, need = [], 0, decide.stems(comps)
     for k, n in enumerate(looks[:max(1, len(history) + 1)]):
         steps += decide.needed_steps(all_steps, need, set(range(first + have, first + n)))
         if k < len(history):
-            need = {comps[i][x] for i in history[k]["undecided"] for x in ("a", "b")}
+            need = decide.stems(comps, history[k]["undecided"])
         have = n
     return steps
