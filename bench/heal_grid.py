@@ -17,8 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tiny  # noqa: E402,F401  (the bench scripts' shared conventions)
-
 from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.runs.schema import read_config, read_final  # noqa: E402
 
