@@ -11,9 +11,10 @@ from .options import (ARCH, ARCH_ARG, CHANNELS, IMAGE_SIZE, SIGMA_REPARAM, arch_
 
 
 @click.command()
-@click.option("--preset", required=True, metavar="NAME", help="Frontiers: quick (CPU, minutes), frontier, frontier-seed-vit-tiny, "
-                   "quick-narrow (the candidate recipe, docs/recipe.md); the seed's grids: seed-xt, "
-                   "seed-vit-tiny.")
+@click.option("--preset", required=True, metavar="NAME", help="Frontiers: quick (the decided answer at keep 0.1: seed 0 "
+                   "chooses, 5 fresh seeds confirm; CPU, under 30 minutes), quick-wide (one seed, three budgets, "
+                   "exploratory), frontier, frontier-seed-vit-tiny, quick-narrow (the candidate recipe, "
+                   "docs/recipe.md); the seed's grids: seed-xt, seed-vit-tiny.")
 @click.option("--seeds", type=int, help="Seeds per row (default: 1 for quick and frontier, 3 for frontier-seed-vit-tiny, 4 for the "
                    "seed grids).")
 @click.option("--out", type=click.Path(file_okay=False), help="Study directory (default studies/PRESET).")
