@@ -9,6 +9,8 @@ from laser_tool.models import ModelSpec, build_model
 from laser_tool.models.surgery import named_linears
 
 from laser_tool.analysis import costs
+from laser_tool.data import fit_model
+from laser_tool.study.compute import cut_spec
 from laser_tool.study import frontier
 from laser_tool import study
 from conftest import cli, one_line_error
@@ -27,9 +29,9 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     # every budget of one baseline and method in one call: one decomposition and calibration per layer
     assert calls["reduce"] == [["svd-k0.25-s0", "svd-k0.5-s0"], ["whiten-k0.25-s0", "whiten-k0.5-s0"]]
     # each cut healed, and the baseline itself trained on as long (the heal's compute control)
-    assert sorted(calls["heal"]) == ["baseline-plus1-s0"] + [f"{m}-k{k}-heal1-s0" for m in ("svd", "whiten")
-                                                             for k in (0.25, 0.5)]
-    assert sum("done, test acc" in ln for ln in lines) == 9 + 2 + 5  # the group's second budget is found done
+    assert sorted(calls["heal"]) == ["baseline-plus1-k0.25-s0", "baseline-plus1-k0.5-s0"] + [
+        f"{m}-k{k}-heal1-s0" for m in ("svd", "whiten") for k in (0.25, 0.5)]
+    assert sum("done, test acc" in ln for ln in lines) == 9 + 2 + 6  # the group's second budget is found done
     # Healing trains with the run's own recipe (here: no augmentation, label smoothing 0.1, its batch size)
     runs = tmp / "st" / "runs"
     base_cfg = json.loads((runs / "baseline-s0" / "config.json").read_text())
@@ -114,7 +116,15 @@ def test_frontier_options_and_their_errors(tmp_path):
     steps, _ = study.plan("quick", 1, tmp_path, frontier_opts=dict(budgets="0.3,0.6", targets="ffn",
                                                                    families="narrower,svd"))
     assert [s.name for s in steps] == ["baseline-s0", "narrower-k0.6-s0", "narrower-k0.3-s0", "svd-k0.6-s0",
-                                       "svd-k0.6-heal1-s0", "svd-k0.3-s0", "svd-k0.3-heal1-s0", "baseline-plus1-s0"]
+                                       "svd-k0.6-heal1-s0", "svd-k0.3-s0", "svd-k0.3-heal1-s0",
+                                       "baseline-plus1-k0.6-s0", "baseline-plus1-k0.3-s0"]
+    # each budget's control trains the dense model for the FLOPs of that budget's heal, not for its epochs
+    for keep, control in ((0.6, steps[-2]), (0.3, steps[-1])):
+        dense = fit_model(steps[0].cfg.model, steps[0].cfg.dataset)
+        heal_flops = 1 * costs.step_flops(cut_spec(dense, [f"*:mlp=params:{keep:g}"]))[0]
+        assert 0 < control.cfg.epochs < 1 and control.cfg.warmup_epochs == 0
+        assert control.cfg.epochs * costs.step_flops(dense)[0] == pytest.approx(heal_flops, rel=0.01)
+    assert steps[-1].cfg.epochs < steps[-2].cfg.epochs
     assert steps[1].cfg.model.mlp_dim == round(0.6 * 256) and steps[1].cfg.model.dim_head == 32  # ffn only
     for opts, msg in ((dict(budgets="0.5,1"), r"budget 1 is outside \(0, 1\)"),
                       (dict(budgets="half"), "'half' is not a number"),
@@ -152,7 +162,7 @@ def test_plan_rows_and_shared_post_hoc_twins(tmp_path):
     assert reduces == [f"{r}-posthoc-{m}-s0" for r in "BDFGI" for m in ("svd", "whiten")]
     steps, notes = study.plan("seed-vit-tiny", 1, tmp_path)
     assert [s.kind for s in steps] == ["train", "train"] and "T2" in notes[0]
-    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of quick, frontier"):
+    with pytest.raises(UserError, match="unknown preset 'nope'; choose one of quick, quick-wide, frontier"):
         study.plan("nope", 1, tmp_path)
 
 
@@ -176,7 +186,7 @@ def test_matched_ranks_give_the_variants_parameter_count():
 
 def test_cli_errors_are_one_line(tmp_path, isolated):
     line = one_line_error(cli("study", "--preset", "nope", "--out", tmp_path / "s"))
-    assert line == ("error: unknown preset 'nope'; choose one of quick, frontier, frontier-seed-vit-tiny, quick-narrow, "
+    assert line == ("error: unknown preset 'nope'; choose one of quick, quick-wide, frontier, frontier-seed-vit-tiny, quick-narrow, "
                     "seed-xt, seed-vit-tiny")
     (tmp_path / "empty").mkdir()
     one_line_error(cli("study", "--preset", "quick", "--out", tmp_path / "s", "--data-dir", tmp_path / "empty",
@@ -230,7 +240,7 @@ def test_lr_grid_trains_every_point_and_the_report_keeps_the_validation_best(tin
                                                 train_opts={"augment": False}, frontier_opts={"lr_grid": "2,0.5"}),
                              log=lambda s: None)
     assert sorted(calls["train"]) == ["baseline-s0", "narrower-k0.5-lr0.5-s0", "narrower-k0.5-lr2-s0"]
-    assert sorted(calls["heal"]) == ["baseline-plus1-s0", "svd-k0.5-heal1-lr0.5-s0", "svd-k0.5-heal1-lr2-s0"]
+    assert sorted(calls["heal"]) == ["baseline-plus1-k0.5-s0", "svd-k0.5-heal1-lr0.5-s0", "svd-k0.5-heal1-lr2-s0"]
     runs = tmp / "st" / "runs"
     val = {n: json.loads((runs / n / "final.json").read_text())["val_acc"] for n in calls["train"] + calls["heal"]}
     rows = json.loads((tmp / "st" / "results.json").read_text())["rows"]

@@ -55,6 +55,15 @@ def matched_epochs(base_cfg, row_cfg, selectors: list, heal_epochs: int, progres
     return round(target / f_row, EPOCH_DECIMALS)
 
 
+def control_epochs(base_cfg, selectors: list, heal_epochs: int) -> float:
+    """The epochs of dense training that cost what a heal of `heal_epochs` of the baseline cut by `selectors`
+    costs: the compute control of that budget's heals (matched in FLOPs, not epochs, so the control has not
+    trained more than the heals it is measured against)."""
+    base = fit_model(base_cfg.model, base_cfg.dataset)
+    b = base_cfg.batch_size
+    return round(heal_epochs * per_step(cut_spec(base, selectors), b) / per_step(base, b), EPOCH_DECIMALS)
+
+
 def check_match_compute(families, post_hoc, heal_epochs) -> None:
     """--match-compute needs heals to match and rows to match them with, before anything runs."""
     if not any(f in post_hoc for f in families):

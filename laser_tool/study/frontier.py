@@ -15,8 +15,9 @@ trains one dense baseline, then per budget:
                 the baseline cut post hoc with per-layer ranks chosen by `search` on validation, at most
                 the uniform cut's parameters (allocated.py)
   healed        each post-hoc cut fine-tuned `heal_epochs` with the baseline's recipe (train --init-from)
-  control       the baseline itself trained on `heal_epochs` with that recipe (`baseline-plusH`), so a heal
-                is measured against the extra training alone
+  control       the baseline itself trained on with that recipe for as many FLOPs as one budget's heal costs
+                (`baseline-plusH-kKEEP`: H x the cut's step FLOPs / the dense step's, in dense epochs), so a
+                heal is measured against the same extra compute spent without a cut
   lr grid       with `--lr-grid M1,M2,...` (the `frontier` preset: 0.5,1,2), every train-time, narrower
                 and progressive row and every heal at each multiple of its learning rate; compare keeps,
                 per row, the multiple with the best validation accuracy
@@ -41,7 +42,7 @@ from ..models import build_model
 from ..models.families import FAMILIES as LAYER_FAMILIES
 from ..posthoc.methods import calibrated, cut_methods
 from ..vocab import FRONTIER_TARGETS
-from .compute import check_match_compute, matched_epochs
+from .compute import check_match_compute, control_epochs, matched_epochs
 from .allocated import ALLOCATED, allocated_steps
 from .steps import heal_step, reduce_step, seed_settings, train_config, train_step
 
@@ -276,7 +277,10 @@ class _Plan:
                                                 heal_epochs, seed, mult))
         self.steps += allocated_steps(runs, base.name, self.families, self.budgets, SELECTORS[targets], seed, sfx)
         if heal_epochs and any(f in POST_HOC for f in self.families):  # a heal against extra training alone
-            self.steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}{sfx}", heal_epochs, seed))
+            for keep in self.budgets:
+                epochs = control_epochs(base.cfg, [f"{s}=params:{keep:g}" for s in SELECTORS[targets]], heal_epochs)
+                self.steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-{_tag(keep)}{sfx}",
+                                            epochs, seed))
 
     def train_rows(self, fam: str, keep: float, base, seed: int, sfx: str, extra: dict) -> None:
         """A train-time, narrower or progressive family's rows at one budget: each point of the lr grid, and
