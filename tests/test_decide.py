@@ -27,7 +27,7 @@ def _acc(run_dir):
 
 def test_stems_and_the_steps_a_row_needs(tmp_path):
     assert stem("svd-k0.25-heal1-s3") == "svd-k0.25-heal1" and stem("baseline-e6-s12") == "baseline-e6"
-    steps, _ = plan("quick", 3, tmp_path, device="cpu")
+    steps, _ = plan("quick-wide", 3, tmp_path, device="cpu")
     got = needed_steps(steps, {"svd-k0.25-heal1"}, {2})
     # the heal, its cut, the cut's baseline: of seed 2 only, in plan order
     assert [st.name for st in got] == ["baseline-s2", "svd-k0.25-s2", "svd-k0.25-heal1-s2"]
@@ -38,7 +38,7 @@ def test_stems_and_the_steps_a_row_needs(tmp_path):
 def test_each_rows_twin_name_is_the_planners(tmp_path):
     """decide's name of a row's FLOP-matched twin is the one frontier.py plans, for every train-time row,
     with an lr grid and an epochs grid of whole and fractional lengths."""
-    steps, _ = plan("quick", 1, tmp_path, device="cpu",
+    steps, _ = plan("quick-wide", 1, tmp_path, device="cpu",
                     frontier_opts=dict(epochs_grid="2,7.2867", match_compute=True, lr_grid="0.5,1"))
     twins = {stem(s.name) for s in steps if "-iso" in s.name}
     rows = {stem(s.name) for s in steps if s.kind == "train" and "-iso" not in s.name and "baseline" not in s.name}
@@ -169,3 +169,19 @@ def test_a_validation_tie_goes_to_confirmation_too():
     assert [(t["a"], t["b"]) for t in got] == [("narrower-k0.5", "svd-k0.5")]
     far = [close[0], _row("narrower-k0.5", "narrower", [0.760, 0.771, 0.764]), close[2]]
     assert decide.ties(far, [winner]) == []   # a clear lead is a choice
+
+
+def test_the_main_job_confirms_by_default_and_zero_turns_it_off(tmp_path):
+    """`study --preset quick` (the README's main job) is the decided answer: one budget, seed 0 explores,
+    5 fresh seeds confirm; `--confirm-seeds 0` makes it an exploratory one-seed study, and the wide frontier
+    (quick-wide) explores without confirming."""
+    from laser_tool.cli.study import confirm_of
+    given = dict(confirm_seeds=None, until_decided=False, max_seeds=10)
+    assert confirm_of("quick", given) == Confirm(5, max_seeds=5)
+    assert confirm_of("quick", dict(given, confirm_seeds=0)) is None
+    assert confirm_of("quick-wide", given) is None
+    assert confirm_of("quick", dict(given, until_decided=True)) == Confirm(5, until_decided=True, max_seeds=10)
+    steps, _ = plan("quick", 1, tmp_path, device="cpu")
+    assert {s.seed for s in steps} == {0}  # the confirmation seeds are planned only after the choice
+    assert sorted(s.name for s in steps if s.kind == "train") == [
+        "baseline-s0", "lowrank-k0.1-s0", "narrower-k0.1-s0", "progressive-k0.1-s0"]

@@ -81,7 +81,7 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
 def test_frontier_parameter_counts_match_each_familys_formula(tmp_path):
     """Per budget, the planned models keep the requested fraction of the targeted layers (attention and
     FFN), to within each family's granularity (an integer width, rank or head size)."""
-    steps, notes = study.plan("quick", 1, tmp_path)
+    steps, notes = study.plan("quick-wide", 1, tmp_path)
     fit = dict(image_size=28, channels=1, num_classes=10)
     base = replace(next(s for s in steps if s.name == "baseline-s0").cfg.model, **fit)
     for st in steps:

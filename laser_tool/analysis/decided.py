@@ -24,7 +24,7 @@ def answer_json(decision: dict, decided: list) -> list:
                         val_diff_on_chosen=c.get("val_diff"), a_runs=c["a_runs"], b_runs=c["b_runs"],
                         test=TEST_NAME, look=c.get("look"), alpha=c.get("alpha"),
                         **{k: c.get(k) for k in FIELDS}, ci_level=c.get("ci_level"),
-                        p_equivalence=c.get("p_equivalence")))
+                        p_equivalence=c.get("p_equivalence"), margin=c.get("margin")))
     return out
 
 
