@@ -251,3 +251,29 @@ def test_seed_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_pat
     for fams in recorded["size"].values():
         for designs in fams.values():
             assert all(r["rate"] <= ALPHA + 3 * r["se"] for r in designs.values()), designs
+
+
+def test_decided_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_path):
+    """bench/decided_power.py re-simulates a study's decided family from its recorded per-seed differences;
+    its smoke test leaves the recorded results alone, and docs/statistics.md shows the recorded table."""
+    results = ROOT / "bench" / "results" / "decided_power.json"
+    before = results.read_bytes()
+    out = tmp_path / "decided_power.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "decided_power.py"), "--tiny", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(out.read_text())["tiny"] is True and results.read_bytes() == before
+    recorded = json.loads(before)
+    assert recorded["tiny"] is False and recorded["settings"]["reps"] >= 10_000
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import decided_power
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert decided_power.table(recorded) in (ROOT / "docs" / "statistics.md").read_text()
+    # a family of clear differences is decided at 5 seeds; the recorded one needs more seeds to reach 2/3
+    clear = dict(margin=0.005, comparisons=[dict(per_seed=[0.02 + 0.001 * i for i in range(5)])] * 3)
+    sim = decided_power.simulate(clear, 500, np.random.default_rng(0), False)
+    assert sim["by_seeds"]["5"]["p_two_thirds"] > 0.99
+    shares = [recorded["results"]["plug-in"]["by_seeds"][str(n)]["p_two_thirds"] for n in decided_power.SEEDS]
+    assert shares == sorted(shares) and shares[0] < 0.1 < 0.8 < shares[-1]

@@ -1,6 +1,8 @@
 """study: frontier and grid plans, matched ranks, a tiny end-to-end frontier on synthetic IDX data, resume."""
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -57,18 +59,24 @@ def test_frontier_study_runs_reports_and_resumes_without_redoing_work(tiny_study
     base_row, heal_row = (next(r for r in rows if r["family"] == f) for f in ("baseline", "healed"))
     assert heal_row["train_seconds"] > base_row["train_seconds"]  # the heal adds to its baseline's training
     assert heal_row["train_flops"] > base_row["train_flops"]  # and its FLOPs to the baseline's whole training
-    control = next(r for r in rows if r["family"] == "continued")
-    assert control["label"] == "baseline + 1 more ep (control)" and control["keep"] == 1.0
-    assert control["train_flops"] > heal_row["train_flops"]  # a dense epoch costs more than a factored one
+    # one compute control per budget: the dense model trained on for what that budget's heal costs (FLOPs,
+    # up to the optimizer steps' rounding), so less than the heal's 1 epoch
+    name = {Path(r["runs"][0]).name: r for r in rows}
+    for keep in ("0.25", "0.5"):
+        control, heal = name[f"baseline-plus1-k{keep}-s0"], name[f"svd-k{keep}-heal1-s0"]
+        assert control["family"] == "continued" and control["keep"] == 1.0
+        assert re.fullmatch(r"baseline \+ 0\.\d+ more ep \(control\)", control["label"]), control["label"]
+        extra = control["train_flops"] - base_row["train_flops"], heal["train_flops"] - base_row["train_flops"]
+        assert extra[0] == pytest.approx(extra[1], rel=0.25)
 
     for k in calls:
         calls[k].clear()
     lines.clear()
     study.run_study(request, log=lines.append)  # second invocation: nothing new is trained, reduced or healed
     assert calls == {"train": [], "reduce": [], "heal": []}
-    assert sum("already complete" in ln for ln in lines) == 9 + 4 + 5
+    assert sum("already complete" in ln for ln in lines) == 9 + 4 + 6
     calls_made = json.loads((tmp / "st" / "study.json").read_text())["invocations"]
-    assert [c["runs_made"] for c in calls_made] == [16, 0]
+    assert [c["runs_made"] for c in calls_made] == [17, 0]
     assert "over 2 invocation(s)" in (tmp / "st" / "report.md").read_text()
 
     # An unfinished run (no final.json) is continued, and only it; so is a missing budget of a group.
