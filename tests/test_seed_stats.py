@@ -231,23 +231,30 @@ def test_the_old_percentile_bootstrap_over_two_seeds_undercovers_and_the_t_inter
     assert np.median(2 * half[:reps]) > 4 * np.median(widths)
 
 
-def test_seed_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_path):
-    results = ROOT / "bench" / "results" / "seed_power.json"
+def _bench_tiny_then_recorded(script: str, tmp_path, keys: set):
+    """Run bench/SCRIPT.py --tiny into tmp_path (it must leave bench/results alone); (the recorded results,
+    the script as a module), after checking the docs show the recorded table."""
+    results = ROOT / "bench" / "results" / f"{script}.json"
     before = results.read_bytes()
-    out = tmp_path / "seed_power.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_power.py"), "--tiny", "--out", str(out)],
+    out = tmp_path / f"{script}.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--tiny", "--out", str(out)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert doc["tiny"] is True and {"size", "power", "settings"} <= set(doc) and results.read_bytes() == before
+    assert doc["tiny"] is True and keys <= set(doc) and results.read_bytes() == before
     recorded = json.loads(before)
     assert recorded["tiny"] is False and recorded["settings"]["reps"] >= 10_000
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import seed_power
+        module = __import__(script)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    assert seed_power.table(recorded) in (ROOT / "docs" / "statistics.md").read_text()
+    assert module.table(recorded) in (ROOT / "docs" / "statistics.md").read_text()
+    return recorded, module
+
+
+def test_seed_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_path):
+    recorded, _ = _bench_tiny_then_recorded("seed_power", tmp_path, {"size", "power", "settings"})
     for fams in recorded["size"].values():
         for designs in fams.values():
             assert all(r["rate"] <= ALPHA + 3 * r["se"] for r in designs.values()), designs
@@ -256,21 +263,7 @@ def test_seed_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_pat
 def test_decided_power_bench_runs_tiny_and_the_docs_show_its_recorded_table(tmp_path):
     """bench/decided_power.py re-simulates a study's decided family from its recorded per-seed differences;
     its smoke test leaves the recorded results alone, and docs/statistics.md shows the recorded table."""
-    results = ROOT / "bench" / "results" / "decided_power.json"
-    before = results.read_bytes()
-    out = tmp_path / "decided_power.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "decided_power.py"), "--tiny", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(out.read_text())["tiny"] is True and results.read_bytes() == before
-    recorded = json.loads(before)
-    assert recorded["tiny"] is False and recorded["settings"]["reps"] >= 10_000
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import decided_power
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    assert decided_power.table(recorded) in (ROOT / "docs" / "statistics.md").read_text()
+    recorded, decided_power = _bench_tiny_then_recorded("decided_power", tmp_path, {"observed", "results"})
     # a family of clear differences is decided at 5 seeds; the recorded one needs more seeds to reach 2/3
     clear = dict(margin=0.005, comparisons=[dict(per_seed=[0.02 + 0.001 * i for i in range(5)])] * 3)
     sim = decided_power.simulate(clear, 500, np.random.default_rng(0), False)
