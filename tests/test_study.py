@@ -15,7 +15,7 @@ from laser_tool.data import fit_model
 from laser_tool.study.compute import cut_spec
 from laser_tool.study import frontier
 from laser_tool import study
-from conftest import cli, one_line_error
+from conftest import cli, one_line_error, study_args
 
 
 FAMILY_RUNS = [f"{f}-k{k}-s0" for f in ("narrower", "lowrank", "lowrank-structured", "progressive") for k in (0.5, 0.25)]
@@ -369,3 +369,15 @@ def test_study_takes_trains_epochs_option_and_builds_one_request(tmp_path, monke
     assert {st.cfg.epochs for st in steps if st.kind == "train"} == {1.5}
     one_line_error(cli(*base, "--epochs", "0.5"), "--epochs must be at least 1 and --heal-epochs at least 0")
     one_line_error(cli(*base, "--device", "cuda:1"), "unknown device 'cuda:1'")
+
+
+def test_narrower_of_a_factory_model_without_widths_is_one_line_before_any_work(tiny_study, monkeypatch):
+    """A `python:` factory's model declares no head width the narrower family could scale: the study says so
+    in one line before it writes anything (it used to die with a TypeError traceback while planning)."""
+    tmp, calls = tiny_study
+    example = Path(__file__).resolve().parents[1] / "examples" / "my_models.py"  # the README's own small ViT
+    (tmp / "own_vit_p32.py").write_text(example.read_text())
+    monkeypatch.syspath_prepend(str(tmp))
+    res = cli(*study_args(tmp / "st", tmp, "--arch", "python:own_vit_p32:small_vit", "--families", "narrower,svd"))
+    one_line_error(res, "narrower", "python:own_vit_p32:small_vit", "--families")
+    assert not (tmp / "st").exists() and calls == {"train": [], "reduce": [], "heal": []}

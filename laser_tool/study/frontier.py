@@ -155,6 +155,11 @@ def parse_families(text) -> tuple:
 def narrower_model(model, targets: str, keep: float):
     """The dense model whose targeted widths are scaled by `keep` (at least 1)."""
     s = model.resolved()  # the arch's defaults filled in
+    widths = {"ffn": ("mlp_dim",), "attn": ("dim_head",), "all": ("mlp_dim", "dim_head")}[targets]
+    unknown = [w for w in widths if getattr(s, w, None) is None]
+    if unknown:  # a python: factory's model declares no widths the tool could scale
+        raise UserError(f"the narrower family needs the model's {' and '.join(unknown)}, which --arch {s.arch} does not "
+                        f"declare; leave narrower out of --families, or use a built-in or timm arch")
     change = {}
     if targets in ("ffn", "all"):
         change["mlp_dim"] = max(1, round(s.mlp_dim * keep))
