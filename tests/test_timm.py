@@ -138,6 +138,9 @@ def test_import_reproduces_timms_logits_and_a_full_rank_reduce_does_too(data_dir
     res = cli("import", *CLI_ARCH, "--weights", path, "--dataset", "mnist", "--data-dir", data_dir,
                  "--val-size", 100, "--out", tmp_path / "imported")
     assert res.exit_code == 0, res.output
+    final = json.loads((tmp_path / "imported" / "final.json").read_text())  # what it measured, said at once
+    assert res.output.startswith(f"{tmp_path / 'imported'}: test acc {100 * final['test_acc']:.2f}%, val acc "
+                                 f"{100 * final['val_acc']:.2f}%") and "floats in [0, 1]" in res.output
     model, cfg = load_run(tmp_path / "imported")
     x = images(data_dir)
     with torch.no_grad():
