@@ -50,7 +50,9 @@ def load_into(model, tensors: dict, weights, new_head: bool) -> list:
     if problems:
         heads = set() if new_head else head_keys(model)
         other_head = any(k not in tensors or tuple(tensors[k].shape) != tuple(expected[k].shape) for k in heads)
-        hint = " (the classifier differs: add --new-head for a fresh one)" if other_head else ""
+        # a fresh head helps only when the classifier is all that differs, not a model of another size
+        only_head = other_head and not mismatch(expected, tensors, heads)
+        hint = " (only the classifier differs: add --new-head for a fresh one)" if only_head else ""
         raise UserError(f"--weights {weights} does not fit the model: {'; '.join(problems)}{hint}; check --arch "
                         f"and --arch-arg against the model that saved it")
     bad = [k for k, v in tensors.items() if k not in skip and v.is_floating_point() and not torch.isfinite(v).all()]
