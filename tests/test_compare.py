@@ -546,3 +546,13 @@ def test_lr_grid_keeps_the_point_best_on_validation_even_where_test_disagrees(tm
     assert not any(r["acc_mean"] == pytest.approx(0.91) for r in c.rows)
     note = next(n for n in c.notes if n.startswith("lr grid"))
     assert "×0.5 80.00%" in note and "×2 85.00%" in note
+
+
+def test_a_factory_models_section_title_shows_only_sizes_it_knows():
+    """A `python:` factory's model: its head count may be unknown and its patch size is never read off it, so
+    the title shows neither as a value ("heads None, patch 4" for a 4-head, patch-7 model, issue 32)."""
+    from laser_tool.analysis.describe import section_title
+    assert section_title(("fashion-mnist", "python:m:f", 28, 1, 10, 4, 64, 2, None)) == \
+        "fashion-mnist / python:m:f (dim 64, depth 2, 28px)"
+    assert section_title(("fashion-mnist", "vit-tiny", 28, 1, 10, 7, 128, 3, 4)) == \
+        "fashion-mnist / vit-tiny (dim 128, depth 3, heads 4, patch 7, 28px)"

@@ -183,6 +183,9 @@ def describe(config: dict) -> dict:
 
 def section_title(section) -> str:
     dataset, arch, image, channels, classes, patch, dim, depth, heads = section
+    if str(arch).startswith("python:"):  # a factory's model: only the sizes read off it; its patch is not known
+        known = "".join(f"{k} {v}, " for k, v in (("dim", dim), ("depth", depth), ("heads", heads)) if v is not None)
+        return f"{dataset} / {arch} ({known}{image}px)"
     return f"{dataset} / {arch} (dim {dim}, depth {depth}, heads {heads}, patch {patch}, {image}px)"
 
 
