@@ -86,9 +86,10 @@ class ImportRequest:
     batch_size: int = 1000
 
 
-def import_run(spec, request: ImportRequest) -> Path:
-    """Write run directory `request.out` from `request.weights` for `spec` on `request.dataset`; returns its
-    path. For folder:PATH, a spec's image_size or channels of None is the folder's own (data/folder.py)."""
+def import_run(spec, request: ImportRequest):
+    """Write run directory `request.out` from `request.weights` for `spec` on `request.dataset`; returns (its
+    path, its ImportFinal: the accuracies it measured). For folder:PATH, a spec's image_size or channels of
+    None is the folder's own (data/folder.py)."""
     r = request
     weights, out, dataset, seed, val_size = Path(r.weights), Path(r.out), r.dataset, r.seed, r.val_size
     check_split_settings(val_size, seed, r.train_subset, r.batch_size)
@@ -130,4 +131,4 @@ def import_run(spec, request: ImportRequest) -> Path:
     preds = predictions_bytes(splits.name, test_pred, splits.test_y, val_pred if len(splits.val_x) else None,
                               splits.val_y, splits.val_indices)
     write_run(out, {FINAL: final, PREDICTIONS: preds}, model.cpu(), config)
-    return out
+    return out, final

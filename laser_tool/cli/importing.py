@@ -26,7 +26,6 @@ def import_cmd(weights, dataset, skip_bad_images, data_dir, val_size, train_subs
     """Make a run directory from a model someone already trained: reduce, search, spectrum, heal and
     compare then work on it as on a run this tool trained."""
     from trainers.importing import ImportRequest, import_run
-    from ..runs.reader import read_run
     from ..data import is_folder
     if not opts.get("arch"):
         raise UserError("import needs --arch (vit-tiny, xt-vit, timm:NAME or python:MODULE:FUNCTION)")
@@ -37,9 +36,8 @@ def import_cmd(weights, dataset, skip_bad_images, data_dir, val_size, train_subs
     request = ImportRequest(weights, dataset, out, data_dir=data_dir, val_size=val_size, seed=seed,
                             train_subset=train_subset, skip_bad_images=bool(skip_bad_images), new_head=new_head,
                             device=device, batch_size=eval_batch_size)
-    path = import_run(spec, request)
-    final = read_run(path).final
+    path, final = import_run(spec, request)
     # The accuracy says at once whether the import is right; the input convention is the usual cause when
     # it is not (a model trained on mean/std-normalised images scores low on raw [0, 1] floats).
-    click.echo(f"{path}: test acc {100 * final['test_acc']:.2f}%, val acc {100 * final['val_acc']:.2f}%, scored as "
+    click.echo(f"{path}: test acc {100 * final.test_acc:.2f}%, val acc {100 * final.val_acc:.2f}%, scored as "
                f"imported on {dataset} images as floats in [0, 1] (no mean/std normalisation)")
