@@ -41,17 +41,22 @@ def per_step(spec, batch_size: int) -> float:
     return float(per_image * batch_size + per_batch)
 
 
+def dense_and_cut_steps(base_cfg, selectors: list) -> tuple:
+    """FLOPs of one optimizer step of the baseline and of its cut by `selectors` (the model a heal trains)."""
+    base = fit_model(base_cfg.model, base_cfg.dataset)
+    b = base_cfg.batch_size
+    return per_step(base, b), per_step(cut_spec(base, selectors), b)
+
+
 def matched_epochs(base_cfg, row_cfg, selectors: list, heal_epochs: int, progressive_at: float = None) -> float:
     """The epochs that make `row_cfg`'s training FLOPs equal a heal of `heal_epochs` of the baseline cut
     by `selectors`; `progressive_at` is the fraction of training a progressive row spends dense."""
-    b = base_cfg.batch_size
-    base = fit_model(base_cfg.model, base_cfg.dataset)
-    f_dense, f_cut = per_step(base, b), per_step(cut_spec(base, selectors), b)
+    f_dense, f_cut = dense_and_cut_steps(base_cfg, selectors)
     target = base_cfg.epochs * f_dense + heal_epochs * f_cut
     if progressive_at is not None:
         f_row = progressive_at * f_dense + (1 - progressive_at) * f_cut
     else:
-        f_row = per_step(fit_model(row_cfg.model, row_cfg.dataset), b)
+        f_row = per_step(fit_model(row_cfg.model, row_cfg.dataset), base_cfg.batch_size)
     return round(target / f_row, EPOCH_DECIMALS)
 
 
@@ -59,9 +64,8 @@ def control_epochs(base_cfg, selectors: list, heal_epochs: int) -> float:
     """The epochs of dense training that cost what a heal of `heal_epochs` of the baseline cut by `selectors`
     costs: the compute control of that budget's heals (matched in FLOPs, not epochs, so the control has not
     trained more than the heals it is measured against)."""
-    base = fit_model(base_cfg.model, base_cfg.dataset)
-    b = base_cfg.batch_size
-    return round(heal_epochs * per_step(cut_spec(base, selectors), b) / per_step(base, b), EPOCH_DECIMALS)
+    f_dense, f_cut = dense_and_cut_steps(base_cfg, selectors)
+    return round(heal_epochs * f_cut / f_dense, EPOCH_DECIMALS)
 
 
 def check_match_compute(families, post_hoc, heal_epochs) -> None:

@@ -31,7 +31,6 @@ trains one dense baseline, then per budget:
 Every run is an ordinary run directory; `compare` groups them by what they are, not by their names.
 """
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -168,6 +167,11 @@ def narrower_model(model, targets: str, keep: float):
     return replace(model, **change)
 
 
+def cut_selectors(targets: str, keep: float) -> list:
+    """The `reduce --layer` selectors of a uniform post-hoc cut of the targets to budget `keep`."""
+    return [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
+
+
 def _tag(keep: float) -> str:
     return f"k{keep:g}"
 
@@ -202,7 +206,7 @@ def reachable(st, fam: str, keep: float, notes: list) -> bool:
 
 def iso_step(fr, fam: str, keep: float, targets: str, base, row, heal_epochs: int, seed: int, sfx: str, extra: dict):
     """The compute-matched twin of a train-time or narrower row (`--match-compute`)."""
-    sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
+    sel = cut_selectors(targets, keep)
     at = PROGRESSIVE_AT if fam == "progressive" else None
     epochs = matched_epochs(base.cfg, row.cfg, sel, heal_epochs, at)
     opts = family_opts(fam, keep, targets, replace(base.cfg, epochs=epochs))
@@ -274,7 +278,7 @@ class _Plan:
         for method in (f for f in self.families if f in POST_HOC):
             for keep in self.budgets:
                 cut = f"{method}-{_tag(keep)}{sfx}"
-                sel = [f"{s}=params:{keep:g}" for s in SELECTORS[targets]]
+                sel = cut_selectors(targets, keep)
                 self.steps.append(reduce_step(runs, base.name, cut, sel, method, seed, group=f"{base.name}|{method}",
                                               calibrate=CALIBRATION if calibrated(method) else "original"))
                 for mult, part in (self.points if heal_epochs else []):
@@ -283,7 +287,7 @@ class _Plan:
         self.steps += allocated_steps(runs, base.name, self.families, self.budgets, SELECTORS[targets], seed, sfx)
         if heal_epochs and any(f in POST_HOC for f in self.families):  # a heal against extra training alone
             for keep in self.budgets:
-                epochs = control_epochs(base.cfg, [f"{s}=params:{keep:g}" for s in SELECTORS[targets]], heal_epochs)
+                epochs = control_epochs(base.cfg, cut_selectors(targets, keep), heal_epochs)
                 self.steps.append(heal_step(runs, base.cfg, base.name, f"baseline-plus{heal_epochs}-{_tag(keep)}{sfx}",
                                             epochs, seed))
 
