@@ -39,7 +39,6 @@ from train import gemm_work, linear_shapes  # noqa: E402  (bench/train.py)
 from laser_tool.analysis.costs import step_flops  # noqa: E402
 from laser_tool.data import fit_model  # noqa: E402
 from laser_tool.device import cpu_name  # noqa: E402
-from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
 from trainers.optim import make_optimizer  # noqa: E402
 from trainers.presets import PRESETS  # noqa: E402
@@ -252,10 +251,7 @@ def main(argv=None):
         "best_k": best,
         "threads_2": {f"k{k}": row(k, 2) for k in two},
     }
-    if args.tiny:
-        out["tiny"] = True
-    atomic_write_json(args.out or RESULTS / "multiseed.json", out)
-    print(json.dumps(out, indent=2))
+    tiny.write(out, args, RESULTS / "multiseed.json")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import tiny  # noqa: E402
 
 from laser_tool.runs.checkpoint import load_run  # noqa: E402
 from laser_tool.models.evaluate import evaluate  # noqa: E402
-from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.posthoc import reduce as reducer  # noqa: E402
 from laser_tool.posthoc.reduce import ReduceSettings, reduce_run, reduce_run_budgets, run_data  # noqa: E402
 
@@ -129,10 +128,7 @@ def main(argv=None):
                    val_images=len(splits.val_x), test_images=len(splits.test_x),
                    base_test_acc=json.loads((run / "final.json").read_text())["test_acc"],
                    score_seconds=round(score_seconds, 3), results=results)
-        if a.tiny:
-            doc["tiny"] = True
-        atomic_write_json(a.out, doc)
-        print(json.dumps(doc, indent=2))
+        tiny.write(doc, a, a.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,6 +1,7 @@
 """`--tiny` for every bench script: the same code paths at a size that runs in seconds (the numbers mean
 nothing), always into an --out of the caller's, so a smoke test never overwrites bench/results
 (tests/test_bench.py runs each script this way)."""
+import json
 
 
 def parse(ap, argv, tiny: dict, results: str):
@@ -14,3 +15,12 @@ def parse(ap, argv, tiny: dict, results: str):
     if args.tiny and not args.out:
         ap.error(f"--tiny needs --out FILE: it must not overwrite {results}")
     return args
+
+
+def write(doc: dict, args, default) -> None:
+    """A bench's results: marked `tiny` under --tiny, written atomically to --out (else `default`), printed."""
+    from laser_tool.fileio import atomic_write_json  # after the script has put the project on sys.path
+    if args.tiny:
+        doc["tiny"] = True
+    atomic_write_json(args.out or default, doc)
+    print(json.dumps(doc, indent=2))

@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny  # noqa: E402
 from laser_tool.data import Augment, BatchLoader  # noqa: E402
-from laser_tool.fileio import atomic_write_json  # noqa: E402
 from laser_tool.models import ModelSpec, build_model, count_params  # noqa: E402
 from trainers.optim import make_optimizer  # noqa: E402
 from trainers.presets import PRESETS  # noqa: E402
@@ -327,10 +326,7 @@ def main(argv=None):
     args = tiny.parse(ap, argv, TINY, "bench/results")
     if args.gpu:
         out = gpu_bench(args.epochs, args.n_train, args.val_size, args.device, args.presets.split(","))
-        if args.tiny:
-            out["tiny"] = True
-        atomic_write_json(args.out or Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json", out)
-        print(json.dumps(out, indent=2))
+        tiny.write(out, args, Path(os.environ.get("OUT", RESULTS)) / "train_gpu.json")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -338,10 +334,7 @@ def main(argv=None):
     out = {"machine": {"processor": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "torch": torch.__version__},
            "cpu": cpu_bench(args.reps, args.steps, args.batch, compile_=not (args.no_compile or args.tiny))}
-    if args.tiny:
-        out["tiny"] = True
-    atomic_write_json(args.out or RESULTS / "train.json", out)
-    print(json.dumps(out, indent=2))
+    tiny.write(out, args, RESULTS / "train.json")
 
 
 if __name__ == "__main__":
