@@ -75,8 +75,8 @@ FRONTIERS = {
     # The main job: the decided answer at keep 0.1 on one CPU in under 30 minutes. Seed 0 explores every
     # row and the contenders are chosen on its validation accuracy; seeds 1-5 train only the rows the
     # comparisons need (study/decide.py), the FLOP-matched twin of the best train-time row among them. One
-    # budget because each costs about 8 core-minutes per confirmation seed; keep 0.1, where the ways of
-    # slimming part (quick-wide, one seed: -1.5 pp for the best of them against the baseline).
+    # budget because one costs about 3.4 minutes per confirmation seed on 2 cores (README); keep 0.1, where
+    # the ways of slimming part (quick-wide, one seed: -1.5 pp for the best of them against the baseline).
     "quick": Frontier("quick", (0.1,), "all", ("narrower", "lowrank", "progressive", "svd", "whiten"),
                       heal_epochs=1, confirm_seeds=5),
     # The wide one-seed frontier (exploratory): three budgets, more families. Attention and FFN together,
@@ -154,17 +154,12 @@ def parse_families(text) -> tuple:
 def narrower_model(model, targets: str, keep: float):
     """The dense model whose targeted widths are scaled by `keep` (at least 1)."""
     s = model.resolved()  # the arch's defaults filled in
-    widths = {"ffn": ("mlp_dim",), "attn": ("dim_head",), "all": ("mlp_dim", "dim_head")}[targets]
+    widths = [w for t, w in (("ffn", "mlp_dim"), ("attn", "dim_head")) if targets in (t, "all")]
     unknown = [w for w in widths if getattr(s, w, None) is None]
     if unknown:  # a python: factory's model declares no widths the tool could scale
         raise UserError(f"the narrower family needs the model's {' and '.join(unknown)}, which --arch {s.arch} does not "
                         f"declare; leave narrower out of --families, or use a built-in or timm arch")
-    change = {}
-    if targets in ("ffn", "all"):
-        change["mlp_dim"] = max(1, round(s.mlp_dim * keep))
-    if targets in ("attn", "all"):
-        change["dim_head"] = max(1, round(s.dim_head * keep))
-    return replace(model, **change)
+    return replace(model, **{w: max(1, round(getattr(s, w) * keep)) for w in widths})
 
 
 def cut_selectors(targets: str, keep: float) -> list:
