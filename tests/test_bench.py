@@ -21,6 +21,7 @@ DATA = object()  # stands for the tiny Fashion-MNIST folder in the arguments bel
 
 # script -> (extra arguments, the JSON's top-level keys, path to the entry that must say tiny)
 CASES = {
+    "breakeven": ([], {"about", "machine", "settings", "results", "tiny", "seconds"}, []),
     "decided_power": ([], {"about", "observed", "settings", "results", "tiny", "seconds"}, []),
     "export": ([], {"about", "machine", "settings", "models", "tiny"}, []),
     "folder": ([], {"about", "tiny", "decode_into_cache", "cache_hit_s", "epoch"}, []),

@@ -208,15 +208,23 @@ def test_runs_found_two_levels_deep_and_baseline_option(tmp_path):
 # speed, plot, CLI
 
 
-def test_inference_speed_measured_for_every_row_from_real_models(tmp_path):
+def test_latency_measured_for_every_row_from_real_models(tmp_path):
     make_run(tmp_path, "base", 0.86, model=True)
     make_run(tmp_path, "low", 0.84, model=True, spec=replace(TINY, variant="lowrank", targets=["ffn"]))
     make_run(tmp_path, "nomodel", 0.85, spec=replace(TINY, variant="skl", targets=["ffn"]))
-    c = cmp.compare_runs([tmp_path], speed=True, speed_batch=8, speed_reps=2)
-    speeds = {r["label"]: r["images_per_s"] for r in c.rows}
-    assert speeds["baseline"] > 0 and speeds["lowrank ffn r=0.5"] > 0
+    c = cmp.compare_runs([tmp_path], speed=True)
+    lat = {r["label"]: r["latency"] for r in c.rows}
+    for label in ("baseline", "lowrank ffn r=0.5"):
+        for b in ("1", "64"):
+            assert lat[label]["batch"][b]["median_ms"] > 0 and lat[label]["batch"][b]["iqr_ms"] >= 0
+        assert lat[label]["threads"] == 2 and lat[label]["rounds"] == 30
+    # the dense baseline has one form; the low-rank model is also timed multiplied out, the faster one named
+    assert list(lat["baseline"]["forms"]) == ["as trained"] and lat["baseline"]["form"] == "as trained"
+    low = lat["lowrank ffn r=0.5"]
+    assert set(low["forms"]) == {"as trained", "dense multiply-out"}
+    assert low["batch"] == min(low["forms"].values(), key=lambda f: f["batch"]["64"]["median_ms"])["batch"]
     skl = next(r for r in c.rows if r["label"].startswith("skl"))
-    assert skl["images_per_s"] is None and any("could not time inference" in w for w in skl["warnings"])
+    assert skl["latency"] is None and any("could not time inference" in w for w in skl["warnings"])
     assert c.rows[0]["params"] == count_params(build_model(TINY))
 
 

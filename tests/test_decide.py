@@ -147,8 +147,21 @@ def test_equal_compute_scope_trains_only_the_chosen_twin(tiny_study, monkeypatch
     twin = json.loads((out / "runs" / twins[0] / "config.json").read_text())
     from laser_tool.analysis.costs import trained_flops
     assert trained_flops(twin) == pytest.approx(trained_flops(healed), rel=0.05)
-    scopes = {c["scope"] for c in json.loads((out / "results.json").read_text())["answer"]}
-    assert scopes == {"parameters", "parameters + training FLOPs"}
+    results = json.loads((out / "results.json").read_text())
+    scopes = {c["scope"] for c in results["answer"]}
+    assert {"parameters", "parameters + training FLOPs"} <= scopes <= {"parameters", "parameters + training FLOPs",
+                                                                        "latency (batch 64)"}
+    # every row is timed as deployed, at batch 1 and 64; the answer per latency is chosen on the exploration
+    # seed and each of its points with a rival is decided on the confirmation seeds
+    assert all(set(r["latency"]["batch"]) == {"1", "64"} for r in results["rows"])
+    front = decision["latency_frontier"]
+    assert front and results["latency_frontier"] == front
+    decided = {frozenset((c["a"], c["b"])): c["verdict"] for c in results["answer"]}
+    for p in front:
+        if p["rival"] is not None:
+            assert frozenset((p["best"]["label"], p["rival"]["label"])) in decided
+    report = (out / "report.md").read_text()
+    assert "## The answer per measured latency" in report and "not confirmed" not in report
 
 
 def _row(label, family, val_accs, keep=0.5):

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Stage of each package: a module may import its own package or a strictly lower stage.
 STAGES = {"laser_tool": 10, "laser_tool.cli": 9, "laser_tool.study": 8, "laser_tool.launch": 7, "trainers": 6.5,
-          "laser_tool.posthoc": 6, "laser_tool.export": 6, "laser_tool.analysis": 5, "laser_tool.runs": 4,
+          "laser_tool.posthoc": 6, "laser_tool.analysis": 5, "laser_tool.export": 4.5, "laser_tool.runs": 4,
           "laser_tool.models": 3, "laser_tool.data": 3, "ground": 1}
 GROUND = {"errors", "device", "fileio", "lock", "signals", "vocab", "lists"}
 MAX_LEVELS, MAX_FILE_LINES, MAX_FUNCTION_LINES = 10, 400, 80

@@ -114,7 +114,7 @@ def test_8_bad_checkpoints_in_every_reader(world, place, kind):
         (legacy / "final.json").write_text(json.dumps(final))
         r = cli("compare", legacy, "--format", "json")
         rows = json.loads(r.stdout)["rows"]
-        assert rows[0]["images_per_s"] is None and "non-finite weights" in " ".join(rows[0]["warnings"])
+        assert rows[0]["latency"] is None and "non-finite weights" in " ".join(rows[0]["warnings"])
     else:               # the header shows it: a problem row, and compare goes on
         r = cli("compare", run, "--no-speed", "--format", "json")
         assert r.exit_code == 0 and "Traceback" not in r.output + r.stderr

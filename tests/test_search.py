@@ -140,3 +140,42 @@ def test_xt_vit_reduce_and_search(tmp_path):
                                                        batch_size=50), report=tmp_path / "s.json")
     assert rep["chosen"]["meets_budget"] and set(rep["table"]) == {f"blocks.{i}.ffn2.{k}" for i in (0, 1)
                                                                     for k in ("in", "out")}
+
+
+def _priced(monkeypatch, ms_of):
+    """layer_times replaced by a cost model ms_of(d_out, d_in, rank) (the rule under test, not the clock)."""
+    from laser_tool.posthoc import layer_time
+    monkeypatch.setattr(layer_time, "layer_times",
+                        lambda cases, rows, threads=2, rounds=15: {k: ms_of(*c) for k, c in cases.items()})
+
+
+def test_a_latency_budget_allocates_by_measured_time_and_never_takes_a_rank_slower_than_dense(base, tmp_path,
+                                                                                             monkeypatch):
+    # factor pairs cost a fixed 1 ms of overhead plus their multiply-adds: low ranks pay, high ranks do not
+    _priced(monkeypatch, lambda d_out, d_in, r: d_out * d_in / 1e3 if r is None else 1 + r * (d_out + d_in) / 1e3)
+    settings = SearchSettings(layers=["*:mlp"], ranks=["params:0.1", "params:0.5", "params:0.9"], batch_size=50)
+    rep = search_run(base, "latency:0.9", settings, report=tmp_path / "l.json")
+    costs, chosen = rep["layer_ms"], rep["chosen"]
+    assert rep["budget_kind"] == "latency" and rep["budget_params"] is None
+    assert chosen["dense_ms"] == pytest.approx(sum(c["dense_ms"] for c in costs.values()))
+    assert rep["budget_ms"] == pytest.approx(0.9 * chosen["dense_ms"])
+    want = sum(costs[n]["rank_ms"][r] if n in chosen["ranks"] else costs[n]["dense_ms"] for n, r in
+               [(n, chosen["ranks"].get(n)) for n in costs])
+    assert chosen["latency_ms"] == pytest.approx(want) and chosen["meets_budget"] and want <= rep["budget_ms"]
+    for n, r in chosen["ranks"].items():  # a rank whose pair is slower than the dense layer is never taken
+        assert costs[n]["rank_ms"][r] < costs[n]["dense_ms"]
+    assert rep["warnings"] == []
+
+
+def test_a_cut_that_saves_parameters_but_no_time_is_warned_about(base, tmp_path, monkeypatch):
+    _priced(monkeypatch, lambda d_out, d_in, r: 1.0 if r is None else 2.0)  # every factor pair is slower
+    res = cli("reduce", base, "--layer", "*:mlp", "--rank", "params:0.5", "--store", "factored",
+              "--out", tmp_path / "red")
+    assert res.exit_code == 0, res.output
+    assert "saves parameters but no time" in res.output and "export --format dense" in res.output
+    red = json.loads((tmp_path / "red" / "reduce.json").read_text())
+    assert sum("saves parameters but no time" in w for w in red["warnings"]) == len(red["layers"])
+    _priced(monkeypatch, lambda d_out, d_in, r: 1.0 if r is None else 0.5)   # every pair faster: no warning
+    res = cli("reduce", base, "--layer", "*:mlp", "--rank", "params:0.5", "--store", "factored",
+              "--out", tmp_path / "red2")
+    assert res.exit_code == 0 and "no time" not in res.output

@@ -26,7 +26,7 @@ from .describe import POSTHOC_FAMILIES, describe, family, label, section_title
 from .lrgrid import choose_lr
 from .paired import predictions, versus
 from .rows import VERSUS, Group, make_row
-from .speed import measure_images_per_s
+from .speed import measure_latencies
 from .stats import holm
 
 PAIR_TOLERANCE = 0.02  # post-hoc and train-time rows "match" within 2% of the variant's parameters
@@ -142,19 +142,6 @@ def classify(groups: list, baseline, notes: list, title: str) -> dict:
     return bases
 
 
-def speeds(groups: list, device, batch: int, reps: int) -> dict:
-    """{id(group): images/s} of the first loadable run of each group (its seeds share an architecture)."""
-    out = {}
-    for g in groups:
-        for r in g.runs:
-            try:
-                out[id(g)] = measure_images_per_s(r.path, device, batch, reps)
-                break
-            except (UserError, RuntimeError, KeyError, ValueError) as e:
-                r.warnings.append(f"could not time inference: {str(e)[:120]}")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # tests
 
@@ -237,8 +224,7 @@ def section_rows(groups: list, bases: dict, made: dict, metric: str) -> list:
     return sec_rows
 
 
-def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256, speed_reps=10,
-                 metric="test") -> Comparison:
+def compare_runs(paths, baseline=None, speed=True, device="cpu", threads: int = 2, metric="test") -> Comparison:
     """Group, test and pair the runs found under `paths`; see the module docstring. `metric` (test | val)
     is the accuracy the differences and p-values of the flat row fields use; json rows carry both."""
     if metric not in METRICS:
@@ -261,7 +247,7 @@ def compare_runs(paths, baseline=None, speed=True, device="cpu", speed_batch=256
         groups, title = list(by_key.values()), section_title(sec)
         bases = classify(groups, baseline, notes, title)
         groups = choose_lr(groups, notes)
-        speed_of = speeds(groups, device, speed_batch, speed_reps) if speed else {}
+        speed_of = measure_latencies(groups, device, threads) if speed else {}
         made = {id(g): make_row(g, title, speed_of, roots, metric) for g in groups}
         for g in groups:
             if g.base is not None and g is not g.base:

@@ -1,6 +1,6 @@
 """The comparison figure: each row's test accuracy against its baseline's (pp), over the fraction of the
-targeted layers' parameters kept and over training FLOPs, one curve per way of slimming, the Pareto
-frontier ringed, the answer's winners starred."""
+targeted layers' parameters kept, over training FLOPs and over measured latency (where rows were timed),
+one curve per way of slimming, the Pareto frontier ringed, the answer's winners starred."""
 import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from ..fileio import atomic_write_bytes
+from .latency_frontier import SCOPE as LATENCY_SCOPE
+from .speed import latency_ms
 
 FAMILY_STYLE = {  # one marker per family, so the plot reads without colour
     "baseline": dict(marker="*", markersize=14, color="black"),
@@ -30,7 +32,8 @@ def pareto(points) -> list:
 
 
 AXES = {"keep": "fraction of the targeted layers' parameters kept (log)",
-        "train_flops": "training FLOPs of the weights a row holds (log)"}
+        "train_flops": "training FLOPs of the weights a row holds (log)",
+        "latency_ms_b64": "measured latency, ms per batch of 64 as deployed (log)"}
 LINEAR_PP = 2.0  # the y axis is linear within ±2 pp of the baseline and logarithmic beyond, so a collapsed
                  # post-hoc cut at -25 pp and the 0.1 pp gaps near the baseline both stay readable
 Y_TICKS = (-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10)
@@ -77,11 +80,15 @@ def _panel(ax, rows, x: str, colours: dict, winners=()) -> None:
             ax.xaxis.set_major_locator(FixedLocator(ticks))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
+        if x == "latency_ms_b64":  # milliseconds read plainly, not as powers of ten
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_yscale("symlog", linthresh=LINEAR_PP)
     ax.yaxis.set_major_locator(FixedLocator(Y_TICKS))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
     if not pts:
-        ax.text(0.5, 0.5, f"no row records its {'training FLOPs' if x != 'keep' else 'budget'}",
+        what = {"keep": "budget", "train_flops": "training FLOPs", "latency_ms_b64": "latency"}[x]
+        ax.text(0.5, 0.5, f"no row records its {what}",
                 transform=ax.transAxes, ha="center", va="center", alpha=0.6)
     ax.set_xlabel(AXES[x])
     ax.set_ylabel(f"test accuracy − baseline, pp (linear within ±{LINEAR_PP:g}, log beyond)")
@@ -89,13 +96,14 @@ def _panel(ax, rows, x: str, colours: dict, winners=()) -> None:
 
 
 def plot(rows, path=None, title=None, winners=()):
-    """Per section (and per training length, when the rows have several), two panels: each row's test
-    accuracy minus its baseline's (pp) against the fraction of the targeted layers' parameters kept and
-    against training FLOPs, both on log axes; one curve per family (way of slimming) with its 95% band, the
+    """Per section (and per training length, when the rows have several), two or three panels: each row's
+    test accuracy minus its baseline's (pp) against the fraction of the targeted layers' parameters kept,
+    against training FLOPs and (where rows were timed) against batch-64 latency, all on log axes; one curve per family (way of slimming) with its 95% band, the
     Pareto frontier ringed, the rows labelled in `winners` (the answer's, chosen on validation) starred. Returns the matplotlib Figure (written atomically as PNG
     when `path` is given). Uses the Agg canvas directly, so it works headless and leaves a notebook's
     pyplot backend alone."""
-    rows = [r for r in rows if r.get("status", "ok") == "ok" and r["acc_mean"] is not None]
+    rows = [dict(r, latency_ms_b64=latency_ms(r)) for r in rows
+            if r.get("status", "ok") == "ok" and r["acc_mean"] is not None]
     seen, unique = set(), []
     for r in rows:  # paired post-hoc rows repeat next to each variant; plot each group once
         if (r["section"], r["label"]) not in seen:
@@ -107,7 +115,8 @@ def plot(rows, path=None, title=None, winners=()):
     order = {sec: i for i, sec in enumerate(dict.fromkeys(r["section"] for r in unique))}
     sections = sorted(dict.fromkeys(map(panel_of, unique)), key=lambda k: (order[k[0]], k[1] or 0)) \
         or [(title or "no complete runs", None)]
-    fig = Figure(figsize=(14, 5.2 * len(sections)), layout="constrained")
+    axes = ("keep", "train_flops") + (("latency_ms_b64",) if any(r["latency_ms_b64"] for r in unique) else ())
+    fig = Figure(figsize=(7 * len(axes), 5.2 * len(sections)), layout="constrained")
     FigureCanvasAgg(fig)
     curves = list(dict.fromkeys(r.get("curve") or r["family"] for r in unique if r["family"] != "baseline"))
     cmap = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
@@ -116,8 +125,8 @@ def plot(rows, path=None, title=None, winners=()):
     for i, (sec, length) in enumerate(sections):
         in_sec = [dict(r, curve=r.get("curve") or r["family"]) for r in unique if panel_of(r) == (sec, length)]
         name = str(sec) if length is None else f"{sec}, {length} epochs"
-        for j, x in enumerate(("keep", "train_flops")):
-            ax = fig.add_subplot(len(sections), 2, 2 * i + j + 1)
+        for j, x in enumerate(axes):
+            ax = fig.add_subplot(len(sections), len(axes), len(axes) * i + j + 1)
             ax.set_gid(x)
             _panel(ax, in_sec, x, colours, winners)
             ax.set_title(name if title is None else f"{title}\n{name}", fontsize=9)
@@ -156,7 +165,8 @@ def plot_decided(decided: list, margin: float, path) -> None:
         if c.get("estimate") is not None:
             ax.plot([100 * c["estimate"]], [y], "|", color="tab:red", ms=14, mew=2, zorder=4)
         # the comparison's words above its line, across the plot: long labels would squeeze the axis
-        ax.annotate(f"keep {c['budget']:.2g}: {c['a_label']}  vs  {c['b_label']}: {c['verdict'].upper()}",
+        where = f"≤ {c['budget']:.3g} ms" if c["scope"] == LATENCY_SCOPE else f"keep {c['budget']:.2g}"
+        ax.annotate(f"{where}: {c['a_label']}  vs  {c['b_label']}: {c['verdict'].upper()}",
                     xy=(0.005, y + 0.3), xycoords=("axes fraction", "data"), fontsize=6.5, va="bottom")
     ax.axvspan(-100 * margin, 100 * margin, color="0.9", zorder=0)
     ax.axvline(0, color="0.5", lw=0.8)

@@ -8,6 +8,7 @@ import io
 import json
 
 from .rows import VERSUS
+from .speed import latency_ms
 from .stats import P_KINDS
 
 CSV_COLUMNS = ("section", "label", "family", "curve", "baseline", "paired_with", "n", "seeds", "params", "keep",
@@ -15,7 +16,7 @@ CSV_COLUMNS = ("section", "label", "family", "curve", "baseline", "paired_with",
                "val_acc_std", "metric", "diff_vs_baseline", "diff_vs_baseline_ci", "diff_vs_baseline_ci_kind",
                "p_vs_baseline", "p_vs_baseline_holm", "p_vs_baseline_kind", "diff_vs_paired", "diff_vs_paired_ci",
                "diff_vs_paired_ci_kind", "p_vs_paired", "p_vs_paired_holm", "p_vs_paired_kind", "params_vs_paired",
-               "forward_flops", "train_flops", "train_seconds", "images_per_s", "onnx_ms_b1", "onnx_ms_b64",
+               "forward_flops", "train_flops", "train_seconds", "latency_ms_b1", "latency_ms_b64", "latency_form",
                "heal_epochs", "test_size",
                "accs", "val_accs", "runs", "warnings")
 P_MARK = {"mcnemar": "ᴹ", "paired-t": "ᵗ", "welch": "ᵂ", "z-unpaired": "ᶻ"}
@@ -67,11 +68,15 @@ def _ci(r):
 
 
 def _latency(r) -> str:
-    """'0.41 / 9.80': the exported model's onnxruntime ms per batch of 1 and 64 images; blank if not measured."""
-    b1, b64 = r.get("onnx_ms_b1"), r.get("onnx_ms_b64")
-    if b1 is None and b64 is None:
+    """'0.41 / 9.80 ± 0.12': median ms per batch of 1 and of 64 images, the batch-64 interquartile range, and
+    'ᵈ' where the dense multiply-out is the faster form; blank if not measured."""
+    lat = r.get("latency") or {}
+    b = lat.get("batch") or {}
+    if not b:
         return ""
-    return f"{_num(b1, '{:.2f}')} / {_num(b64, '{:.2f}')}"
+    dense = "ᵈ" if lat.get("form") == "dense multiply-out" else ""
+    return (f"{_num(b['1']['median_ms'], '{:.2f}')} / {_num(b['64']['median_ms'], '{:.2f}')} ± "
+            f"{_num(b['64']['iqr_ms'], '{:.2f}')}{dense}")
 
 
 def markdown(comparison, commands=None) -> str:
@@ -85,12 +90,11 @@ def markdown(comparison, commands=None) -> str:
         if r["section"] not in sections:
             sections.append(r["section"])
     metric = getattr(comparison, "metric", "test")
-    exported = any(r.get("onnx_ms_b1") is not None or r.get("onnx_ms_b64") is not None for r in comparison.rows)
     head = (f"| row | family | n | params | keep | test acc % (mean ± sd) | 95% CI | val acc % | "
             f"Δ {metric} vs baseline (pp) | p (Holm) | Δ {metric} vs train-time (pp) | p (Holm) | train s | "
-            f"infer img/s |" + (" onnx ms b1 / b64 |" if exported else ""))
+            f"latency ms b1 / b64 |")
     for sec in sections:
-        out += [f"### {sec}", "", head, "|" + "---|" * (14 + exported)]
+        out += [f"### {sec}", "", head, "|" + "---|" * 14]
         for r in comparison.rows:
             if r["section"] != sec:
                 continue
@@ -107,8 +111,7 @@ def markdown(comparison, commands=None) -> str:
             val += "" if r.get("val_acc_std") is None else f" ± {_pct(r['val_acc_std'])}"
             out.append(f"| {label} | {r['family']} | {r['n']} | {_num(r['params'])} | {keep} | {_acc(r)} | {_ci(r)} | "
                        f"{val} | {base_d} | {base_p} | {_pp(r, 'paired')} | {paired_p} | "
-                       f"{_num(r['train_seconds'], '{:,.0f}')} | {_num(r['images_per_s'], '{:,.0f}')} |"
-                       + (f" {_latency(r)} |" if exported else ""))
+                       f"{_num(r['train_seconds'], '{:,.0f}')} | {_latency(r)} |")
         out.append("")
     out += [line for f in footnotes(comparison.rows, metric) for line in (f, "")]
     warnings = list(dict.fromkeys((r["label"], w) for r in comparison.rows for w in r["warnings"]))
@@ -143,10 +146,14 @@ def footnotes(rows, metric="test") -> list:
            f"(for a trained row the best epoch's, which chose the checkpoint, so it leans high); test acc is "
            f"measured once, on the test set, and is the unbiased one. train s: training time of the weights a row "
            f"holds (post-hoc rows inherit their baseline's; healed rows add the fine-tune)."]
-    if any(r.get("onnx_ms_b1") is not None or r.get("onnx_ms_b64") is not None for r in rows):
-        out.append("onnx ms b1 / b64: median onnxruntime CPU milliseconds per batch of 1 and of 64 images of the "
-                   "row's exported ONNX model (`laser-tool export --format onnx --measure-latency`, its "
-                   "RUN/export/latency.json records the processor and threads), shown where it was measured.")
+    timed = next((r["latency"] for r in rows if r.get("latency")), None)
+    if timed:
+        out.append(f"latency ms b1 / b64: median milliseconds per batch of 1 and of 64 images, ± the batch-64 "
+                   f"interquartile range, of the row's model as deployed ({timed['runtime']} where it exports, "
+                   f"torch eager otherwise; {timed['threads']} threads, {timed['processor']}): every row timed in "
+                   f"the same {timed['rounds']} rounds, in rotated order, so machine load hits all alike; a "
+                   f"factored or structured model is also timed multiplied out dense and the faster form is "
+                   f"shown (ᵈ: the dense one). results.json's `latency` holds every form's figures.")
     kinds = {r.get(f"p_vs_{n}_kind") for r in rows for n in VERSUS}
     out += [f"{mark} {P_KINDS[k]}." for k, mark in P_MARK.items() if k in kinds]
     cis = {r.get(f"diff_vs_{n}_ci_kind") for r in rows for n in VERSUS} | {r["ci_kind"] for r in rows}
@@ -166,11 +173,18 @@ def to_csv(comparison) -> str:
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS + ("status", "run", "reason"))
     for r in comparison.rows:
+        r = dict(r, **latency_fields(r))
         w.writerow([";".join(map(str, r[c])) if isinstance(r[c], list) else ("" if r[c] is None else r[c])
                     for c in CSV_COLUMNS] + ["ok", "", ""])
     for p in comparison.problems:
         w.writerow([""] * len(CSV_COLUMNS) + [p["status"], p["run"], p["reason"]])
     return buf.getvalue()
+
+
+def latency_fields(r) -> dict:
+    """The flat latency columns of a row: batch-1 and batch-64 median ms and the form timed."""
+    return dict(latency_ms_b1=latency_ms(r, "1"), latency_ms_b64=latency_ms(r, "64"),
+                latency_form=(r.get("latency") or {}).get("form"))
 
 
 def to_json(comparison, **extra) -> str:

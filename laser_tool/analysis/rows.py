@@ -5,7 +5,6 @@ from pathlib import Path
 from statistics import mean
 
 from ..errors import UserError
-from ..runs.latency import batch_ms, read_latency
 from ..runs.reader import Run, finished_run
 from . import costs
 from .describe import curve, layer_role, roles_text
@@ -80,15 +79,6 @@ def train_seconds(run: Run):
     return own
 
 
-def exported_latency(g: Group) -> dict:
-    """Median onnxruntime CPU milliseconds per batch of 1 and of 64 images of the group's exported model,
-    from the first of its runs with a RUN/export/latency.json (`export --measure-latency`); None where
-    none was measured."""
-    doc = next((d for d in map(read_latency, (r.path for r in g.runs)) if d is not None), None)
-    return dict(onnx_ms_b1=batch_ms(doc, 1), onnx_ms_b64=batch_ms(doc, 64),
-                onnx_latency=None if doc is None else {k: doc.get(k) for k in ("processor", "threads", "onnxruntime")})
-
-
 def make_row(g: Group, section: str, speed: dict, roots: dict, metric: str) -> dict:
     st, seeds = summarize(g.accs, g.test_size), [r.seed for r in g.runs]
     val_accs = [r.val_acc for r in g.runs]
@@ -111,7 +101,7 @@ def make_row(g: Group, section: str, speed: dict, roots: dict, metric: str) -> d
                baseline=g.base.label if g.base is not None else None, budget=g.runs[0].config.get("budget"),
                length=g.base.desc["recipe"].get("epochs") if g.base is not None else None,
                **costs_of(g),
-               train_seconds=mean(secs) if secs else None, images_per_s=speed.get(id(g)), **exported_latency(g),
+               train_seconds=mean(secs) if secs else None, latency=speed.get(id(g)),
                heal_epochs=g.desc["heal"], iso_compute=bool(g.desc.get("iso_compute")),
                reduction=[list(e) for e in g.desc["reductions"]], warnings=warnings)
     row.update(**no_versus("baseline"), **no_versus("paired"), paired_with=None, params_vs_paired=None)

@@ -11,16 +11,19 @@ from .options import device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write accuracy vs parameters as PNG.")
 @click.option("--baseline", help="Run directory name whose group is the baseline "
                                 "(default: the dense, unreduced group).")
-@device_option("cpu", help="Device the inference images/s are measured on.")
-@click.option("--no-speed", is_flag=True, help="Skip the inference timing (loads no models).")
+@device_option("cpu", help="A GPU here adds GPU latency (batch 1 and 1024) to the CPU's (batch 1 and 64).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CPU threads every model's latency is measured with.")
+@click.option("--no-speed", is_flag=True, help="Skip the latency timing (loads no models).")
 @click.option("--metric", type=click.Choice(METRICS), default="test", show_default=True,
               help="Accuracy the differences and p-values use (both are in the table and in json).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the table here instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out or --plot file.")
-def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path, overwrite):
+def compare(paths, fmt, plot_path, baseline, device, threads, no_speed, metric, out_path, overwrite):
     """Group runs by spec and recipe across seeds: test and validation accuracy, 95% CI, the difference
     to the same-recipe baseline with a paired test where runs are paired (McNemar on the test images for
-    one seed, paired t over shared seeds, else Welch), Holm-adjusted p, speed.
+    one seed, paired t over shared seeds, else Welch), Holm-adjusted p, and each row's model timed as
+    deployed (batch 1 and 64, all rows in shared rounds).
 
     PATHS are run directories or folders holding them (searched two levels deep). Each train-time
     variant is followed by the baseline reduced post hoc to its parameter count on the same layers.
@@ -35,7 +38,8 @@ def compare(paths, fmt, plot_path, baseline, device, no_speed, metric, out_path,
     for path, what in ((out_path, "--out"), (plot_path, "--plot")):  # before the work, never into a run
         if path is not None:
             check_output_file(path, inputs=inputs, what=what, replace=overwrite)
-    result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device, metric=metric)
+    result = compare_runs(paths, baseline=baseline, speed=not no_speed, device=device,
+                          threads=threads, metric=metric)
     text = render(result, fmt)
     if out_path:
         atomic_write_text(out_path, text)

@@ -14,10 +14,12 @@ from ..vocab import EXPORT_FORMATS
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="File to write (.safetensors for dense, .onnx for onnx); an existing one only if export wrote it.")
 @click.option("--measure-latency", is_flag=True,
-              help="onnx: also time it under onnxruntime on the CPU (batch 1 and 64) and record the figures in "
-                   "RUN/export/latency.json, which `compare` shows.")
+              help="onnx: also time it under onnxruntime on the CPU (batch 1 and 64), beside its dense "
+                   "multiply-out where it is factored, and record the figures in RUN/export/latency.json. The dense "
+                   "export is full size: it saves no time, only the factored one can.")
 @click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime intra-op threads for the timing.")
-@click.option("--reps", type=int, default=20, show_default=True, help="Timed runs per batch size (the median is kept).")
+@click.option("--reps", type=int, default=20, show_default=True,
+              help="Timed rounds per batch size (the median and interquartile range are kept).")
 @click.option("--keep-bias", is_flag=True,
               help="dense: where a layer's bias has no place in the original (a low-rank layer in place of a "
                    "bias-free projection), keep that layer as nn.Linear with a bias, recorded in the spec.")
@@ -41,9 +43,11 @@ def export_cmd(run, fmt, out, measure_latency, threads, reps, keep_bias):
     else:
         click.echo(f"exporter: {info['exporter']}")
     click.echo(f"max abs difference to the run's model: {info['max_abs_diff']:.2e} (batch of {info['checked_batch']})")
-    for b, v in (info.get("latency") or {}).get("batches", {}).items():
-        click.echo(f"onnxruntime CPU, {info['latency']['threads']} threads, batch {b}: {v['ms']:.3f} ms "
-                   f"({v['ms_per_image']:.4f} ms/image)")
+    lat = info.get("latency") or {}
+    for name, doc in (("exported", lat), ("dense multiply-out", lat.get("dense"))):
+        for b, v in (doc or {}).get("batches", {}).items():
+            click.echo(f"{name}: {doc['runtime']}, {lat['threads']} threads, batch {b}: {v['ms']:.3f} ms "
+                       f"(IQR {v['iqr_ms']:.3f}; {v['ms_per_image']:.4f} ms/image)")
     if info.get("latency_file"):
         click.echo(f"latency: {info['latency_file']}")
     click.echo(f"wrote {info['out']}")

@@ -99,10 +99,11 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 
 @click.command("search")
 @RUN_ARG
-@click.option("--budget", required=True, metavar="params:F|uniform:F",
+@click.option("--budget", required=True, metavar="params:F|uniform:F|latency:F",
               help="params:F: keep at most fraction F of the selected layers' parameters (factored form); "
                    "uniform:F: at most what the uniform cut `reduce --rank params:F` of every selected layer "
-                   "leaves (the frontier study's budget).")
+                   "leaves (the frontier study's budget); latency:F: at most fraction F of the selected layers' "
+                   "dense time for a batch of 64 images, each layer timed dense and at each grid rank on this CPU.")
 @click.option("--layers", "layers", multiple=True, metavar="GLOB",
               help="Layers to consider (names, globs or B:TYPE as in reduce); repeatable. Default: all.")
 @click.option("--method", type=RegistryChoice(reduce_methods), default="svd", show_default=True)
@@ -124,7 +125,7 @@ def reduce_cmd(run, layers, rank, method, store, out, calib_batches, calibrate, 
 @data_options
 def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, criterion, apply, out, report,
                calib_batches, device, batch_size, data_dir, dataset):
-    """Find per-layer ranks that meet a parameter budget with the best validation accuracy.
+    """Find per-layer ranks that meet a parameter (or measured latency) budget with the best validation accuracy.
 
     \b
     1. Sensitivity table: each selected layer alone at each grid rank -> validation accuracy.
@@ -148,8 +149,10 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
                               val_images=val_images, criterion=criterion, calib_batches=calib_batches,
                               device=device, batch_size=batch_size, data_dir=data_dir, dataset=dataset)
     rep = search_run(run, budget, settings, apply, out=out, report=report)
+    limit = (f"{rep['budget_ms']:.3f} ms of {rep['chosen']['dense_ms']:.3f} dense" if rep["budget_kind"] == "latency"
+             else f"{rep['budget_params']:,.0f}")
     click.echo(f"base val acc {rep['base_val_acc']:.4f}; selected layers {rep['selected_params']:,} params, "
-               f"budget {rep['budget_params']:,.0f}")
+               f"budget {limit}")
     for name, rows in rep["table"].items():
         cells = " ".join(f"{c['rank']}:{c['val_acc']:.3f}" for c in rows)
         click.echo(f"  {name:<22} {cells}")
@@ -160,9 +163,16 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
     click.echo(f"chosen: {json.dumps(c['ranks'])}")
     click.echo(f"        {c['params']:,} params, val acc {c['val_acc']:.4f}, test acc {c['test_acc']:.4f}"
                + (f" (searched on {rep['val_images']:,} validation images)" if val_images else ""))
-    click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
-               f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
-               f"the budget is an upper bound)")
+    if rep["budget_kind"] == "latency":
+        click.echo(f"budget: {c['latency_ms']:.3f} of at most {rep['budget_ms']:.3f} ms used (the selected layers' "
+                   f"measured time for a batch of 64; dense {c['dense_ms']:.3f} ms); {c['params']:,} params "
+                   f"({c['fraction_kept']:.1%} of {rep['selected_params']:,})")
+    else:
+        click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
+                   f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
+                   f"the budget is an upper bound)")
+    for w in rep["warnings"]:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {rep['report']}" + (f" and {rep['applied']}" if rep.get("applied") else ""))
 
 

@@ -62,6 +62,9 @@ def session(data: bytes, threads: int = None):
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    # Idle pool threads spin for a while after each run by default: with several sessions timed in turn,
+    # one session's spinning threads would steal the cores from the next one's run.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 

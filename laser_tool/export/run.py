@@ -7,8 +7,8 @@
   or structured layer multiplied out (dense.py); its metadata holds the original spec, so
   `laser_tool.load_run(FILE)` rebuilds it too.
 - onnx: the model as it is, factored layers as two matmuls (onnx.py), checked under onnxruntime.
-  `--measure-latency` also times it (latency.py) and records the figures in RUN/export/latency.json,
-  which `compare` shows.
+  `--measure-latency` also times it and its dense multiply-out in shared rounds (latency.py) and records
+  the figures in RUN/export/latency.json.
 
 Every check comes before any work: the format's packages, a finished run, an --out that is not inside the
 run and, if it exists, was written by this command (anything else is never overwritten). Each export is
@@ -113,7 +113,7 @@ def export_onnx(model, config: dict, run: Path, out: Path, measure_latency: bool
     atomic_write_bytes(out, data)
     info = dict(format="onnx", run=str(run), **check)
     if measure_latency:
-        lat = measure(data, spec, threads=threads, reps=reps)
+        lat = measure(model, ModelSpec.from_dict(config["model"]), threads=threads, reps=reps)
         with output_lock(latency_path(run).parent):  # the lock (RUN/.export.lock) guards a directory
             info["latency_file"] = str(write_latency(run, dict(format="onnx", file=str(out.resolve()), **lat)))
         info["latency"] = lat

@@ -36,6 +36,7 @@ from ..vocab import CALIB_BATCHES, STORES
 from .calibration import (CALIB_BATCH_SIZE, calibrate_sequentially, calibration_batches, check_calibrate,
                           collect_calibration)
 from .decompose import Decomposition, energy_kept, numerical_rank, relative_error, singular_values
+from .layer_time import no_time_saved
 from .methods import calibrated
 from .ranks import resolve_rank, select
 
@@ -201,6 +202,8 @@ def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dic
         reduced = copy.deepcopy(model) if len(jobs) > 1 else model
         spec, layers, warnings = _cut(reduced, config, plans[budget], layer, method, calib, store,
                                       batches if sequential else None, dev)
+        if store == "factored":
+            warnings += no_time_saved(reduced, spec, layers)
         for w in warnings:
             warn(w)
         after = dict(val=evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp),

@@ -13,7 +13,9 @@
    as t grows; we take the smallest t, among the drops in the table, whose allocation fits the budget.
    The budget counts the selected layers only: params:F, their parameters in factored form must be
    <= F x their current parameters (a layer left alone counts in full); uniform:F, <= what the uniform
-   cut params:F of every one of them leaves (the frontier's allocated rows against its uniform ones).
+   cut params:F of every one of them leaves (the frontier's allocated rows against its uniform ones);
+   latency:F, their measured time (layer_time.py: each layer dense and at each grid rank, on this machine)
+   <= F x their dense time, so a rank whose factor pair runs slower than the dense layer is never taken.
 3. LASER's greedy compose, done right. From the last layer to the first (LASER's order), try each
    layer at successively lower grid ranks with the whole allocation in place; accept a step only if
    validation accuracy is >= the best so far (LASER's script compared with the minimum); a layer
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from ..device import resolve_device
 from ..errors import UserError, is_positive_int
 from ..fileio import atomic_write_json, check_output_file
+from ..models import ModelSpec
 from ..models.budget import factored_params
 from ..models.evaluate import evaluate
 from ..models.layers import dense_weight
@@ -50,6 +53,7 @@ from .decompose import Decomposition, energy_kept, singular_values
 from .methods import calibrated
 from .ranks import RankSpec, candidate_rank, parse_spec, resolve_rank
 from .reduce import ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
+from .layer_time import cuts_at, latency_budget, latency_of, no_time_saved, rank_costs
 from .staged import staged
 
 DEFAULT_GRID = ("params:0.05", "params:0.1", "params:0.2", "params:0.3", "params:0.4", "params:0.5",
@@ -133,15 +137,16 @@ def naive_sweep(run, ranks: dict, images, labels, batch_size=500, device="cpu", 
 # Allocation and compose
 
 
-BUDGET_HELP = ("params:F, at most fraction F of the selected layers' parameters, or uniform:F, at most the "
-               "parameters the uniform cut --rank params:F of every selected layer leaves (the frontier's budget)")
+BUDGET_HELP = ("params:F, at most fraction F of the selected layers' parameters, uniform:F, at most the "
+               "parameters the uniform cut --rank params:F of every selected layer leaves (the frontier's budget), "
+               "or latency:F, at most fraction F of the selected layers' dense time measured on this machine")
 
 
 def parse_budget(text) -> tuple:
-    """'params:0.5' -> ('params', 0.5); 'uniform:0.25' -> ('uniform', 0.25); UserError for anything else."""
+    """'params:0.5' -> ('params', 0.5); 'uniform:0.25', 'latency:0.8' likewise; UserError for anything else."""
     t = str(text).strip()
     kind, _, rest = t.partition(":")
-    if kind not in ("params", "uniform"):
+    if kind not in ("params", "uniform", "latency"):
         raise UserError(f"cannot parse --budget {t!r}; use {BUDGET_HELP}, e.g. params:0.5")
     return kind, parse_spec(f"params:{rest}").value
 
@@ -287,6 +292,9 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
                   base_val_loss=base_loss, calib_batches=settings.calib_batches if calibrated(method) else 0,
                   sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
     shared["selected_params"] = sum(shared["layer_params"].values())
+    shared["model"] = config["model"]
+    if any(parse_budget(b)[0] == "latency" for b in budgets.values()):  # measured once, for every latency budget
+        shared["layer_ms"] = rank_costs(model, ModelSpec.from_dict(config["model"]), table)
     shared["table"] = {n: [dict(c, layer_params=shared["layer_params"][n]) for c in rows] for n, rows in table.items()}
     reps, test = {}, not apply
     for k, budget in budgets.items():
@@ -306,13 +314,18 @@ def _choose(model, decomps, table, shared, budget, val, splits, do_compose, batc
     """One budget's report: the allocation, the compose, the chosen ranks against the budget and, when
     `splits` is given, the chosen model's test accuracy."""
     names, layer_params, total = shared["layers"], shared["layer_params"], shared["selected_params"]
-    limit = budget_params(budget, model, names, layer_params)
-    t, alloc = allocate(table, shared["base_val_acc"], layer_params, limit, shared["criterion"],
-                        shared["base_val_loss"])
+    kind, frac = parse_budget(budget)
+    if kind == "latency":  # each option costs its measured time; one slower than the dense layer never fits
+        priced, dense, limit = latency_budget(shared["layer_ms"], table, frac)
+    else:
+        priced, dense, limit = table, layer_params, budget_params(budget, model, names, layer_params)
+    t, alloc = allocate(priced, shared["base_val_acc"], dense, limit, shared["criterion"], shared["base_val_loss"])
     alloc_acc = evaluate(_apply(copy.deepcopy(model), decomps, alloc), *val, batch_size, dev)[1]
     chosen, chosen_acc, steps = alloc, alloc_acc, []
     if do_compose:
         chosen, chosen_acc, steps = compose(model, decomps, table, alloc, alloc_acc, val, batch_size, dev)
+        if kind == "latency" and latency_of(shared["layer_ms"], chosen) > limit:
+            chosen, chosen_acc = alloc, alloc_acc  # a lower rank measured slower: the allocation stands
 
     def params_of(a):
         return sum(table_params(table, n, a[n]) if n in a else layer_params[n] for n in names)
@@ -323,13 +336,18 @@ def _choose(model, decomps, table, shared, budget, val, splits, do_compose, batc
         final_model = _apply(copy.deepcopy(model), decomps, chosen)
         test_loss, test_acc = evaluate(final_model, splits.test_x, splits.test_y, batch_size, dev)
     used = params_of(chosen)
-    return dict(shared, budget=str(budget), budget_params=limit,
+    cost = latency_of(shared["layer_ms"], chosen) if kind == "latency" else used
+    timed = dict(latency_ms=cost, dense_ms=sum(dense.values())) if kind == "latency" else {}
+    return dict(shared, budget=str(budget), budget_kind=kind, budget_params=limit if kind != "latency" else None,
+                budget_ms=limit if kind == "latency" else None,
                 allocation=dict(threshold=t, ranks=alloc, params=params_of(alloc), val_acc=alloc_acc),
                 compose=dict(enabled=do_compose, steps=steps),
                 # The budget is an upper bound: grid ranks are discrete, so the chosen ranks use at most it.
                 chosen=dict(ranks=chosen, params=used, val_acc=chosen_acc, test_acc=test_acc, test_loss=test_loss,
-                            meets_budget=used <= limit, fraction_kept=used / total, budget_fraction=limit / total,
-                            budget_unused=limit - used))
+                            meets_budget=cost <= limit, fraction_kept=used / total,
+                            budget_fraction=limit / total if kind != "latency" else frac,
+                            budget_unused=limit - cost, **timed),
+                warnings=no_time_saved(model, ModelSpec.from_dict(shared["model"]), cuts_at(model, chosen)))
 
 
 def _default_report(run, budget, shared) -> Path:

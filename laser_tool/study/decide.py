@@ -3,7 +3,7 @@
 A study's own seeds (`--seeds`, 1 for quick) explore: every row is trained and the contenders of each
 budget are chosen on their VALIDATION accuracy (analysis/answer.py's choice: the best train-time row, the
 best post-hoc row, narrower, the seed's low-rank, the baseline), with the comparisons the answer makes
-between them. Both are written to STUDY/decision.json before any confirmation seed trains. Then:
+between them, and so are the winners per measured latency (analysis/latency_frontier.py). Both are written to STUDY/decision.json before any confirmation seed trains. Then:
 
   confirm  fresh seeds (after the exploration ones) train only the runs the contenders need: their own
            steps and the steps those start from (a heal's cut, a cut's baseline)
@@ -26,6 +26,7 @@ from ..analysis.answer import ALPHA, answer, budgets
 from ..analysis.describe import POSTHOC_FAMILIES
 from ..analysis.paired import versus
 from ..analysis.compare import compare_runs
+from ..analysis import latency_frontier
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..runs.reader import finished_run
@@ -72,7 +73,7 @@ def seed_of(run_name: str) -> int:
 def choose(runs: Path, explore: range, margin: float) -> dict:
     """The contenders and the comparisons, chosen on the exploration seeds' validation accuracy."""
     dirs = [runs / name for name in explored(runs, explore)]
-    result = compare_runs(dirs, speed=False)
+    result = compare_runs(dirs, speed=True)  # the latency budgets are the rows' measured latencies
     comparisons = []
     for item in answer(result.rows, margin):
         for t in item["tests"]:
@@ -81,7 +82,8 @@ def choose(runs: Path, explore: range, margin: float) -> dict:
                                     scope=item["scope"], length=item.get("length"), a=a, b=b,
                                     a_label=t["a"]["label"], b_label=t["b"]["label"],
                                     val_diff=_val_diff(t["a"], t["b"])))
-    comparisons += ties(result.rows, comparisons) + compute_matched(result.rows)
+    points = latency_frontier.frontier(result.rows)
+    comparisons += ties(result.rows, comparisons) + compute_matched(result.rows) + at_latency(points)
     if not comparisons:
         raise UserError(f"the exploration runs under {runs} give no comparison to confirm (no slimmed row with "
                         f"a baseline); check that their trainings finished")
@@ -89,7 +91,7 @@ def choose(runs: Path, explore: range, margin: float) -> dict:
     for c in comparisons:  # one pair of rows tested twice (two names) is one comparison
         unique.setdefault(frozenset((c["a"], c["b"])), c)
     return dict(chosen_on=list(explore), explored=[d.name for d in dirs], metric="validation accuracy",
-                comparisons=list(unique.values()))
+                comparisons=list(unique.values()), latency_frontier=latency_frontier.to_json(points))
 
 
 def explored(runs: Path, explore: range) -> list:
@@ -136,6 +138,15 @@ def compute_matched(rows: list) -> list:
                         a_label=f"{train['label']} (FLOP-matched)", b_label=healed["label"],
                         val_diff=_val_diff(train, healed)))
     return out
+
+
+def at_latency(points: list) -> list:
+    """Per latency frontier point with a rival (analysis/latency_frontier.py): the winner at that measured
+    latency against the best row of the other kind as fast. A pair already compared stays one comparison."""
+    return [dict(name=latency_frontier.NAME, section=p["section"], budget=round(p["budget_ms"], 3),
+                 scope=latency_frontier.SCOPE, length=p["length"], a=_row_stem(p["best"]), b=_row_stem(p["rival"]),
+                 a_label=p["best"]["label"], b_label=p["rival"]["label"], val_diff=_val_diff(p["best"], p["rival"]))
+            for p in points if p["rival"] is not None]
 
 
 # A row's name as frontier.py writes it: FAMILY-kKEEP, then -lrM (a point of an lr grid), then -eE (a length

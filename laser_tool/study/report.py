@@ -10,6 +10,7 @@ from ..analysis.answer import answer, confirmatory_pairs
 from ..analysis.answer import markdown as answer_markdown
 from ..analysis.compare import adopt_confirmatory, compare_runs
 from ..analysis import decided as decided_answer
+from ..analysis import latency_frontier
 from ..analysis.plot import plot, plot_decided
 from ..analysis.render import markdown, to_json
 from ..device import cpu_name, resolve_device
@@ -28,13 +29,15 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     preset, margin = study.preset, study.margin
     seeds = max((r["seeds"] for r in requests), default=study.seeds or 1)
     dev = str(resolve_device(study.device))
-    result = compare_runs([out / "runs"], speed=True, device=dev, speed_batch=256, speed_reps=10)
+    result = compare_runs([out / "runs"], speed=True, device=dev)
     result.notes += notes
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
     adopt_confirmatory(result, confirmatory_pairs(items))
     plot(result.rows, out / "plot.png", title=f"study {preset}", winners={i["best"]["label"] for i in items})
     decision = decide.read_decision(out) if decided else None
     extra = dict(answer=decided_answer.answer_json(decision, decided)) if decided else {}
+    at_latency = latency_section(result.rows, decision, decided)
+    extra["latency_frontier"] = at_latency[0]
     if decided:
         plot_decided(decided, margin, out / "decided.png")
     atomic_write_text(out / "results.json", to_json(result, **extra))
@@ -47,8 +50,8 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     gpu = f", {torch.cuda.get_device_name()}" if dev.startswith("cuda") else ""
     head = [f"# Study `{preset}`: {seeds} seed(s)", "",
             f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads{gpu}; "
-            f"torch {torch.__version__}. Inference images/s: forward passes of a batch of 256 on {dev} "
-            f"(median of 10).",
+            f"torch {torch.__version__}. Latency: every row's model as deployed, timed in shared rounds "
+            f"(see the table's notes).",
             f"Wall time: {t['seconds'] / 60:.1f} min over {t['invocations']} invocation(s) of `laser-tool study`"
             f"{stopped} (this one {wall / 60:.1f} min, {work} run(s) made; {t['runs_made']} in all).",
             ""]
@@ -62,8 +65,21 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
                  "![per-seed differences, the verdicts' intervals and the margin](decided.png)", ""]
     elif found:
         head += ["## The answer: which way of slimming loses least at each budget", "", found]
-    head += ["![test accuracy against the baseline's, over parameters kept and training FLOPs](plot.png)", "",
+    if at_latency[1]:
+        head += ["## The answer per measured latency", "", at_latency[1]]
+    head += ["![test accuracy against the baseline's, over parameters kept, training FLOPs and latency](plot.png)", "",
              "## All rows (exploratory)", ""]
     text = "\n".join(head) + markdown(result, commands={s.name: [s.command] for s in steps})
     atomic_write_text(out / "report.md", text)
     return out / "report.md"
+
+
+def latency_section(rows, decision, decided) -> tuple:
+    """(the latency frontier as results.json records it, its markdown): the one chosen on the exploration seeds
+    with the decided verdicts where the study confirmed, else the rows' own (exploratory)."""
+    if decision and "latency_frontier" in decision:
+        verdicts = {frozenset((c["a_label"], c["b_label"])): c["verdict"] for c in decided}
+        points = decision["latency_frontier"]
+        return points, latency_frontier.markdown(points, verdicts, decision["chosen_on"])
+    points = latency_frontier.to_json(latency_frontier.frontier(rows))
+    return points, latency_frontier.markdown(points)
