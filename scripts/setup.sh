@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # x-transformers warns about torch.jit.script under torch 2.14 on import: not ours, not the user's concern.
-check='import warnings; warnings.simplefilter("ignore", FutureWarning); import laser_tool, trainers, pytest, x_transformers, timm, submitit, tensorboard, onnx, onnxruntime, onnxscript'
+check='import warnings; warnings.simplefilter("ignore", FutureWarning); import laser_tool, trainers, pytest, x_transformers, timm, submitit, tensorboard, onnx, onnxruntime, onnxscript, vit_pytorch'
 if ! .venv/bin/python -c "$check" 2>/dev/null; then
     # PYTHONWARNINGS: setuptools' build backend prints screens of notes about editable installs.
     PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true

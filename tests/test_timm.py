@@ -13,7 +13,10 @@ from safetensors.torch import save_file
 from laser_tool import load_run
 from laser_tool.data import load_dataset
 from laser_tool.models import ModelSpec, build_model
+from laser_tool.fileio import safetensors_header
 from laser_tool.models.surgery import named_linears, slots
+from laser_tool.runs.checkpoint import read_header
+from laser_tool.runs.state import read_state
 from conftest import cli, one_line_error
 from synthetic import write_tiny_mnist
 
@@ -230,6 +233,11 @@ class Net(nn.Module):
 def small(num_classes, image_size, channels, dim=16):
     return Net(num_classes, image_size, channels, dim=dim)
 
+def tied(num_classes, image_size, channels):
+    net = Net(num_classes, image_size, channels)
+    net.mlps[1].fc1 = net.mlps[0].fc1   # one layer used twice: its weight and bias are tied
+    return net
+
 def flat(num_classes, image_size, channels):
     return nn.Sequential(nn.Flatten(), nn.Linear(channels * image_size ** 2, 20), nn.Linear(20, num_classes))
 
@@ -265,6 +273,31 @@ def test_a_users_factory_is_found_by_the_same_rules(factory, data_dir, tmp_path)
     assert res.exit_code == 0, res.output
     model, _ = load_run(tmp_path / "mine")
     assert type(model.attns[1].qkv).__name__ == "LowRankLinear"
+
+
+def test_tied_weights_are_written_once_and_tied_again_on_load(factory, data_dir, tmp_path):
+    res = cli("train", "--arch", f"{factory}:tied", "--dataset", "mnist", "--data-dir", data_dir, "--val-size", 100,
+              "--epochs", 1, "--batch-size", 50, "--no-augment", "--device", "cpu", "--out", tmp_path, "--name", "t")
+    assert res.exit_code == 0, res.output
+    header, _ = read_header(tmp_path / "t" / "model.safetensors")
+    raw = safetensors_header(tmp_path / "t" / "model.safetensors")
+    assert "mlps.1.fc1.weight" in header and "mlps.1.fc1.weight" not in raw  # written once, named twice
+    model, _ = load_run(tmp_path / "t")
+    assert model.mlps[1].fc1.weight is model.mlps[0].fc1.weight  # the model ties them; both names load
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(weights))  # theirs: two copies
+    res = cli("import", "--arch", f"{factory}:tied", "--weights", weights, "--dataset", "mnist",
+              "--data-dir", data_dir, "--val-size", 100, "--out", tmp_path / "imported")
+    assert res.exit_code == 0, res.output
+    res = cli("export", tmp_path / "imported", "--format", "dense", "--out", tmp_path / "d.safetensors")
+    assert res.exit_code == 0, res.output
+    dense, _ = load_run(tmp_path / "d.safetensors")
+    x = images(data_dir)
+    with torch.no_grad():
+        assert torch.equal(dense(x), model(x))
+    point = read_state(tmp_path / "t" / "state.safetensors")  # the resume point holds the tie once too
+    tied = [k for k in point.tensors if k.endswith("mlps.1.fc1.weight")]
+    assert tied and all(torch.equal(point.tensors[k], point.tensors[k.replace("mlps.1", "mlps.0")]) for k in tied)
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written

@@ -98,6 +98,7 @@ ATTN_LAYOUTS = ((("qkv", "qkv"), ("proj", "out")), (("to_qkv", "qkv"), ("to_out"
                 (("q", "q"), ("k", "k"), ("v", "v"), ("proj", "out")))
 FFN_LAYOUTS = ((("fc1", "in"), ("fc2", "out")), (("fc_in", "in"), ("fc_out", "out")),
                (("linear1", "in"), ("linear2", "out")), (("w1", "in"), ("w2", "out")))
+SEQUENTIAL_FFNS = ("net", "mlp", "ff")  # vit-pytorch's FeedForward.net = Sequential(LayerNorm, Linear, ..., Linear)
 HEAD_NAMES = ("head", "fc", "classifier", "mlp_head")
 
 
@@ -106,10 +107,32 @@ def is_linear_like(m) -> bool:
     return isinstance(m, nn.Module) and all(isinstance(getattr(m, k, None), int) for k in ("in_features", "out_features"))
 
 
+def _where(module, key: str):
+    """(parent, attribute) of the Linear-like layer `module.key` names: the layer itself, or the one
+    Linear-like layer of an nn.Sequential there (vit-pytorch's to_out = Sequential(Linear, Dropout))."""
+    m = getattr(module, key, None)
+    if is_linear_like(m):
+        return module, key
+    if isinstance(m, nn.Sequential):
+        inner = [str(i) for i, c in enumerate(m) if is_linear_like(c)]
+        if len(inner) == 1:
+            return m, inner[0]
+    return None
+
+
 def _layout(module, layouts):
+    """[(parent, attribute, short name)] of the first layout whose every layer `module` holds, else None;
+    a feed-forward may also be one nn.Sequential of exactly two Linear-like layers (SEQUENTIAL_FFNS)."""
     for layout in layouts:
-        if all(is_linear_like(getattr(module, key, None)) for key, _ in layout):
-            return layout
+        found = [_where(module, key) for key, _ in layout]
+        if all(found):
+            return [(*w, short) for w, (_, short) in zip(found, layout)]
+    if layouts is FFN_LAYOUTS:
+        for key in SEQUENTIAL_FFNS:
+            seq = getattr(module, key, None)
+            inner = [str(i) for i, c in enumerate(seq) if is_linear_like(c)] if isinstance(seq, nn.Sequential) else []
+            if len(inner) == 2:
+                return [(seq, inner[0], "in"), (seq, inner[1], "out")]
     return None
 
 
@@ -146,11 +169,11 @@ def _found_slots(model) -> list:
         raise UserError(_not_found(model, named, attns, ffns))
     per_block, out = len(ffns) // len(attns), []
     for i, (_, attn, lay) in enumerate(attns):
-        out += [Slot(f"blocks.{i}.attn.{short}", attn, key, f"attn-{short}", i) for key, short in lay]
+        out += [Slot(f"blocks.{i}.attn.{short}", parent, key, f"attn-{short}", i) for parent, key, short in lay]
         for j in range(per_block):
             _, ffn, lay = ffns[i * per_block + j]
             part = "ffn" if per_block == 1 else f"ffn{j + 1}"
-            out += [Slot(f"blocks.{i}.{part}.{short}", ffn, key, f"ffn-{short}", i) for key, short in lay]
+            out += [Slot(f"blocks.{i}.{part}.{short}", parent, key, f"ffn-{short}", i) for parent, key, short in lay]
     inside = [n for n, _, _ in attns + ffns]
     outside = [n for n, m in named if is_linear_like(m) and not any(n.startswith(p + ".") for p in inside)]
     outside = [n for n in outside if not any(n.startswith(o + ".") for o in outside)]  # not a factor's parts
@@ -170,7 +193,8 @@ def _not_found(model, named, attns, ffns) -> str:
     shown = ", ".join(linears[:6]) + (f" and {len(linears) - 6} more" if len(linears) > 6 else "")
     return (f"cannot find the transformer layers of {type(model).__name__}: found {len(attns)} attention "
             f"module(s) (Linear layers named qkv+proj, to_qkv+to_out, to_q/k/v+to_out, q/k/v_proj+out_proj) "
-            f"and {len(ffns)} feed-forward module(s) (fc1+fc2, fc_in+fc_out, linear1+linear2, w1+w2); its "
+            f"and {len(ffns)} feed-forward module(s) (fc1+fc2, fc_in+fc_out, linear1+linear2, w1+w2, or a "
+            f"Sequential net/mlp/ff of two Linear layers); its "
             f"Linear layers are {shown or 'none'}: name them so, or wrap them in modules that are")
 
 

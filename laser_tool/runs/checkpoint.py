@@ -17,13 +17,40 @@ from ..models import ModelSpec, build_model
 from .schema import MODEL, model_path
 
 META_KEY = "laser_tool_config"
+ALIASES_KEY = "laser_tool_aliases"  # {name: the name it is tied to}: a tied tensor is written once
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}
+
+
+def tensors_bytes(tensors: dict, metadata: dict) -> bytes:
+    """safetensors bytes of `tensors` with `metadata`. Names that are one tensor (tied weights: one storage,
+    offset, shape and strides) are written once and the others named in the metadata (ALIASES_KEY), for
+    `with_aliases` to re-tie on reading; other tensors that share memory are copied, since safetensors
+    refuses shared memory."""
+    first, storages, flat, aliases = {}, set(), {}, {}
+    for k, v in tensors.items():
+        v = v.detach()
+        storage = (str(v.device), v.untyped_storage().data_ptr())
+        ident = (*storage, v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and ident in first:
+            aliases[k] = first[ident]
+            continue
+        first.setdefault(ident, k)
+        flat[k] = v.contiguous().cpu().clone() if storage in storages and v.numel() else v.contiguous().cpu()
+        storages.add(storage)
+    return st_save(flat, metadata=dict(metadata, **({ALIASES_KEY: json.dumps(aliases)} if aliases else {})))
+
+
+def with_aliases(named: dict, metadata: dict) -> dict:
+    """`named` (tensors or header entries) with every tied name written once by tensors_bytes filled in."""
+    for k, src in json.loads((metadata or {}).get(ALIASES_KEY, "{}")).items():
+        if src in named:
+            named[k] = named[src]
+    return named
 
 
 def save_tensors(path, tensors: dict, config: dict) -> None:
     """Write tensors + config atomically."""
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(flat, metadata={META_KEY: json.dumps(config)}))
+    atomic_write_bytes(path, tensors_bytes(tensors, {META_KEY: json.dumps(config)}))
 
 
 def save_model(path, model: torch.nn.Module, config: dict) -> None:
@@ -46,6 +73,7 @@ def read_header(path):
             if not (isinstance(h, dict) and isinstance(h.get("shape"), list)
                     and all(isinstance(d, int) and d >= 0 for d in h["shape"])):
                 raise ValueError(f"tensor {k!r} has no valid shape")
+        header = with_aliases(header, meta if isinstance(meta, dict) else {})
     except (ValueError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated: {str(e)[:100]}); "
                         f"re-create it or point at another checkpoint") from None
@@ -100,7 +128,7 @@ def load_tensors(path):
     path = Path(path)
     _, config = read_header(path)
     try:
-        tensors = st_load(path.read_bytes())
+        tensors = with_aliases(st_load(path.read_bytes()), safetensors_header(path).get("__metadata__"))
     except (ValueError, SafetensorError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable safetensors file (corrupt or truncated: {str(e)[:100]}); "
                         f"re-create it or point at another checkpoint") from None

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, safetensors_header
+from .checkpoint import tensors_bytes, with_aliases
 from .schema import STATE
 
 # The counters every resume point holds (a progressive run's plan and a heal's init_val_acc are extra).
@@ -41,8 +41,7 @@ def state_path(run_dir) -> Path:
 def write_state(path, point: ResumePoint) -> None:
     meta = {"counters": json.dumps(point.counters), "param_groups": json.dumps(point.param_groups),
             "scaler": json.dumps(point.scaler), "config": json.dumps(point.config)}
-    flat = {k: v.detach().contiguous().cpu() for k, v in point.tensors.items()}
-    atomic_write_bytes(path, st_save(flat, metadata=meta))
+    atomic_write_bytes(path, tensors_bytes(point.tensors, meta))
 
 
 def read_state(path, tensors: bool = True) -> ResumePoint:
@@ -51,7 +50,8 @@ def read_state(path, tensors: bool = True) -> ResumePoint:
     try:
         if tensors:
             data = Path(path).read_bytes()
-            meta, loaded = safetensors_header(data)["__metadata__"], st_load(data)
+            meta = safetensors_header(data)["__metadata__"]
+            loaded = with_aliases(st_load(data), meta)
         else:
             meta, loaded = safetensors_header(path)["__metadata__"], {}
         point = ResumePoint(loaded, *(json.loads(meta[k]) for k in ("counters", "param_groups", "scaler")),
