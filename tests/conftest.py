@@ -4,6 +4,7 @@ sys.path, as for synthetic.py); fixtures need no import."""
 import hashlib
 import json
 import struct
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -281,3 +282,13 @@ def ranks(role, r, depth=2):
 def red(method, role, r):
     """The reduction entry a post-hoc run's config records for a cut of one role in every block."""
     return [{"method": method, "ranks": ranks(role, r), "store": "factored"}]
+
+
+def user_factory(tmp_path, monkeypatch, module: str, source: str) -> str:
+    """`python:MODULE` for a factory module of the user's written from `source` into tmp_path, importable as
+    PYTHONPATH=DIR makes it (the working directory is never searched), with the user's settings, where a
+    factory named with --arch is remembered (models/trust.py), in a temp dir."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return f"python:{module}"

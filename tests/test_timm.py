@@ -4,7 +4,6 @@
 Checked against timm's own code: its parameter count, its layers as the tool names them, its logits
 after a round trip through `import`, and a full-rank reduction of the imported run."""
 import json
-import textwrap
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from laser_tool.fileio import safetensors_header
 from laser_tool.models.surgery import named_linears, slots
 from laser_tool.runs.checkpoint import read_header
 from laser_tool.runs.state import read_state
-from conftest import cli, one_line_error
+from conftest import cli, one_line_error, user_factory
 from synthetic import write_tiny_mnist
 
 timm = pytest.importorskip("timm")
@@ -254,9 +253,7 @@ def own_settings(tmp_path, monkeypatch):
 
 @pytest.fixture
 def factory(tmp_path, monkeypatch):
-    (tmp_path / "my_models_t.py").write_text(textwrap.dedent(FACTORY))
-    monkeypatch.syspath_prepend(str(tmp_path))  # PYTHONPATH=DIR: the working directory is never searched
-    return "python:my_models_t"
+    return user_factory(tmp_path, monkeypatch, "my_models_t", FACTORY)
 
 
 def test_a_users_factory_is_found_by_the_same_rules(factory, data_dir, tmp_path):

@@ -4,7 +4,6 @@ dict (no key remapping: its layers are found in place, to_out = Sequential(Linea
 FeedForward.net = Sequential(LayerNorm, Linear, GELU, Dropout, Linear, Dropout)), cut, and exported dense
 into vit-pytorch's own class with strict=True."""
 import json
-import textwrap
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import save_file
 
 from laser_tool import load_run
 from laser_tool.data import load_dataset
-from conftest import cli
+from conftest import cli, user_factory
 from synthetic import write_tiny_mnist
 
 vit_pytorch = pytest.importorskip("vit_pytorch")
@@ -27,17 +26,9 @@ def vit(num_classes, image_size, channels):
 '''
 
 
-@pytest.fixture(autouse=True)
-def own_settings(tmp_path, monkeypatch):
-    """A factory named with --arch is remembered in the user's settings (models/trust.py): a temp dir here."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-
-
 @pytest.fixture
 def arch(tmp_path, monkeypatch):
-    (tmp_path / "their_vit.py").write_text(textwrap.dedent(FACTORY))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "python:their_vit:vit"
+    return user_factory(tmp_path, monkeypatch, "their_vit", FACTORY) + ":vit"
 
 
 @pytest.fixture(scope="module")
