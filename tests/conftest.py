@@ -48,6 +48,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _clock_only_where_tested(request, monkeypatch):
+    """Timing models and layers (every compare and study report, every factored reduce) exports each row to
+    ONNX and runs it for seconds; only the tests marked `timing` pay for it, and they test it. Elsewhere
+    rows get no latency and cuts no timing warning, which nothing else reads."""
+    if request.node.get_closest_marker("timing") is None:
+        monkeypatch.setattr("laser_tool.analysis.compare.measure_latencies", lambda *a, **k: {})
+        monkeypatch.setattr("laser_tool.posthoc.reduce.no_time_saved", lambda *a, **k: [])
+        monkeypatch.setattr("laser_tool.posthoc.search.no_time_saved", lambda *a, **k: [])
+
+
 @pytest.fixture
 def small():
     return dict(SMALL)

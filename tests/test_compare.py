@@ -208,6 +208,7 @@ def test_runs_found_two_levels_deep_and_baseline_option(tmp_path):
 # speed, plot, CLI
 
 
+@pytest.mark.timing
 def test_latency_measured_for_every_row_from_real_models(tmp_path):
     make_run(tmp_path, "base", 0.86, model=True)
     make_run(tmp_path, "low", 0.84, model=True, spec=replace(TINY, variant="lowrank", targets=["ffn"]))

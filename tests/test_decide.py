@@ -130,6 +130,7 @@ def test_confirmation_needs_a_frontier_preset(tmp_path):
                    "--confirm-seeds", "seed-xt")
 
 
+@pytest.mark.timing
 def test_equal_compute_scope_trains_only_the_chosen_twin(tiny_study, monkeypatch):
     """With heals, each budget adds the comparison at equal training FLOPs: the best train-time row's
     FLOP-matched twin (trained on the confirmation seeds only) against the best healed row."""

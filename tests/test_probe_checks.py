@@ -238,8 +238,10 @@ def test_g_sigterm_during_reduce_or_export_is_one_line(world, tmp_path, monkeypa
         assert signal.getsignal(signal.SIGTERM) is unhandled  # put back as it was
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert r.exit_code == 143
-    one_line_error(r, "interrupted by SIGTERM")
+    assert r.exit_code == 143 and isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    # warnings said while working (a factored cut that saves no time, on this tiny model) may come before
+    lines = [line for line in r.output.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "interrupted by SIGTERM" in lines[0], r.output
     assert os.listdir(tmp_path) == []
 
 

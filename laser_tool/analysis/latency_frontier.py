@@ -72,8 +72,9 @@ def _pct(x):
 
 
 def markdown(points, verdicts=None, chosen_on=None) -> str:
-    """The frontier (to_json's form) as a table; `verdicts` ({frozenset of the two labels: verdict}) from the decided answer,
-    `chosen_on` the seeds the winners were chosen on (None: on these rows' own validation, exploratory)."""
+    """The frontier (to_json's form) as a table; `verdicts` ({frozenset of the two labels: verdict}) from the
+    decided answer, `chosen_on` the seeds the winners were chosen on (None: on these rows' own validation,
+    exploratory)."""
     if not points:
         return ""
     base = next((p["baseline_ms"] for p in points if p["baseline_ms"]), None)

@@ -98,10 +98,11 @@ def _panel(ax, rows, x: str, colours: dict, winners=()) -> None:
 def plot(rows, path=None, title=None, winners=()):
     """Per section (and per training length, when the rows have several), two or three panels: each row's
     test accuracy minus its baseline's (pp) against the fraction of the targeted layers' parameters kept,
-    against training FLOPs and (where rows were timed) against batch-64 latency, all on log axes; one curve per family (way of slimming) with its 95% band, the
-    Pareto frontier ringed, the rows labelled in `winners` (the answer's, chosen on validation) starred. Returns the matplotlib Figure (written atomically as PNG
-    when `path` is given). Uses the Agg canvas directly, so it works headless and leaves a notebook's
-    pyplot backend alone."""
+    against training FLOPs and (where rows were timed) against batch-64 latency, all on log axes; one curve
+    per family (way of slimming) with its 95% band, the Pareto frontier ringed, the rows labelled in
+    `winners` (the answer's, chosen on validation) starred. Returns the matplotlib Figure (written
+    atomically as PNG when `path` is given). Uses the Agg canvas directly, so it works headless and leaves
+    a notebook's pyplot backend alone."""
     rows = [dict(r, latency_ms_b64=latency_ms(r)) for r in rows
             if r.get("status", "ok") == "ok" and r["acc_mean"] is not None]
     seen, unique = set(), []

@@ -171,8 +171,7 @@ def search_cmd(run, budget, layers, method, ranks, no_compose, val_images, crite
         click.echo(f"budget: {c['params']:,} of at most {rep['budget_params']:,.0f} params used "
                    f"({c['fraction_kept']:.1%} of the selected layers' {rep['selected_params']:,}; "
                    f"the budget is an upper bound)")
-    for w in rep["warnings"]:
-        click.echo(f"warning: {w}", err=True)
+
     click.echo(f"wrote {rep['report']}" + (f" and {rep['applied']}" if rep.get("applied") else ""))
 
 

@@ -64,6 +64,9 @@ from .options import (ARCH, ARCH_ARG, CHANNELS, IMAGE_SIZE, SIGMA_REPARAM, arch_
               help="With confirmation: add seeds to the undecided comparisons' rows after each look, up to --max-seeds.")
 @click.option("--max-seeds", type=int, default=10, show_default=True,
               help="With --until-decided: the most confirmation seeds a comparison gets.")
+@click.option("--no-speed", is_flag=True,
+              help="Skip timing every row's latency (the report's latency column and the answer per latency), "
+                   "as `compare --no-speed` does: for a machine whose timings mean nothing.")
 @click.option("--extend", is_flag=True, help="Add this invocation's rows to a study planned with other settings "
               "(e.g. more --seeds); without it such an invocation is refused.")
 def study(show_status, **options):
@@ -118,6 +121,7 @@ def request_of(options: dict):
     o = dict(options)
     own = {k: o.pop(k) for k in ("preset", "seeds", "out", "epochs", "heal_epochs", "device", "data_dir",
                                  "tensorboard", "extend", "margin")}
+    own["speed"] = not o.pop("no_speed")
     confirm = {k: o.pop(k) for k in ("confirm_seeds", "until_decided", "max_seeds")}
     frontier = {k: v for k in FRONTIER_OPTIONS if (v := o.pop(k)) is not None and v is not False}
     epochs, heal_epochs = own["epochs"], own["heal_epochs"]

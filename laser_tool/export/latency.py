@@ -126,10 +126,10 @@ def runnable_forms(model, spec, threads: int) -> dict:
 
 
 def measure_models(models: dict, threads: int = 2, rounds: int = ROUNDS, device="cpu") -> tuple:
-    """({key: latency record}, {key: why it could not be timed}) of models {key: (model, spec)} timed together: per key, every deployed form in
-    the shared rounds, the faster at batch 64 chosen. A record: {batch: {"1": {median_ms, iqr_ms}, "64":
-    ...}, runtime, form, threads, rounds, processor, forms: {form: {runtime, batch}}}, with `gpu` (torch eager
-    at batch 1 and 1024) when `device` is a GPU."""
+    """({key: latency record}, {key: why it could not be timed}) of models {key: (model, spec)} timed
+    together: per key, every deployed form in the shared rounds, the faster at batch 64 chosen. A record:
+    {batch: {"1": {median_ms, iqr_ms}, "64": ...}, runtime, form, threads, rounds, processor, forms: {form:
+    {runtime, batch}}}, with `gpu` (torch eager at batch 1 and 1024) when `device` is a GPU."""
     runners, runtimes, specs, errors = {}, {}, {}, {}
     for key, (model, spec) in models.items():
         try:
@@ -174,8 +174,8 @@ def measure(model, spec, threads: int = 2, reps: int = 20) -> dict:
     the same figures of its dense multiply-out where it has one, timed in the same rounds."""
     _, ort = import_onnx()
     records, errors = measure_models({"m": (model, spec)}, threads=threads, rounds=reps)
-    if "m" not in records:
-        raise UserError(f"the model could not be timed: {errors['m']}")
+    if AS_TRAINED not in (records.get("m") or {}).get("forms", {}):
+        raise UserError(f"the model could not be timed: {errors.get('m', 'it does not run as exported')}")
     per_image = lambda batch: {b: dict(ms=v["median_ms"], ms_per_image=round(v["median_ms"] / int(b), 5), **v)
                                for b, v in batch.items()}
     forms = records["m"]["forms"]

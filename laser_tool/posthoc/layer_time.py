@@ -33,7 +33,8 @@ def tokens_per_image(model, spec, names) -> dict:
         hooks.append(by_name[n].register_forward_pre_hook(record(n)))
     try:
         with torch.inference_mode():
-            model.eval()(example_images(spec.resolved(), 1))
+            device = next(model.parameters()).device  # reduce and search may hold the model on a GPU
+            model.eval()(example_images(spec.resolved(), 1).to(device))
     finally:
         for h in hooks:
             h.remove()

@@ -202,8 +202,9 @@ def _reduce(run, src, jobs, settings: ReduceSettings, dev, splits, extra) -> dic
         reduced = copy.deepcopy(model) if len(jobs) > 1 else model
         spec, layers, warnings = _cut(reduced, config, plans[budget], layer, method, calib, store,
                                       batches if sequential else None, dev)
-        if store == "factored":
-            warnings += no_time_saved(reduced, spec, layers)
+        if store == "factored":  # a measurement of this machine now: said, not recorded in reduce.json
+            for w in no_time_saved(reduced, spec, layers):
+                warn(w)
         for w in warnings:
             warn(w)
         after = dict(val=evaluate_with_predictions(reduced, splits.val_x, splits.val_y, batch_size, dev, amp),

@@ -52,7 +52,8 @@ from .calibration import calibration_batches, collect_calibration
 from .decompose import Decomposition, energy_kept, singular_values
 from .methods import calibrated
 from .ranks import RankSpec, candidate_rank, parse_spec, resolve_rank
-from .reduce import ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data
+from .reduce import (ReduceSettings, check_batch_size, n_params, reduce_run_budgets, reduced_module, run_data,
+                     warn)
 from .layer_time import cuts_at, latency_budget, latency_of, no_time_saved, rank_costs
 from .staged import staged
 
@@ -292,7 +293,6 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
                   base_val_loss=base_loss, calib_batches=settings.calib_batches if calibrated(method) else 0,
                   sweep_seconds=round(time.time() - t_sweep, 3), device=str(dev))
     shared["selected_params"] = sum(shared["layer_params"].values())
-    shared["model"] = config["model"]
     if any(parse_budget(b)[0] == "latency" for b in budgets.values()):  # measured once, for every latency budget
         shared["layer_ms"] = rank_costs(model, ModelSpec.from_dict(config["model"]), table)
     shared["table"] = {n: [dict(c, layer_params=shared["layer_params"][n]) for c in rows] for n, rows in table.items()}
@@ -302,6 +302,10 @@ def search_budgets(run, budgets: dict, settings: SearchSettings = SearchSettings
                           batch_size, dev)
         reps[k]["seconds"] = round(time.time() - t0, 3)
         reps[k]["report"] = str(reports.get(k) or _default_report(run, budget, shared))
+    for rep in reps.values():  # a measurement of this machine now: said, not recorded in the report
+        if not apply:  # an applied search is warned about by the reduction that writes it
+            for w in no_time_saved(model, ModelSpec.from_dict(config["model"]), cuts_at(model, rep["chosen"]["ranks"])):
+                warn(w)
     if apply:
         _apply_all(run, reps, settings, outs, splits)
     for k, rep in reps.items():
@@ -346,8 +350,7 @@ def _choose(model, decomps, table, shared, budget, val, splits, do_compose, batc
                 chosen=dict(ranks=chosen, params=used, val_acc=chosen_acc, test_acc=test_acc, test_loss=test_loss,
                             meets_budget=cost <= limit, fraction_kept=used / total,
                             budget_fraction=limit / total if kind != "latency" else frac,
-                            budget_unused=limit - cost, **timed),
-                warnings=no_time_saved(model, ModelSpec.from_dict(shared["model"]), cuts_at(model, chosen)))
+                            budget_unused=limit - cost, **timed))
 
 
 def _default_report(run, budget, shared) -> Path:

@@ -3,7 +3,8 @@
 A study's own seeds (`--seeds`, 1 for quick) explore: every row is trained and the contenders of each
 budget are chosen on their VALIDATION accuracy (analysis/answer.py's choice: the best train-time row, the
 best post-hoc row, narrower, the seed's low-rank, the baseline), with the comparisons the answer makes
-between them, and so are the winners per measured latency (analysis/latency_frontier.py). Both are written to STUDY/decision.json before any confirmation seed trains. Then:
+between them, and so are the winners per measured latency (analysis/latency_frontier.py). Both are
+written to STUDY/decision.json before any confirmation seed trains. Then:
 
   confirm  fresh seeds (after the exploration ones) train only the runs the contenders need: their own
            steps and the steps those start from (a heal's cut, a cut's baseline)
@@ -70,10 +71,11 @@ def seed_of(run_name: str) -> int:
     return int(m.group(1)) if m else None
 
 
-def choose(runs: Path, explore: range, margin: float) -> dict:
-    """The contenders and the comparisons, chosen on the exploration seeds' validation accuracy."""
+def choose(runs: Path, explore: range, margin: float, speed: bool = True) -> dict:
+    """The contenders and the comparisons, chosen on the exploration seeds' validation accuracy (`speed`:
+    also per measured latency)."""
     dirs = [runs / name for name in explored(runs, explore)]
-    result = compare_runs(dirs, speed=True)  # the latency budgets are the rows' measured latencies
+    result = compare_runs(dirs, speed=speed)  # the latency budgets are the rows' measured latencies
     comparisons = []
     for item in answer(result.rows, margin):
         for t in item["tests"]:

@@ -29,7 +29,7 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     preset, margin = study.preset, study.margin
     seeds = max((r["seeds"] for r in requests), default=study.seeds or 1)
     dev = str(resolve_device(study.device))
-    result = compare_runs([out / "runs"], speed=True, device=dev)
+    result = compare_runs([out / "runs"], speed=study.speed, device=dev)
     result.notes += notes
     items = answer(result.rows, margin)  # chosen on validation; its tests are the confirmatory family
     adopt_confirmatory(result, confirmatory_pairs(items))
@@ -50,8 +50,8 @@ def write_report(out: Path, study, steps: list, notes: list, t_start: float, wor
     gpu = f", {torch.cuda.get_device_name()}" if dev.startswith("cuda") else ""
     head = [f"# Study `{preset}`: {seeds} seed(s)", "",
             f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads{gpu}; "
-            f"torch {torch.__version__}. Latency: every row's model as deployed, timed in shared rounds "
-            f"(see the table's notes).",
+            f"torch {torch.__version__}. Latency: " + ("every row's model as deployed, timed in shared rounds (see "
+                                                     "the table's notes)." if study.speed else "not measured (--no-speed)."),
             f"Wall time: {t['seconds'] / 60:.1f} min over {t['invocations']} invocation(s) of `laser-tool study`"
             f"{stopped} (this one {wall / 60:.1f} min, {work} run(s) made; {t['runs_made']} in all).",
             ""]

@@ -95,6 +95,7 @@ class StudyRequest:
     extend: bool = False
     margin: float = MARGIN
     confirm: decide.Confirm = None  # choose on the study's seeds, confirm on fresh ones (decide.py)
+    speed: bool = True  # time every row's latency (report.py) and choose the answer per latency (decide.py)
 
     @property
     def study_dir(self) -> Path:
@@ -180,7 +181,7 @@ def confirm(study: StudyRequest, request: dict, out: Path, launch, log) -> tuple
     explore = list(range(request["seeds"]))
     decision = decide.read_decision(out)
     if decision is None or decision.get("explored") != decide.explored(runs, range(request["seeds"])):
-        decision = dict(decide.choose(runs, range(request["seeds"]), study.margin), confirm=asdict(cf))
+        decision = dict(decide.choose(runs, range(request["seeds"]), study.margin, study.speed), confirm=asdict(cf))
         decide.write_decision(out, decision)
     looks, first = cf.looks(), len(explore)
     alphas = seed_stats.look_alphas(looks, ALPHA)  # alpha spent over the planned looks, by their seeds
