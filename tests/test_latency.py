@@ -17,7 +17,7 @@ def test_rounds_rotate_so_every_model_is_timed_first_in_turn(monkeypatch):
     runners = {k: (lambda x, k=k: order.append(k)) for k in "abc"}
     out = latency.time_interleaved(runners, lambda b: torch.zeros(b, 1), batches=(1,), rounds=4, threads=1)
     assert order[:12] == list("aaaabbbbcccc")  # three warm-ups and one calibration run each
-    assert "".join(order[12:]) == "abc" + "bca" + "cab" + "abc"
+    assert "".join(order[12:]) == "aabbcc" + "bbccaa" + "ccaabb" + "aabbcc"  # an untimed run before each sample
     assert set(out) == set("abc") and all(set(v["1"]) == {"median_ms", "iqr_ms"} for v in out.values())
 
 

@@ -3,7 +3,8 @@
 Every model being compared is timed in the same rounds: round i runs each model once (each sample repeats
 the batch enough times to last about TARGET_S, so a 0.3 ms batch of one is not timed alone), in an order
 rotated by one model per round, so a burst of load on the machine hits every model alike instead of
-whichever happened to be timed then. Per model and batch size: the median over the rounds and its
+whichever happened to be timed then. Each sample follows one untimed run of the same model, so it times
+the model warm, as a server running it would, not the cache misses of switching from the model before. Per model and batch size: the median over the rounds and its
 interquartile range. Threads are fixed (torch intra-op threads, onnxruntime intra-op threads with one
 inter-op thread) and restored afterwards.
 
@@ -72,6 +73,7 @@ def time_interleaved(runners: dict, images, batches=BATCHES, rounds: int = ROUND
             samples = {k: [] for k in keys}
             for i in range(rounds):
                 for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+                    runners[k](x)  # untimed: the model timed before this one left the caches its own
                     t0 = time.perf_counter()
                     for _ in range(inner[k]):
                         runners[k](x)
